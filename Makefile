@@ -1,0 +1,27 @@
+# Two commands on a fresh machine: `make demo` (collect the bundled example on the embedded
+# tiny model) and `make test`. Both create .venv once; later runs reuse it.
+PYTHON ?= python3
+VENV ?= .venv
+# CPU build lying on this project's machines; a GPU machine can pass its own, e.g. TORCH=torch.
+TORCH ?= torch==2.13.0
+PY := $(VENV)/bin/python
+
+.PHONY: demo test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) -m collect --out runs/demo
+
+test: $(VENV)/.installed
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/collect_throughput.py
+
+clean:
+	rm -rf $(VENV) runs

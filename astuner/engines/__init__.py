@@ -1,0 +1,78 @@
+"""Inference engines behind one small interface.
+
+Both engines take prompt *token ids* (rendered by `astuner.chat.render_prompt_ids`) and
+return the sampled ids with their logprobs, so what collect records is exactly what the
+model saw and produced.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENGINES = ("transformers", "vllm")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    seed: int | None = None
+    # Benchmarks only: generate exactly max_tokens so runs compare equal work.
+    ignore_eos: bool = False
+
+
+@dataclass
+class Generation:
+    prompt_token_ids: list[int]
+    completion_token_ids: list[int]
+    # Log-probability of each sampled id under the model's own distribution (before
+    # temperature/top-p), which is what vLLM reports and a forward pass reproduces.
+    completion_logprobs: list[float]
+    text: str
+    finish_reason: str  # "stop" | "length"
+    extra: dict = field(default_factory=dict)
+
+
+class Engine(abc.ABC):
+    """A frozen checkpoint that samples completions for prompt ids."""
+
+    name: str
+    checkpoint: str
+    tokenizer: object
+
+    @abc.abstractmethod
+    async def generate(self, prompt_token_ids: list[int], sampling: SamplingParams) -> Generation:
+        """One request; concurrent calls are batched by the engine."""
+
+    @abc.abstractmethod
+    def generate_batch(self, prompts: list[list[int]], sampling: list[SamplingParams]) -> list[Generation]:
+        """The raw engine: all requests in one go (benchmarks compare collect against this)."""
+
+    def close(self) -> None:
+        pass
+
+    def decode(self, ids: list[int]) -> str:
+        # The recorded completion text is exactly this decoding of the recorded ids.
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def load_engine(name: str, checkpoint: str | Path, **kwargs) -> Engine:
+    """Load `checkpoint` (a local folder) with engine `name`; vLLM is imported only here."""
+    path = Path(checkpoint)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"--model {checkpoint}: not a checkpoint folder (no config.json). "
+            "Pass a local folder written by save_pretrained or finetune; nothing is downloaded."
+        )
+    if name == "transformers":
+        from astuner.engines.transformers_engine import TransformersEngine
+
+        return TransformersEngine(str(path), **kwargs)
+    if name == "vllm":
+        from astuner.engines.vllm_engine import VLLMEngine
+
+        return VLLMEngine(str(path), **kwargs)
+    raise ValueError(f"--engine {name!r}: unknown engine; choose one of {', '.join(ENGINES)}")

@@ -1,0 +1,119 @@
+"""Task sets: JSONL, parquet, a `datasets` folder (save_to_disk), other local files through
+`datasets.load_dataset`, or a user generator `module:function` (the "environment" case).
+
+Every row becomes a Task: its id is the row's `task_id`/`id` field or a hash of the row, so
+the same row always gets the same id (collect resumes by it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+from astuner.workflow import Task
+
+QUERY_FIELDS = ("main_query", "query", "question", "prompt", "input")
+ID_FIELDS = ("task_id", "id")
+_LOAD_DATASET_FORMATS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".arrow": "arrow"}
+
+
+class TaskFormatError(ValueError):
+    """A task row that cannot be used; the message names the file and line (or row)."""
+
+
+def _row_to_task(row: Any, where: str, query_field: str | None, id_field: str | None) -> Task:
+    if not isinstance(row, dict):
+        raise TaskFormatError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    fields = [query_field] if query_field else QUERY_FIELDS
+    query_key = next((f for f in fields if f in row), None)
+    if query_key is None:
+        raise TaskFormatError(
+            f"{where}: no query field (looked for {', '.join(fields)}; the row has {', '.join(map(str, row)) or 'no keys'}); "
+            "name it with --query-field"
+        )
+    id_key = next((f for f in ([id_field] if id_field else ID_FIELDS) if row.get(f) is not None), None)
+    if id_key is not None:
+        task_id = str(row[id_key])
+    else:
+        canonical = json.dumps(row, sort_keys=True, default=str)
+        task_id = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return Task(task_id=task_id, main_query=str(row[query_key]), metadata=row)
+
+
+def _jsonl_rows(path: Path) -> Iterable[tuple[str, Any]]:
+    with open(path, "rb") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            where = f"{path}:{line_no}"
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise TaskFormatError(f"{where}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+            if not text.strip():
+                continue
+            try:
+                yield where, json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise TaskFormatError(f"{where}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+
+
+def _dataset_rows(path: Path) -> Iterable[tuple[str, Any]]:
+    import datasets
+
+    if path.is_dir():
+        ds = datasets.load_from_disk(str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            raise TaskFormatError(
+                f"{path}: a DatasetDict with splits {list(ds)}; pass one split's folder, e.g. {path / next(iter(ds))}"
+            )
+    else:
+        ds = datasets.load_dataset(_LOAD_DATASET_FORMATS[path.suffix], data_files=str(path), split="train")
+    for i, row in enumerate(ds):
+        yield f"{path}:row {i}", row
+
+
+def _generator_rows(ref: str) -> Iterable[tuple[str, Any]]:
+    module_name, _, attr = ref.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise TaskFormatError(f"--tasks {ref}: cannot load the generator ({exc})") from None
+    for i, row in enumerate(fn()):
+        yield f"{ref}:item {i}", row
+
+
+def load_tasks(source: str, query_field: str | None = None, id_field: str | None = None, limit: int | None = None) -> list[Task]:
+    path = Path(source)
+    if path.exists():
+        if path.is_dir():
+            rows = _dataset_rows(path)
+        elif path.suffix in (".jsonl", ".ndjson"):
+            rows = _jsonl_rows(path)
+        elif path.suffix in _LOAD_DATASET_FORMATS:
+            rows = _dataset_rows(path)
+        else:
+            raise TaskFormatError(
+                f"--tasks {source}: unknown file type {path.suffix!r}; use .jsonl, "
+                f"{', '.join(_LOAD_DATASET_FORMATS)}, a save_to_disk folder or module:function"
+            )
+    elif re.fullmatch(r"[\w.]+:\w+", source):
+        rows = _generator_rows(source)
+    else:
+        raise TaskFormatError(f"--tasks {source}: no such file, and not a module:function generator")
+
+    tasks: list[Task] = []
+    seen: dict[str, str] = {}
+    for where, row in rows:
+        task = _row_to_task(row, where, query_field, id_field)
+        if task.task_id in seen:
+            raise TaskFormatError(f"{where}: task id {task.task_id!r} repeats {seen[task.task_id]}; ids must be unique")
+        seen[task.task_id] = where
+        tasks.append(task)
+        if limit is not None and len(tasks) >= limit:
+            break
+    if not tasks:
+        raise TaskFormatError(f"--tasks {source}: no tasks")
+    return tasks

@@ -1,0 +1,159 @@
+"""The trajectory record: one JSON object per workflow run, one per line.
+
+This is the only definition of the record; collect writes it, judge and finetune read it.
+Bump SCHEMA_VERSION on any change that an old reader would misread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+SCHEMA_VERSION = 1
+
+Status = Literal["ok", "error", "timeout"]
+
+
+class _Record(BaseModel):
+    # Unknown keys are an error: a misspelt field must not vanish silently.
+    model_config = ConfigDict(extra="forbid")
+
+
+class ToolCall(_Record):
+    id: str
+    name: str
+    arguments: str = Field(description="JSON text of the arguments, as the model wrote them.")
+
+
+class Completion(_Record):
+    text: str
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+
+
+class ModelCall(_Record):
+    """One call of a chat model inside a workflow run."""
+
+    index: int = Field(description="Position of the call within its trajectory, from 0.")
+    role: str = Field(description="The role the model was registered under ('default' for model_tuner itself).")
+    agent_name: str | None = Field(description="Name of the AgentScope agent that made the call, if any.")
+    trainable: bool = Field(description="True when the role is a trainable target: finetune learns from it.")
+    model: str = Field(description="Checkpoint path for the engine, or the default model's model_name.")
+    messages: list[dict[str, Any]] = Field(description="Messages exactly as the agent's formatter produced them.")
+    tools: list[dict[str, Any]] | None = Field(description="Tool JSON schemas passed with the call.")
+    tool_choice: str | None = None
+    completion: Completion
+    prompt_token_ids: list[int] | None = Field(description="Engine calls only: the ids the engine was fed.")
+    completion_token_ids: list[int] | None = Field(description="Engine calls only: the ids it sampled.")
+    completion_logprobs: list[float] | None = Field(
+        description="Log-probability of each sampled id under the model's own (untempered) distribution."
+    )
+    finish_reason: str | None = Field(description="'stop' (an end token), 'length' (max_tokens) or None.")
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_s: float
+
+
+class TaskRecord(_Record):
+    task_id: str
+    main_query: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class Checkpoint(_Record):
+    path: str
+    sha256: str
+
+
+class Sampling(_Record):
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    seed: int | None = None
+
+
+class Trajectory(_Record):
+    schema_version: int = SCHEMA_VERSION
+    trajectory_id: str = Field(description="sha256(run_id, task_id, sample_index)[:32]; stable across resumes.")
+    run_id: str
+    workflow: str = Field(description="Workflow.name")
+    workflow_ref: str = Field(description="What --workflow named: module:Class, module:function or file.py:Class.")
+    task: TaskRecord
+    sample_index: int
+    iteration: int = 0
+    checkpoint: Checkpoint
+    engine: str
+    sampling: Sampling
+    trainable_targets: list[str] | None = Field(description="None: every role is trainable (simple mode).")
+    status: Status
+    error: str | None = None
+    traceback: str | None = None
+    reward: float | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    started_at: float = Field(description="Unix time.")
+    finished_at: float
+    duration_s: float
+    calls: list[ModelCall] = Field(default_factory=list)
+
+
+def to_jsonable(value: Any) -> Any:
+    """What JSON can hold of `value` (objects it cannot hold become their str)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def trajectory_id(run_id: str, task_id: str, sample_index: int) -> str:
+    key = json.dumps([run_id, task_id, sample_index])
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+class TraceFormatError(ValueError):
+    """A line of a traces file that is not a valid trajectory; the message names file and line."""
+
+
+def parse_trajectory(line: str | bytes, source: str = "<string>", line_no: int = 0) -> Trajectory:
+    where = f"{source}:{line_no}"
+    try:
+        raw = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TraceFormatError(f"{where}: not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise TraceFormatError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+    version = raw.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise TraceFormatError(
+            f"{where}: schema_version {version!r}, this astuner reads version {SCHEMA_VERSION}; "
+            "re-collect with this version or use the astuner that wrote it"
+        )
+    try:
+        return Trajectory.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise TraceFormatError(f"{where}: field {field!r}: {first['msg']}") from None
+
+
+def trace_files(path: str | os.PathLike) -> list[Path]:
+    """A .jsonl file, or every *.jsonl file under a folder (sorted)."""
+    path = Path(path)
+    if path.is_dir():
+        return sorted(path.rglob("*.jsonl"))
+    if not path.exists():
+        raise FileNotFoundError(f"no traces at {path}")
+    return [path]
+
+
+def read_trajectories(path: str | os.PathLike) -> Iterator[Trajectory]:
+    """Yield every trajectory under `path`; raises TraceFormatError naming file and line."""
+    for file in trace_files(path):
+        with open(file, "rb") as fh:
+            for line_no, line in enumerate(fh, start=1):
+                if line.strip():
+                    yield parse_trajectory(line, str(file), line_no)
+
+
+def dump_line(traj: Trajectory) -> bytes:
+    return (traj.model_dump_json() + "\n").encode()

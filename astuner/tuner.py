@@ -1,0 +1,193 @@
+"""ModelTuner: an AgentScope chat model that records every call of a workflow run.
+
+Simple mode:    ReActAgent(model=model_tuner, ...)
+Advanced mode:  model_tuner.register_model(role, default_model=...); model_tuner.get_model(role)
+
+A role in the trainable targets (or any role when targets are None) is served by the engine
+(the one frozen checkpoint, one parameter set for all roles) and recorded with token ids and
+logprobs. Any other role is served by its registered default model and recorded as text; a
+role registered without a default falls back to the engine, recorded as not trainable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from agentscope.message import TextBlock, ToolUseBlock
+from agentscope.model import ChatModelBase, ChatResponse
+from agentscope.model._model_usage import ChatUsage
+
+from astuner.chat import parse_tool_calls, render_prompt_ids
+from astuner.engines import Engine, SamplingParams
+from astuner.trajectory import Completion, ModelCall, ToolCall, to_jsonable
+
+DEFAULT_ROLE = "default"
+
+
+def _calling_agent_name() -> str | None:
+    """The name of the innermost AgentScope agent on the call stack.
+
+    Agents do not tell their model who they are; walking the frames finds the agent whose
+    reasoning step is awaiting this call, also for agents a tool creates at run time.
+    """
+    from agentscope.agent import AgentBase
+
+    frame = sys._getframe(2)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, AgentBase):
+            return owner.name
+        frame = frame.f_back
+    return None
+
+
+class ModelTuner(ChatModelBase):
+    def __init__(
+        self,
+        engine: Engine,
+        sampling: SamplingParams,
+        trainable_targets: list[str] | None = None,
+    ):
+        super().__init__(model_name=engine.checkpoint, stream=False)
+        self.engine = engine
+        self.sampling = sampling
+        self.trainable_targets = None if trainable_targets is None else list(trainable_targets)
+        self.calls: list[ModelCall] = []
+        self._defaults: dict[str, ChatModelBase | None] = {}
+
+    # ----- the reference API -------------------------------------------------------
+    def register_model(self, role: str, default_model: ChatModelBase | None = None) -> None:
+        """Declare `role`; `default_model` serves it whenever it is not being trained."""
+        if default_model is not None and not callable(default_model):
+            raise TypeError(f"register_model({role!r}): default_model must be an AgentScope chat model")
+        self._defaults[role] = default_model
+
+    def get_model(self, role: str) -> ChatModelBase:
+        """The model an agent of `role` should use."""
+        if role not in self._defaults:
+            raise KeyError(
+                f"get_model({role!r}): role not registered; call "
+                f"model_tuner.register_model({role!r}, default_model=...) first"
+            )
+        return RoleModel(self, role)
+
+    def as_agentscope_model(
+        self, agent_name: str | None = None, target_tag: str = DEFAULT_ROLE, debug_model: ChatModelBase | None = None
+    ) -> ChatModelBase:
+        """Alias of register_model(target_tag, default_model=debug_model) + get_model(target_tag)."""
+        if target_tag not in self._defaults or debug_model is not None:
+            self.register_model(target_tag, default_model=debug_model)
+        return RoleModel(self, target_tag, agent_name=agent_name)
+
+    @property
+    def registered_roles(self) -> list[str]:
+        return list(self._defaults)
+
+    def is_trainable(self, role: str) -> bool:
+        return self.trainable_targets is None or role in self.trainable_targets
+
+    # ----- the chat model -------------------------------------------------------------
+    async def __call__(self, messages: list[dict], tools: list[dict] | None = None, tool_choice: str | None = None, **kwargs) -> ChatResponse:
+        return await self._call(DEFAULT_ROLE, None, messages, tools, tool_choice, kwargs)
+
+    async def _call(self, role, agent_name, messages, tools, tool_choice, kwargs) -> ChatResponse:
+        agent_name = agent_name or _calling_agent_name()
+        trainable = self.is_trainable(role)
+        default_model = None if trainable else self._defaults.get(role)
+        index = len(self.calls)
+        self.calls.append(None)  # reserve the slot: concurrent agents keep their call order
+        started = time.monotonic()
+        if default_model is None:
+            response, record = await self._engine_call(messages, tools, index)
+        else:
+            response, record = await self._default_call(default_model, messages, tools, tool_choice, kwargs)
+        self.calls[index] = ModelCall(
+            index=index,
+            role=role,
+            agent_name=agent_name,
+            trainable=trainable,
+            messages=to_jsonable(messages),
+            tools=to_jsonable(tools) if tools else None,
+            tool_choice=tool_choice,
+            latency_s=round(time.monotonic() - started, 6),
+            **record,
+        )
+        return response
+
+    def _call_seed(self, index: int) -> int | None:
+        if self.sampling.seed is None:
+            return None
+        return int.from_bytes(hashlib.sha256(f"{self.sampling.seed}/{index}".encode()).digest()[:4], "little")
+
+    async def _engine_call(self, messages, tools, index):
+        prompt_ids = render_prompt_ids(self.engine.tokenizer, messages, tools)
+        params = SamplingParams(
+            temperature=self.sampling.temperature,
+            top_p=self.sampling.top_p,
+            max_tokens=self.sampling.max_tokens,
+            seed=self._call_seed(index),
+        )
+        started = time.monotonic()
+        gen = await self.engine.generate(prompt_ids, params)
+        text, calls = parse_tool_calls(gen.text)
+        content = [TextBlock(type="text", text=text)] if text else []
+        content += [ToolUseBlock(type="tool_use", id=c["id"], name=c["name"], input=c["input"]) for c in calls]
+        response = ChatResponse(
+            content=content,
+            usage=ChatUsage(
+                input_tokens=len(prompt_ids),
+                output_tokens=len(gen.completion_token_ids),
+                time=time.monotonic() - started,
+            ),
+        )
+        record = dict(
+            model=self.engine.checkpoint,
+            completion=Completion(
+                text=gen.text,
+                tool_calls=[ToolCall(id=c["id"], name=c["name"], arguments=json.dumps(c["input"])) for c in calls],
+            ),
+            prompt_token_ids=gen.prompt_token_ids,
+            completion_token_ids=gen.completion_token_ids,
+            completion_logprobs=gen.completion_logprobs,
+            finish_reason=gen.finish_reason,
+            prompt_tokens=len(gen.prompt_token_ids),
+            completion_tokens=len(gen.completion_token_ids),
+        )
+        return response, record
+
+    async def _default_call(self, model, messages, tools, tool_choice, kwargs):
+        result = await model(messages, tools=tools, tool_choice=tool_choice, **kwargs)
+        if not isinstance(result, ChatResponse):  # a streaming model: the last chunk is the whole reply
+            chunks = [chunk async for chunk in result]
+            result = chunks[-1]
+        texts, calls = [], []
+        for block in result.content:
+            if block.get("type") == "text":
+                texts.append(block["text"])
+            elif block.get("type") == "tool_use":
+                calls.append(ToolCall(id=block["id"], name=block["name"], arguments=json.dumps(block.get("input", {}))))
+        usage = result.usage
+        record = dict(
+            model=getattr(model, "model_name", type(model).__name__),
+            completion=Completion(text="\n".join(texts), tool_calls=calls),
+            prompt_token_ids=None,
+            completion_token_ids=None,
+            completion_logprobs=None,
+            finish_reason=None,
+            prompt_tokens=usage.input_tokens if usage else None,
+            completion_tokens=usage.output_tokens if usage else None,
+        )
+        return result, record
+
+
+class RoleModel(ChatModelBase):
+    """What get_model(role) returns: the tuner seen through one role."""
+
+    def __init__(self, tuner: ModelTuner, role: str, agent_name: str | None = None):
+        super().__init__(model_name=f"{tuner.model_name}#{role}", stream=False)
+        self.tuner, self.role, self.agent_name = tuner, role, agent_name
+
+    async def __call__(self, messages: list[dict], tools: list[dict] | None = None, tool_choice: str | None = None, **kwargs) -> ChatResponse:
+        return await self.tuner._call(self.role, self.agent_name, messages, tools, tool_choice, kwargs)

@@ -1,0 +1,138 @@
+"""What users write: a Workflow subclass whose `execute` runs AgentScope agents on a task."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from astuner.tuner import ModelTuner
+
+
+@dataclass
+class Task:
+    """One row of the task set. `metadata` is the whole row (reference answer and all)."""
+
+    task_id: str
+    main_query: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class WorkflowTask:
+    """What `execute` receives: `task.task.main_query`, plus which sample and iteration this is."""
+
+    task: Task
+    sample_index: int = 0
+    iteration: int = 0
+
+    @property
+    def task_id(self) -> str:
+        return self.task.task_id
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self.task.metadata
+
+
+@dataclass
+class WorkflowOutput:
+    """reward: None leaves scoring to judge. metadata: anything judgers need (e.g. final_answer)."""
+
+    reward: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class Workflow:
+    """Subclass it, set `name` (and `trainable_targets` for multi-role workflows), write `execute`.
+
+    trainable_targets = None (the default) trains every call made through model_tuner.
+    A new instance is made for every run, so `self.agent = ...` inside execute is safe.
+    """
+
+    name: str = "workflow"
+    trainable_targets: list[str] | None = None
+
+    async def execute(self, task: WorkflowTask, model_tuner: ModelTuner) -> WorkflowOutput:
+        raise NotImplementedError(f"{type(self).__name__}.execute is not implemented")
+
+
+class FunctionWorkflow(Workflow):
+    """Runs an `agentscope.tuner` workflow function, `async def f(task, model, auxiliary_models)`,
+    unchanged: task is the raw task row; its WorkflowOutput(reward, response, metrics) maps to
+    ours with response and metrics in metadata."""
+
+    function = None  # set by for_function
+
+    @classmethod
+    def for_function(cls, fn) -> type[Workflow]:
+        return type(fn.__name__, (cls,), {"function": staticmethod(fn), "name": fn.__name__})
+
+    async def execute(self, task: WorkflowTask, model_tuner: ModelTuner) -> WorkflowOutput:
+        fn = type(self).function
+        offered = {
+            "task": dict(task.task.metadata),
+            "model": model_tuner,
+            "auxiliary_models": {},
+            "system_prompt": None,
+            "logger": None,
+        }
+        params = inspect.signature(fn).parameters
+        takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        result = await fn(**{k: v for k, v in offered.items() if takes_all or k in params})
+        if isinstance(result, WorkflowOutput):
+            return result
+        if result is None or not hasattr(result, "reward"):
+            raise TypeError(f"{fn.__name__} returned {type(result).__name__}; expected a WorkflowOutput")
+        metadata = {}
+        if getattr(result, "response", None) is not None:
+            metadata["response"] = result.response
+        if getattr(result, "metrics", None):
+            metadata["metrics"] = result.metrics
+        return WorkflowOutput(reward=result.reward, metadata=metadata)
+
+
+def load_workflow(ref: str) -> type[Workflow]:
+    """'package.module:Name' or 'path/to/file.py:Name' -> a Workflow class.
+
+    Name may be a Workflow subclass or an async agentscope.tuner-style function.
+    """
+    module_part, sep, attr = ref.rpartition(":")
+    if not sep or not module_part or not attr:
+        raise ValueError(f"--workflow {ref!r}: expected module:Class or path/to/file.py:Class")
+    if module_part.endswith(".py"):
+        path = Path(module_part)
+        if not path.is_file():
+            raise FileNotFoundError(f"--workflow {ref!r}: no file {path}")
+        name = f"astuner_user_workflow_{abs(hash(str(path.resolve())))}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        # the workflow's folder goes first on the path so its sibling modules import
+        sys.path.insert(0, str(path.resolve().parent))
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise ImportError(f"--workflow {ref!r}: importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    else:
+        try:
+            module = importlib.import_module(module_part)
+        except Exception as exc:
+            raise ImportError(f"--workflow {ref!r}: cannot import {module_part}: {type(exc).__name__}: {exc}") from exc
+    try:
+        target = getattr(module, attr)
+    except AttributeError:
+        raise ImportError(f"--workflow {ref!r}: {module_part} has no attribute {attr!r}") from None
+    if inspect.isclass(target) and issubclass(target, Workflow):
+        return target
+    if inspect.iscoroutinefunction(target):
+        return FunctionWorkflow.for_function(target)
+    raise TypeError(
+        f"--workflow {ref!r}: {attr} is a {type(target).__name__}, not a Workflow subclass "
+        "or an async workflow function"
+    )

@@ -1,0 +1,111 @@
+"""Collect throughput against the raw engine, on the same requests, in one process.
+
+    python benchmarks/collect_throughput.py                      # tiny model, CPU
+    python benchmarks/collect_throughput.py --model CKPT --tasks 256 --max-tokens 256
+
+collect: N one-call ReActAgent workflows, C at a time, through ModelTuner (prompt rendering,
+batching, tool-call parsing, recording, trace writing). raw: the same engine's generate_batch
+on exactly the prompt ids collect recorded, generating exactly as many tokens per request,
+in one batch. Prints completion tokens/s of each and collect/raw (target >= 0.9 on CPU).
+"""
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from astuner import Workflow, WorkflowOutput  # noqa: E402
+
+
+class OneReply(Workflow):
+    name = "one_reply"
+
+    async def execute(self, task, model_tuner):
+        from agentscope.agent import ReActAgent
+        from agentscope.formatter import DashScopeChatFormatter
+        from agentscope.message import Msg
+
+        agent = ReActAgent(name="Bench", sys_prompt="Answer briefly.", model=model_tuner,
+                           formatter=DashScopeChatFormatter(), max_iters=1)
+        await agent(Msg("user", task.task.main_query, "user"))
+        return WorkflowOutput(reward=0.0)
+
+
+def main() -> None:
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ["AGENTSCOPE_DISABLE_CONSOLE_OUTPUT"] = "true"
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="checkpoint folder (default: the embedded tiny model)")
+    parser.add_argument("--engine", default="transformers")
+    parser.add_argument("--tasks", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    from astuner.engines import SamplingParams, load_engine
+    from astuner.tiny import ensure_tiny_model
+    from astuner.trajectory import Checkpoint, Sampling
+    from astuner.workflow import Task
+    from collect.runner import RunSpec, run_collect
+    from collect.writer import TraceWriter
+
+    model = Path(args.model) if args.model else ensure_tiny_model()
+    engine = load_engine(args.engine, model, **({"max_batch_size": args.concurrency} if args.engine == "transformers" else {}))
+    tasks = [Task(task_id=f"b{i}", main_query=f"Question {i}: what is {i} times {i + 3}?") for i in range(args.tasks)]
+
+    def collect_once(seed: int):
+        spec = RunSpec(run_id=f"bench-{seed}", workflow_cls=OneReply, workflow_ref="benchmark:OneReply",
+                       checkpoint=Checkpoint(path=str(model), sha256="-"),
+                       sampling=Sampling(max_tokens=args.max_tokens, seed=seed), trainable_targets=None)
+        with tempfile.TemporaryDirectory() as tmp:
+            writer = TraceWriter(Path(tmp) / "traces")
+            captured = []
+            writer_add = writer.add
+            writer.add = lambda traj: (captured.append(traj), writer_add(traj))
+            t0 = time.perf_counter()
+            stats = asyncio.run(run_collect(spec, engine, [(t, 0) for t in tasks], writer, args.concurrency, progress=False))
+            seconds = time.perf_counter() - t0
+        assert stats.ok == len(tasks), f"{stats.error} errors"
+        calls = [c for traj in captured for c in traj.calls]
+        return seconds, calls
+
+    def raw_once(calls):
+        prompts = [c.prompt_token_ids for c in calls]
+        params = [SamplingParams(max_tokens=len(c.completion_token_ids), ignore_eos=True, seed=i) for i, c in enumerate(calls)]
+        t0 = time.perf_counter()
+        out = engine.generate_batch(prompts, params)
+        seconds = time.perf_counter() - t0
+        assert [len(g.completion_token_ids) for g in out] == [len(c.completion_token_ids) for c in calls]
+        return seconds
+
+    collect_once(-1)  # warm-up: imports, first-batch allocations
+    collect_rates, raw_rates, ratios = [], [], []
+    for rep in range(args.repeats):
+        c_sec, calls = collect_once(rep)
+        tokens = sum(len(c.completion_token_ids) for c in calls)
+        r_sec = raw_once(calls)
+        collect_rates.append(tokens / c_sec)
+        raw_rates.append(tokens / r_sec)
+        ratios.append(r_sec / c_sec)
+        print(f"repeat {rep}: {len(calls)} requests, {tokens} tokens: collect {c_sec:.3f}s, raw {r_sec:.3f}s, ratio {r_sec / c_sec:.3f}")
+    engine.close()
+
+    print()
+    print(f"engine={args.engine} model={model.name} tasks={args.tasks} concurrency={args.concurrency} max_tokens={args.max_tokens}")
+    print("| path    | tokens/s (median) |")
+    print("|---------|-------------------|")
+    print(f"| collect | {statistics.median(collect_rates):17.0f} |")
+    print(f"| raw     | {statistics.median(raw_rates):17.0f} |")
+    print(f"collect/raw ratio (median of {args.repeats}): {statistics.median(ratios):.3f}  (target >= 0.9)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from collect.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,196 @@
+"""Collect: run a workflow over a task set against a frozen checkpoint, one JSONL trajectory
+per run, with the exact token ids and logprobs of every model call.
+
+    python -m collect                                   # the bundled example on the tiny model
+    python -m collect --workflow examples/math_agent/workflow.py:MathAgentWorkflow \\
+        --tasks examples/math_agent/tasks.jsonl --model path/to/checkpoint \\
+        --samples-per-task 4 --concurrency 32 --out runs/iter-0/traces
+    python -m collect --config recipe.yaml --trainable-targets werewolf,seer
+
+Re-running the same command resumes: finished (task, sample) pairs are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+MANIFEST = "collect.json"
+# Changing any of these mid-run would mix two experiments in one output folder.
+_IDENTITY = ("workflow_ref", "checkpoint", "engine", "sampling", "trainable_targets", "iteration")
+
+
+@dataclass
+class CollectConfig:
+    workflow: str = field(
+        default=str(EXAMPLES / "math_agent" / "workflow.py") + ":MathAgentWorkflow",
+        metadata={"help": "The workflow: module:Class or path/to/file.py:Class (a Workflow subclass or an "
+                  "agentscope.tuner-style async function)."},
+    )
+    tasks: str = field(
+        default=str(EXAMPLES / "math_agent" / "tasks.jsonl"),
+        metadata={"help": "Tasks: .jsonl, .parquet, .csv, .json, a datasets save_to_disk folder, or module:function."},
+    )
+    model: str | None = field(default=None, metadata={"help": "Local checkpoint folder. Default: the embedded tiny model, built on first use."})
+    engine: str = field(default="transformers", metadata={"help": "transformers (CPU or GPU) or vllm (GPU, the [vllm] extra)."})
+    samples_per_task: int = field(default=1, metadata={"help": "Runs per task."})
+    concurrency: int = field(default=16, metadata={"help": "Workflow runs in flight at once; their model calls are batched."})
+    out: str = field(default="runs/collect", metadata={"help": "Output folder: traces/part-*.jsonl and collect.json."})
+    trainable_targets: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated roles to train, overriding the workflow's trainable_targets. "
+                  "'*' trains every role."},
+    )
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (0 = greedy)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
+    max_tokens: int = field(default=256, metadata={"help": "Max new tokens per model call."})
+    seed: int | None = field(default=None, metadata={"help": "Base seed; each run and call derives its own, so results do not depend on batching."})
+    timeout_s: float = field(default=600.0, metadata={"help": "Per-run wall-clock limit; a run past it is recorded as status=timeout."})
+    iteration: int = field(default=0, metadata={"help": "Iteration number recorded in every trajectory."})
+    limit: int | None = field(default=None, metadata={"help": "Use only the first N tasks."})
+    query_field: str | None = field(default=None, metadata={"help": "Task field holding the query (default: main_query, query, question, prompt or input)."})
+    id_field: str | None = field(default=None, metadata={"help": "Task field holding the task id (default: task_id or id, else a hash of the row)."})
+    max_batch_size: int = field(default=64, metadata={"help": "transformers engine: most requests in one generation batch."})
+    device: str | None = field(default=None, metadata={"help": "transformers engine: cpu, cuda, cuda:1 ... (default: cuda if available)."})
+    engine_args: str | None = field(default=None, metadata={"help": "vllm engine: JSON of extra AsyncEngineArgs, e.g. '{\"tensor_parallel_size\": 2}'."})
+    show_agent_output: bool = field(default=False, metadata={"help": "Let agents print their messages (off: the progress bar stays readable)."})
+
+
+def _targets(cfg: CollectConfig, workflow_cls) -> list[str] | None:
+    if cfg.trainable_targets is None:
+        targets = getattr(workflow_cls, "trainable_targets", None)
+        return None if targets is None else list(targets)
+    if cfg.trainable_targets.strip() == "*":
+        return None
+    return [t.strip() for t in cfg.trainable_targets.split(",") if t.strip()]
+
+
+def _open_run(out: Path, identity: dict) -> str:
+    """The run id of `out`, created on first use; a resume with other settings is refused."""
+    manifest = out / MANIFEST
+    if manifest.exists():
+        saved = json.loads(manifest.read_text())
+        for key in _IDENTITY:
+            if saved.get(key) != identity[key]:
+                raise SystemExit(
+                    f"collect: --out {out} holds a run with {key}={json.dumps(saved.get(key))}, "
+                    f"this command has {json.dumps(identity[key])}; use another --out or the same settings"
+                )
+        return saved["run_id"]
+    out.mkdir(parents=True, exist_ok=True)
+    run_id = uuid.uuid4().hex[:16]
+    tmp = manifest.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"run_id": run_id, "created_at": time.time(), **identity}, indent=2))
+    os.replace(tmp, manifest)
+    return run_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    from astuner.cli import ConfigError, parse_config
+
+    try:
+        cfg = parse_config(CollectConfig, argv, prog="python -m collect", description=__doc__)
+        return run(cfg)
+    except (ConfigError, FileNotFoundError, ImportError, TypeError, ValueError) as exc:
+        print(f"collect: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(cfg: CollectConfig) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # checkpoints are local folders; never reach a hub
+    if not cfg.show_agent_output:
+        os.environ["AGENTSCOPE_DISABLE_CONSOLE_OUTPUT"] = "true"
+    import asyncio
+
+    from transformers.utils import logging as hf_logging
+
+    from astuner.checkpoint import checkpoint_sha256
+    from astuner.engines import ENGINES, load_engine
+    from astuner.tasks import load_tasks
+    from astuner.tiny import ensure_tiny_model
+    from astuner.trajectory import Checkpoint, Sampling
+    from astuner.workflow import load_workflow
+
+    from collect.runner import RunSpec, role_table, run_collect
+    from collect.writer import TraceWriter
+
+    hf_logging.disable_progress_bar()  # our own bar is the one to watch
+    if cfg.engine not in ENGINES:
+        raise ValueError(f"--engine {cfg.engine!r}: unknown engine; choose one of {', '.join(ENGINES)}")
+    for name in ("samples_per_task", "concurrency", "max_tokens", "max_batch_size"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
+    if cfg.timeout_s <= 0:
+        raise ValueError(f"--timeout-s {cfg.timeout_s}: must be positive")
+
+    workflow_cls = load_workflow(cfg.workflow)
+    tasks = load_tasks(cfg.tasks, cfg.query_field, cfg.id_field, cfg.limit)
+    model_path = Path(cfg.model) if cfg.model else ensure_tiny_model()
+    if not (model_path / "config.json").is_file():
+        raise FileNotFoundError(f"--model {model_path}: not a checkpoint folder (no config.json); nothing is downloaded")
+    checkpoint = Checkpoint(path=str(model_path.resolve()), sha256=checkpoint_sha256(model_path))
+    sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed)
+    targets = _targets(cfg, workflow_cls)
+
+    out = Path(cfg.out)
+    identity = {
+        "workflow_ref": cfg.workflow,
+        "checkpoint": checkpoint.model_dump(),
+        "engine": cfg.engine,
+        "sampling": sampling.model_dump(),
+        "trainable_targets": targets,
+        "iteration": cfg.iteration,
+    }
+    run_id = _open_run(out, identity)
+    writer = TraceWriter(out / "traces")
+    done = writer.finished_keys()
+    todo = [(t, s) for t in tasks for s in range(cfg.samples_per_task) if (t.task_id, s) not in done]
+    total = len(tasks) * cfg.samples_per_task
+    print(f"collect: {len(tasks)} tasks x {cfg.samples_per_task} samples = {total} runs; "
+          f"{total - len(todo)} already in {out}, {len(todo)} to go", file=sys.stderr)
+    if not todo:
+        return 0
+
+    if cfg.engine == "transformers":
+        engine_kwargs = {"device": cfg.device, "max_batch_size": cfg.max_batch_size}
+    else:
+        engine_kwargs = json.loads(cfg.engine_args) if cfg.engine_args else {}
+    engine = load_engine(cfg.engine, model_path, **engine_kwargs)
+    spec = RunSpec(
+        run_id=run_id,
+        workflow_cls=workflow_cls,
+        workflow_ref=cfg.workflow,
+        checkpoint=checkpoint,
+        sampling=sampling,
+        trainable_targets=targets,
+        iteration=cfg.iteration,
+        timeout_s=cfg.timeout_s,
+    )
+    try:
+        stats = asyncio.run(run_collect(spec, engine, todo, writer, cfg.concurrency))
+    finally:
+        engine.close()
+
+    print(
+        f"collect: {stats.runs} runs in {stats.seconds:.1f}s: ok {stats.ok}, error {stats.error}, "
+        f"timeout {stats.timeout}; {stats.calls} model calls ({stats.trainable_calls} trainable), "
+        f"{stats.completion_tokens} completion tokens, {stats.tokens_per_s:.0f} tok/s",
+        file=sys.stderr,
+    )
+    if stats.by_role:
+        print(role_table(stats), file=sys.stderr)
+    print(f"collect: traces in {out / 'traces'}", file=sys.stderr)
+    unregistered = sorted(set(targets or []) - stats.registered_roles)
+    if unregistered:
+        print(
+            f"collect: warning: --trainable-targets names {', '.join(unregistered)}, which no run registered "
+            f"(registered: {', '.join(sorted(stats.registered_roles)) or 'none'}); nothing of it was trained",
+            file=sys.stderr,
+        )
+    return 0

@@ -1,0 +1,185 @@
+"""Run a workflow over (task, sample) pairs with C concurrent runs sharing one engine."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import time
+import traceback
+from dataclasses import dataclass, field
+
+from astuner.engines import Engine, SamplingParams
+from astuner.trajectory import Checkpoint, Sampling, TaskRecord, Trajectory, to_jsonable, trajectory_id
+from astuner.tuner import ModelTuner
+from astuner.workflow import Task, Workflow, WorkflowOutput, WorkflowTask
+
+from collect.writer import TraceWriter
+
+
+@dataclass
+class RunSpec:
+    run_id: str
+    workflow_cls: type[Workflow]
+    workflow_ref: str
+    checkpoint: Checkpoint
+    sampling: Sampling
+    trainable_targets: list[str] | None
+    iteration: int = 0
+    timeout_s: float = 600.0
+
+
+@dataclass
+class CollectStats:
+    ok: int = 0
+    error: int = 0
+    timeout: int = 0
+    calls: int = 0
+    trainable_calls: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    registered_roles: set = field(default_factory=set)
+    # role -> [calls, trainable calls, completion tokens, calls that counted tokens, agent names]
+    by_role: dict = field(default_factory=dict)
+
+    @property
+    def runs(self) -> int:
+        return self.ok + self.error + self.timeout
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.completion_tokens / self.seconds if self.seconds else 0.0
+
+
+def _seed_for(base: int | None, traj_id: str) -> int | None:
+    if base is None:
+        return None
+    return int.from_bytes(hashlib.sha256(f"{base}/{traj_id}".encode()).digest()[:4], "little")
+
+
+def _check_output(out) -> tuple[float | None, dict]:
+    if not isinstance(out, WorkflowOutput):
+        raise TypeError(f"execute returned {type(out).__name__}; expected astuner.WorkflowOutput(reward=..., metadata={{...}})")
+    reward = out.reward
+    if reward is not None:
+        if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward):
+            raise TypeError(f"WorkflowOutput.reward must be a finite float or None, got {reward!r}")
+        reward = float(reward)
+    return reward, to_jsonable(out.metadata or {})
+
+
+async def run_one(spec: RunSpec, engine: Engine, task: Task, sample_index: int) -> tuple[Trajectory, set[str]]:
+    traj_id = trajectory_id(spec.run_id, task.task_id, sample_index)
+    sampling = SamplingParams(**{**spec.sampling.model_dump(), "seed": _seed_for(spec.sampling.seed, traj_id)})
+    tuner = ModelTuner(engine, sampling, spec.trainable_targets)
+    status, error, tb, reward, metadata = "ok", None, None, None, {}
+    started, deadline = time.time(), None
+    try:
+        workflow = spec.workflow_cls()
+        async with asyncio.timeout(spec.timeout_s) as deadline:
+            out = await workflow.execute(WorkflowTask(task, sample_index, spec.iteration), tuner)
+        reward, metadata = _check_output(out)
+    except TimeoutError:
+        if deadline is not None and deadline.expired():
+            status, error = "timeout", f"run exceeded --timeout-s {spec.timeout_s:g}"
+        else:  # the workflow's own TimeoutError is an error like any other
+            status, error, tb = "error", "TimeoutError raised by the workflow", traceback.format_exc()
+    except Exception as exc:
+        status, error, tb = "error", f"{type(exc).__name__}: {exc}", traceback.format_exc()
+    finished = time.time()
+    return Trajectory(
+        trajectory_id=traj_id,
+        run_id=spec.run_id,
+        workflow=getattr(spec.workflow_cls, "name", spec.workflow_cls.__name__),
+        workflow_ref=spec.workflow_ref,
+        task=TaskRecord(task_id=task.task_id, main_query=task.main_query, metadata=to_jsonable(task.metadata)),
+        sample_index=sample_index,
+        iteration=spec.iteration,
+        checkpoint=spec.checkpoint,
+        engine=engine.name,
+        sampling=spec.sampling,
+        trainable_targets=spec.trainable_targets,
+        status=status,
+        error=error,
+        traceback=tb,
+        reward=reward,
+        metadata=metadata,
+        started_at=started,
+        finished_at=finished,
+        duration_s=round(finished - started, 6),
+        # a call that raised left its reserved slot empty
+        calls=[c for c in tuner.calls if c is not None],
+    ), set(tuner.registered_roles)
+
+
+async def run_collect(
+    spec: RunSpec,
+    engine: Engine,
+    todo: list[tuple[Task, int]],
+    writer: TraceWriter,
+    concurrency: int,
+    flush_interval_s: float = 2.0,
+    progress: bool = True,
+) -> CollectStats:
+    from tqdm.auto import tqdm
+
+    stats = CollectStats()
+    queue: asyncio.Queue = asyncio.Queue()
+    for item in todo:
+        queue.put_nowait(item)
+    bar = tqdm(total=len(todo), desc="collect", unit="run", disable=not progress, dynamic_ncols=True)
+    started = time.monotonic()
+    last_flush = time.monotonic()
+
+    def record(traj: Trajectory, roles: set) -> None:
+        nonlocal last_flush
+        writer.add(traj)
+        setattr(stats, traj.status, getattr(stats, traj.status) + 1)
+        stats.calls += len(traj.calls)
+        stats.trainable_calls += sum(c.trainable for c in traj.calls)
+        stats.completion_tokens += sum(c.completion_tokens or 0 for c in traj.calls if c.completion_token_ids is not None)
+        stats.registered_roles |= roles
+        for call in traj.calls:
+            row = stats.by_role.setdefault(call.role, [0, 0, 0, 0, set()])
+            row[0] += 1
+            row[1] += call.trainable
+            if call.completion_tokens is not None:
+                row[2] += call.completion_tokens
+                row[3] += 1
+            row[4].add(call.agent_name or "-")
+        stats.seconds = time.monotonic() - started
+        # Flush in batches: one part file per interval keeps the file count low while a
+        # kill loses at most the last interval of finished runs.
+        if time.monotonic() - last_flush >= flush_interval_s:
+            writer.flush()
+            last_flush = time.monotonic()
+        bar.update(1)
+        bar.set_postfix(failed=stats.error + stats.timeout, tok_s=f"{stats.tokens_per_s:.0f}", refresh=False)
+
+    async def worker() -> None:
+        while True:
+            try:
+                task, sample_index = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            record(*await run_one(spec, engine, task, sample_index))
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(todo))))))
+    finally:
+        writer.flush()
+        bar.close()
+    stats.seconds = time.monotonic() - started
+    return stats
+
+
+def role_table(stats: CollectStats) -> str:
+    rows = [("role", "agents", "calls", "trainable", "mean completion tokens")]
+    for role, (calls, trainable, tokens, counted, agents) in sorted(stats.by_role.items()):
+        names = ", ".join(sorted(agents))
+        mean = f"{tokens / counted:.1f}" if counted else "-"  # default models may not report usage
+        rows.append((role, names if len(names) <= 40 else names[:37] + "...", str(calls), str(trainable), mean))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,53 @@
+"""Crash-safe trace output: finished trajectories go into part files written under a temp
+name, fsynced, then renamed. A reader (ours, DuckDB, pandas) never sees half a line, and a
+kill -9 loses only what had not been flushed yet, which the next run re-collects."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from astuner.trajectory import Trajectory, dump_line, read_trajectories
+
+_PART_RE = re.compile(r"part-(\d+)\.jsonl$")
+
+
+class TraceWriter:
+    def __init__(self, traces_dir: str | os.PathLike):
+        self.dir = Path(traces_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for leftover in self.dir.glob(".part-*.tmp"):  # a write that a kill interrupted
+            leftover.unlink()
+        parts = [int(m.group(1)) for p in self.dir.glob("part-*.jsonl") if (m := _PART_RE.search(p.name))]
+        self._next_part = max(parts, default=0) + 1
+        self._buffer: list[bytes] = []
+
+    def finished_keys(self) -> dict[tuple[str, int], str]:
+        """(task_id, sample_index) -> status of every trajectory already on disk."""
+        done = {}
+        if any(self.dir.glob("part-*.jsonl")):
+            for traj in read_trajectories(self.dir):
+                done[(traj.task.task_id, traj.sample_index)] = traj.status
+        return done
+
+    def add(self, traj: Trajectory) -> None:
+        self._buffer.append(dump_line(traj))
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    def flush(self) -> Path | None:
+        if not self._buffer:
+            return None
+        final = self.dir / f"part-{self._next_part:06d}.jsonl"
+        tmp = self.dir / f".part-{self._next_part:06d}.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(b"".join(self._buffer))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        self._buffer.clear()
+        self._next_part += 1
+        return final
