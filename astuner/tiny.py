@@ -162,7 +162,11 @@ def build_tiny_model(out_dir: str | os.PathLike, vocab_size: int = 1024, seed: i
         model.save_pretrained(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        try:
+            os.replace(tmp, out_dir)
+        except OSError:
+            if not (out_dir / "config.json").exists():
+                raise  # else another process finished the same build first: keep theirs
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

@@ -160,7 +160,10 @@ def run(cfg: CollectConfig) -> int:
     if cfg.engine == "transformers":
         engine_kwargs = {"device": cfg.device, "max_batch_size": cfg.max_batch_size}
     else:
-        engine_kwargs = json.loads(cfg.engine_args) if cfg.engine_args else {}
+        try:
+            engine_kwargs = json.loads(cfg.engine_args) if cfg.engine_args else {}
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--engine-args {cfg.engine_args!r}: not JSON ({exc.msg}); e.g. '{{\"tensor_parallel_size\": 2}}'") from None
     engine = load_engine(cfg.engine, model_path, **engine_kwargs)
     spec = RunSpec(
         run_id=run_id,

@@ -167,3 +167,14 @@ def test_trace_reader_names_file_and_line(tmp_path):
     f.write_text("\n{oops\n")
     with pytest.raises(TraceFormatError, match=r"part-000001\.jsonl:2: not valid JSON"):
         list(read_trajectories(f))
+
+
+def test_reference_import_name():
+    import agentscope_tuner
+    from agentscope_tuner import ModelTuner, Workflow, WorkflowOutput, WorkflowTask
+
+    import astuner
+
+    assert (Workflow, WorkflowTask, WorkflowOutput, ModelTuner) == (
+        astuner.Workflow, astuner.WorkflowTask, astuner.WorkflowOutput, astuner.ModelTuner)
+    assert "ModelTuner" in agentscope_tuner.__all__

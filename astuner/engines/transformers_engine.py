@@ -138,7 +138,7 @@ class TransformersEngine(Engine):
         finish = [None] * batch
         past = None
         with torch.inference_mode():
-            for step in range(max(limits)):
+            for _ in range(max(limits)):
                 out = self.model(
                     input_ids=input_ids,
                     attention_mask=mask,
