@@ -11,7 +11,6 @@ role registered without a default falls back to the engine, recorded as not trai
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -20,7 +19,7 @@ from agentscope.model import ChatModelBase, ChatResponse
 from agentscope.model._model_usage import ChatUsage
 
 from astuner.chat import parse_tool_calls, render_prompt_ids
-from astuner.engines import Engine, SamplingParams
+from astuner.engines import Engine, SamplingParams, derive_seed
 from astuner.trajectory import Completion, ModelCall, ToolCall, to_jsonable
 
 DEFAULT_ROLE = "default"
@@ -116,18 +115,13 @@ class ModelTuner(ChatModelBase):
         )
         return response
 
-    def _call_seed(self, index: int) -> int | None:
-        if self.sampling.seed is None:
-            return None
-        return int.from_bytes(hashlib.sha256(f"{self.sampling.seed}/{index}".encode()).digest()[:4], "little")
-
     async def _engine_call(self, messages, tools, index):
         prompt_ids = render_prompt_ids(self.engine.tokenizer, messages, tools)
         params = SamplingParams(
             temperature=self.sampling.temperature,
             top_p=self.sampling.top_p,
             max_tokens=self.sampling.max_tokens,
-            seed=self._call_seed(index),
+            seed=derive_seed(self.sampling.seed, str(index)),
         )
         started = time.monotonic()
         gen = await self.engine.generate(prompt_ids, params)

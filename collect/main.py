@@ -111,7 +111,7 @@ def run(cfg: CollectConfig) -> int:
     from transformers.utils import logging as hf_logging
 
     from astuner.checkpoint import checkpoint_sha256
-    from astuner.engines import ENGINES, load_engine
+    from astuner.engines import ENGINES, load_engine, require_checkpoint
     from astuner.tasks import load_tasks
     from astuner.tiny import ensure_tiny_model
     from astuner.trajectory import Checkpoint, Sampling
@@ -131,9 +131,7 @@ def run(cfg: CollectConfig) -> int:
 
     workflow_cls = load_workflow(cfg.workflow)
     tasks = load_tasks(cfg.tasks, cfg.query_field, cfg.id_field, cfg.limit)
-    model_path = Path(cfg.model) if cfg.model else ensure_tiny_model()
-    if not (model_path / "config.json").is_file():
-        raise FileNotFoundError(f"--model {model_path}: not a checkpoint folder (no config.json); nothing is downloaded")
+    model_path = require_checkpoint(cfg.model) if cfg.model else ensure_tiny_model()
     checkpoint = Checkpoint(path=str(model_path.resolve()), sha256=checkpoint_sha256(model_path))
     sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed)
     targets = _targets(cfg, workflow_cls)

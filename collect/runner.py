@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import math
 import time
 import traceback
 from dataclasses import dataclass, field
 
-from astuner.engines import Engine, SamplingParams
+from astuner.engines import Engine, SamplingParams, derive_seed
 from astuner.trajectory import Checkpoint, Sampling, TaskRecord, Trajectory, to_jsonable, trajectory_id
 from astuner.tuner import ModelTuner
 from astuner.workflow import Task, Workflow, WorkflowOutput, WorkflowTask
@@ -51,12 +50,6 @@ class CollectStats:
         return self.completion_tokens / self.seconds if self.seconds else 0.0
 
 
-def _seed_for(base: int | None, traj_id: str) -> int | None:
-    if base is None:
-        return None
-    return int.from_bytes(hashlib.sha256(f"{base}/{traj_id}".encode()).digest()[:4], "little")
-
-
 def _check_output(out) -> tuple[float | None, dict]:
     if not isinstance(out, WorkflowOutput):
         raise TypeError(f"execute returned {type(out).__name__}; expected astuner.WorkflowOutput(reward=..., metadata={{...}})")
@@ -70,7 +63,7 @@ def _check_output(out) -> tuple[float | None, dict]:
 
 async def run_one(spec: RunSpec, engine: Engine, task: Task, sample_index: int) -> tuple[Trajectory, set[str]]:
     traj_id = trajectory_id(spec.run_id, task.task_id, sample_index)
-    sampling = SamplingParams(**{**spec.sampling.model_dump(), "seed": _seed_for(spec.sampling.seed, traj_id)})
+    sampling = SamplingParams(**{**spec.sampling.model_dump(), "seed": derive_seed(spec.sampling.seed, traj_id)})
     tuner = ModelTuner(engine, sampling, spec.trainable_targets)
     status, error, tb, reward, metadata = "ok", None, None, None, {}
     started, deadline = time.time(), None

@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from helpers import assert_token_exact
+from helpers import assert_token_exact, load
 
 from astuner.engines import Engine, Generation
 from astuner.trajectory import Checkpoint, Sampling
@@ -65,8 +65,6 @@ def test_handoffs_records_every_worker_call(tmp_path, tokenizer, tiny_model):
     writer = TraceWriter(tmp_path / "traces")
     stats = asyncio.run(run_collect(spec, ScriptedEngine(tokenizer, str(tiny_model)), [(t, 0) for t in tasks], writer, 2, progress=False))
     assert stats.ok == len(tasks) == 2
-
-    from helpers import load
 
     for traj in load(tmp_path):
         names = [c.agent_name for c in traj.calls]

@@ -8,6 +8,7 @@ model saw and produced.
 from __future__ import annotations
 
 import abc
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,14 @@ class SamplingParams:
     seed: int | None = None
     # Benchmarks only: generate exactly max_tokens so runs compare equal work.
     ignore_eos: bool = False
+
+
+def derive_seed(base: int | None, key: str) -> int | None:
+    """A seed for one run or call, from the user's base seed: results then depend on what
+    is sampled, never on how requests happened to be batched."""
+    if base is None:
+        return None
+    return int.from_bytes(hashlib.sha256(f"{base}/{key}".encode()).digest()[:4], "little")
 
 
 @dataclass
@@ -59,14 +68,19 @@ class Engine(abc.ABC):
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def load_engine(name: str, checkpoint: str | Path, **kwargs) -> Engine:
-    """Load `checkpoint` (a local folder) with engine `name`; vLLM is imported only here."""
+def require_checkpoint(checkpoint: str | Path) -> Path:
     path = Path(checkpoint)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
             f"--model {checkpoint}: not a checkpoint folder (no config.json). "
             "Pass a local folder written by save_pretrained or finetune; nothing is downloaded."
         )
+    return path
+
+
+def load_engine(name: str, checkpoint: str | Path, **kwargs) -> Engine:
+    """Load `checkpoint` (a local folder) with engine `name`; vLLM is imported only here."""
+    path = require_checkpoint(checkpoint)
     if name == "transformers":
         from astuner.engines.transformers_engine import TransformersEngine
 
