@@ -1,5 +1,5 @@
-# Two commands on a fresh machine: `make demo` (collect the bundled example on the embedded
-# tiny model) and `make test`. Both create .venv once; later runs reuse it.
+# Two commands on a fresh machine: `make demo` (collect and judge the bundled example on the
+# embedded tiny model, into a DuckDB store) and `make test`. Both create .venv once; later runs reuse it.
 PYTHON ?= python3
 VENV ?= .venv
 # CPU build lying on this project's machines; a GPU machine can pass its own, e.g. TORCH=torch.
@@ -16,6 +16,10 @@ $(VENV)/.installed: pyproject.toml
 
 demo: $(VENV)/.installed
 	$(PY) -m collect --out runs/demo
+	$(PY) -m judge ingest runs/demo --db runs/demo/store.duckdb
+	$(PY) -m judge score --db runs/demo/store.duckdb --judger workflow exact
+	$(PY) -m judge sql "SELECT * FROM task_stats ORDER BY task_id" --db runs/demo/store.duckdb
+	$(PY) -m judge report --db runs/demo/store.duckdb --out runs/demo/report
 
 test: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

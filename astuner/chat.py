@@ -76,9 +76,14 @@ def render_prompt(tokenizer, messages: list[dict], tools: list[dict] | None) -> 
 
 
 def render_prompt_ids(tokenizer, messages: list[dict], tools: list[dict] | None) -> list[int]:
-    text = render_prompt(tokenizer, messages, tools)
+    return render_prompts_ids(tokenizer, [(messages, tools)])[0]
+
+
+def render_prompts_ids(tokenizer, calls: list[tuple[list[dict], list[dict] | None]]) -> list[list[int]]:
+    """Batched render_prompt_ids: one tokenizer call for many (messages, tools) pairs."""
+    texts = [render_prompt(tokenizer, messages, tools) for messages, tools in calls]
     # The template already wrote every special token; adding BOS/EOS would change the prompt.
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
 def parse_tool_calls(text: str) -> tuple[str, list[dict[str, Any]]]:

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import importlib
+import importlib.util
+import sys
 from pathlib import Path
 
 
@@ -12,12 +16,50 @@ class ConfigError(ValueError):
     """A bad option; the message names the option, the value and the fix."""
 
 
-def parse_config(config_cls, argv: list[str] | None, prog: str, description: str):
+def import_object(ref: str, option: str, kind: str = "function"):
+    """'package.module:name' or 'path/to/file.py:name' -> the object; errors name `option`."""
+    module_part, sep, attr = ref.rpartition(":")
+    if not sep or not module_part or not attr:
+        raise ValueError(f"{option} {ref!r}: expected module:{kind} or path/to/file.py:{kind}")
+    if module_part.endswith(".py"):
+        path = Path(module_part)
+        if not path.is_file():
+            raise FileNotFoundError(f"{option} {ref!r}: no file {path}")
+        name = "astuner_user_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+        module = sys.modules.get(name)
+        if module is None:
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            # the file's folder goes first on the path so its sibling modules import
+            sys.path.insert(0, str(path.resolve().parent))
+            try:
+                spec.loader.exec_module(module)
+            except Exception as exc:
+                del sys.modules[name]
+                raise ImportError(f"{option} {ref!r}: importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    else:
+        try:
+            module = importlib.import_module(module_part)
+        except Exception as exc:
+            raise ImportError(f"{option} {ref!r}: cannot import {module_part}: {type(exc).__name__}: {exc}") from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ImportError(f"{option} {ref!r}: {module_part} has no attribute {attr!r}") from None
+
+
+def parse_config(config_cls, argv: list[str] | None, prog: str, description: str, positional: str | None = None):
+    """`positional` names a field that may also be given without its flag (e.g. judge's TRACES)."""
     import yaml
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(config_cls, prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None, help="A YAML recipe whose keys are the options below; flags override it.")
+    if positional:
+        field_type = str({f.name: f.type for f in dataclasses.fields(config_cls)}[positional])
+        parser.add_argument("_positional", metavar=positional.upper(), nargs="*" if "list" in field_type else "?",
+                            help=f"Same as --{positional}.")
     pre, _ = parser.parse_known_args(argv)
     if pre.config:
         path = Path(pre.config)
@@ -37,4 +79,6 @@ def parse_config(config_cls, argv: list[str] | None, prog: str, description: str
         parser.set_defaults(**recipe)
     namespace = parser.parse_args(argv)
     values = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(config_cls)}
+    if positional and namespace._positional:
+        values[positional] = namespace._positional
     return config_cls(**values)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from astuner.cli import import_object
 
 if TYPE_CHECKING:
     from astuner.tuner import ModelTuner
@@ -102,37 +100,12 @@ def load_workflow(ref: str) -> type[Workflow]:
 
     Name may be a Workflow subclass or an async agentscope.tuner-style function.
     """
-    module_part, sep, attr = ref.rpartition(":")
-    if not sep or not module_part or not attr:
-        raise ValueError(f"--workflow {ref!r}: expected module:Class or path/to/file.py:Class")
-    if module_part.endswith(".py"):
-        path = Path(module_part)
-        if not path.is_file():
-            raise FileNotFoundError(f"--workflow {ref!r}: no file {path}")
-        name = f"astuner_user_workflow_{abs(hash(str(path.resolve())))}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        # the workflow's folder goes first on the path so its sibling modules import
-        sys.path.insert(0, str(path.resolve().parent))
-        try:
-            spec.loader.exec_module(module)
-        except Exception as exc:
-            raise ImportError(f"--workflow {ref!r}: importing {path} failed: {type(exc).__name__}: {exc}") from exc
-    else:
-        try:
-            module = importlib.import_module(module_part)
-        except Exception as exc:
-            raise ImportError(f"--workflow {ref!r}: cannot import {module_part}: {type(exc).__name__}: {exc}") from exc
-    try:
-        target = getattr(module, attr)
-    except AttributeError:
-        raise ImportError(f"--workflow {ref!r}: {module_part} has no attribute {attr!r}") from None
+    target = import_object(ref, "--workflow", "Class")
     if inspect.isclass(target) and issubclass(target, Workflow):
         return target
     if inspect.iscoroutinefunction(target):
         return FunctionWorkflow.for_function(target)
     raise TypeError(
-        f"--workflow {ref!r}: {attr} is a {type(target).__name__}, not a Workflow subclass "
+        f"--workflow {ref!r}: {ref.rpartition(':')[2]} is a {type(target).__name__}, not a Workflow subclass "
         "or an async workflow function"
     )

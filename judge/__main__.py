@@ -1,4 +1,3 @@
-import sys
+from judge.main import main
 
-print("judge: not built yet (issue 3); only 'python -m collect' works in this version", file=sys.stderr)
-raise SystemExit(2)
+raise SystemExit(main())

@@ -1,0 +1,237 @@
+"""The store: one DuckDB file that judge writes and finetune reads. This is its only definition.
+
+Tables
+    meta          key/value: schema_version, success_threshold.
+    runs          one row per collect run (from its collect.json) and per judge/finetune command.
+    trajectories  one row per trajectory record (ids, task, status, workflow reward, metadata).
+    calls         one row per model call (role, trainable, messages/tools as JSON text, token ids,
+                  logprobs, counts, latency, template_drift).
+    scores        one row per (trajectory, call_index, judger): call_index NULL = trajectory-level.
+
+Views (the contract with finetune and with users' SQL)
+    rewards         combined reward per trajectory: weighted mean of the trajectory-level scores
+                    whose value is not NULL (judgers that applied); NULL when none applied.
+    task_stats      per (task_id, iteration): n, n_scored, mean/max reward, success_rate
+                    (share of all trajectories, failed ones included, with status 'ok' and
+                    reward >= meta.success_threshold).
+    best_per_task   per (task_id, iteration): the ok trajectory with the highest reward
+                    (ties: lowest sample_index).
+    sft_candidates  trainable engine calls of ok, rewarded trajectories, with the trajectory's
+                    task_rank (1 = best in its task and iteration).
+    dpo_candidates  pairs of trainable calls of one task and iteration with identical
+                    prompt_token_ids and different completions, chosen = higher reward.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+STORE_SCHEMA_VERSION = 1
+DEFAULT_SUCCESS_THRESHOLD = 1.0
+
+_TABLES = """
+CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
+CREATE TABLE runs (
+    run_id VARCHAR PRIMARY KEY,
+    stage VARCHAR NOT NULL,              -- collect | ingest | score | finetune
+    config JSON,
+    checkpoint_path VARCHAR,
+    checkpoint_sha256 VARCHAR,
+    started_at TIMESTAMPTZ,
+    finished_at TIMESTAMPTZ
+);
+CREATE TABLE trajectories (
+    trajectory_id VARCHAR PRIMARY KEY,
+    run_id VARCHAR NOT NULL,
+    workflow VARCHAR NOT NULL,
+    workflow_ref VARCHAR,
+    task_id VARCHAR NOT NULL,
+    task_query VARCHAR,
+    task_metadata JSON,
+    sample_index INTEGER NOT NULL,
+    iteration INTEGER NOT NULL,
+    checkpoint_path VARCHAR,
+    checkpoint_sha256 VARCHAR,
+    engine VARCHAR,
+    sampling JSON,
+    trainable_targets VARCHAR[],         -- NULL: every role trainable (simple mode)
+    status VARCHAR NOT NULL,             -- ok | error | timeout
+    error VARCHAR,
+    traceback VARCHAR,
+    workflow_reward DOUBLE,              -- what WorkflowOutput.reward returned
+    metadata JSON,                       -- WorkflowOutput.metadata
+    started_at TIMESTAMPTZ,
+    finished_at TIMESTAMPTZ,
+    duration_s DOUBLE,
+    n_calls INTEGER NOT NULL,
+    source_file VARCHAR,
+    ingested_at TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE calls (
+    trajectory_id VARCHAR NOT NULL,
+    call_index INTEGER NOT NULL,
+    role VARCHAR NOT NULL,
+    agent_name VARCHAR,
+    trainable BOOLEAN NOT NULL,
+    model VARCHAR,
+    messages JSON,
+    tools JSON,
+    tool_choice VARCHAR,
+    completion_text VARCHAR,
+    tool_calls JSON,
+    prompt_token_ids INTEGER[],
+    completion_token_ids INTEGER[],
+    completion_logprobs DOUBLE[],
+    finish_reason VARCHAR,
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER,
+    latency_s DOUBLE,
+    template_drift BOOLEAN,              -- trainable engine calls: re-rendering != prompt ids; NULL = not checked
+    PRIMARY KEY (trajectory_id, call_index)
+);
+CREATE TABLE scores (
+    trajectory_id VARCHAR NOT NULL,
+    call_index INTEGER,                  -- NULL: a trajectory-level score
+    judger VARCHAR NOT NULL,
+    judger_version VARCHAR NOT NULL,
+    weight DOUBLE NOT NULL,
+    value DOUBLE,                        -- NULL: not applicable, or an error
+    label VARCHAR,
+    explanation VARCHAR,
+    error VARCHAR,
+    scored_at TIMESTAMPTZ NOT NULL,
+    run_id VARCHAR
+);
+"""
+
+_VIEWS = """
+CREATE OR REPLACE VIEW rewards AS
+SELECT t.trajectory_id, t.run_id, t.task_id, t.iteration, t.sample_index, t.status, t.workflow,
+       t.workflow_reward, s.reward, coalesce(s.n_judgers, 0) AS n_judgers
+FROM trajectories t
+LEFT JOIN (
+    SELECT trajectory_id, sum(value * weight) / nullif(sum(weight), 0) AS reward, count(*) AS n_judgers
+    FROM scores WHERE call_index IS NULL AND value IS NOT NULL
+    GROUP BY trajectory_id
+) s USING (trajectory_id);
+
+CREATE OR REPLACE VIEW task_stats AS
+SELECT task_id, iteration, count(*) AS n, count(reward) AS n_scored,
+       avg(reward) AS mean_reward, max(reward) AS max_reward,
+       avg(CASE WHEN status = 'ok' AND reward >= (SELECT CAST(value AS DOUBLE) FROM meta WHERE key = 'success_threshold')
+                THEN 1.0 ELSE 0.0 END) AS success_rate
+FROM rewards GROUP BY task_id, iteration;
+
+CREATE OR REPLACE VIEW best_per_task AS
+SELECT * FROM rewards WHERE status = 'ok' AND reward IS NOT NULL
+QUALIFY row_number() OVER (PARTITION BY task_id, iteration ORDER BY reward DESC, sample_index, trajectory_id) = 1;
+
+CREATE OR REPLACE VIEW sft_candidates AS
+SELECT r.task_id, r.iteration, r.trajectory_id, r.sample_index, r.reward, r.task_rank,
+       c.call_index, c.role, c.agent_name, c.prompt_token_ids, c.completion_token_ids,
+       c.completion_logprobs, c.finish_reason, c.template_drift
+FROM (
+    SELECT *, row_number() OVER (PARTITION BY task_id, iteration ORDER BY reward DESC, sample_index, trajectory_id) AS task_rank
+    FROM rewards WHERE status = 'ok' AND reward IS NOT NULL
+) r
+JOIN calls c USING (trajectory_id)
+WHERE c.trainable AND c.prompt_token_ids IS NOT NULL AND c.completion_token_ids IS NOT NULL;
+
+CREATE OR REPLACE VIEW dpo_candidates AS
+WITH tc AS (
+    SELECT r.task_id, r.iteration, r.trajectory_id, r.reward, c.call_index, c.role,
+           c.prompt_token_ids, c.completion_token_ids, hash(c.prompt_token_ids) AS prompt_hash
+    FROM rewards r JOIN calls c USING (trajectory_id)
+    WHERE r.status = 'ok' AND r.reward IS NOT NULL AND c.trainable
+      AND c.prompt_token_ids IS NOT NULL AND c.completion_token_ids IS NOT NULL
+)
+SELECT a.task_id, a.iteration, a.role, a.prompt_token_ids,
+       a.trajectory_id AS chosen_trajectory_id, a.call_index AS chosen_call_index,
+       a.completion_token_ids AS chosen_completion_ids, a.reward AS chosen_reward,
+       b.trajectory_id AS rejected_trajectory_id, b.call_index AS rejected_call_index,
+       b.completion_token_ids AS rejected_completion_ids, b.reward AS rejected_reward,
+       a.reward - b.reward AS margin
+FROM tc a JOIN tc b
+  ON a.task_id = b.task_id AND a.iteration = b.iteration AND a.prompt_hash = b.prompt_hash AND a.reward > b.reward
+WHERE a.prompt_token_ids = b.prompt_token_ids AND a.completion_token_ids <> b.completion_token_ids;
+"""
+
+VIEWS = ("rewards", "task_stats", "best_per_task", "sft_candidates", "dpo_candidates")
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be used; the message is one line naming the file and the fix."""
+
+
+class StoreLockedError(StoreError):
+    pass
+
+
+class StoreVersionError(StoreError):
+    pass
+
+
+def _lock_holder(message: str) -> str:
+    match = re.search(r"PID (\d+)", message)
+    if not match:
+        return "another process"
+    pid = match.group(1)
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        cmd = ""
+    return f"process {pid}" + (f" ({cmd[:120]})" if cmd else "")
+
+
+def open_store(path: str | os.PathLike, *, read_only: bool = False):
+    """Open (and, writable, create) the store at `path`; errors are StoreError with one line."""
+    import duckdb
+
+    path = Path(path)
+    if read_only and not path.exists():
+        raise StoreError(f"no store at {path}; create it with: python -m judge ingest TRACES --db {path}")
+    try:
+        con = duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as exc:
+        text = str(exc)
+        if "lock" in text.lower():
+            raise StoreLockedError(
+                f"{path} is held by {_lock_holder(text)}; DuckDB allows one writer (and no readers beside it): "
+                "wait for it to finish or stop it"
+            ) from None
+        raise StoreError(f"{path}: cannot open as a DuckDB store ({text.splitlines()[0]})") from None
+    except duckdb.Error as exc:
+        raise StoreError(f"{path}: cannot open as a DuckDB store ({str(exc).splitlines()[0]})") from None
+    tables = {row[0] for row in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    if not tables and not read_only:
+        _create(con)
+        return con
+    if "meta" not in tables:
+        con.close()
+        raise StoreError(f"{path} is a DuckDB file but not an astuner store (no meta table); use another --db path")
+    row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
+    version = int(row[0][0]) if row else None
+    if version != STORE_SCHEMA_VERSION:
+        con.close()
+        raise StoreVersionError(
+            f"{path} has store schema version {version}, this astuner uses {STORE_SCHEMA_VERSION}; "
+            "ingest the traces into a new --db, or use the astuner that wrote it"
+        )
+    return con
+
+
+def _create(con) -> None:
+    con.execute("BEGIN")
+    con.execute(_TABLES)
+    con.execute(
+        "INSERT INTO meta VALUES ('schema_version', ?), ('success_threshold', ?)",
+        [str(STORE_SCHEMA_VERSION), str(DEFAULT_SUCCESS_THRESHOLD)],
+    )
+    con.execute(_VIEWS)
+    con.execute("COMMIT")
+
+
+def set_meta(con, key: str, value: str) -> None:
+    con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])

@@ -1,0 +1,301 @@
+"""Ingest: trajectory JSONL files -> the store, in bulk through DuckDB's JSON reader.
+
+Each file is read by DuckDB with declared columns (no per-line Python). A file that DuckDB
+cannot read, or whose rows miss required fields or carry another schema version, is re-read
+line by line with the trajectory model so every bad line is named by file:line and skipped
+(or, with --strict, fails the ingest). Rows are keyed by trajectory_id, so ingesting the same
+files again adds nothing. New trainable engine calls then get `template_drift`.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from astuner.trajectory import SCHEMA_VERSION, TraceFormatError, parse_trajectory, trace_files
+
+# Declared so DuckDB neither guesses nor merges shapes: messages, tools and metadata vary per
+# workflow and stay JSON text; token ids become typed lists.
+_CALL = (
+    'STRUCT("index" INTEGER, role VARCHAR, agent_name VARCHAR, trainable BOOLEAN, model VARCHAR, messages JSON, '
+    "tools JSON, tool_choice VARCHAR, completion STRUCT(text VARCHAR, tool_calls JSON), prompt_token_ids INTEGER[], "
+    "completion_token_ids INTEGER[], completion_logprobs DOUBLE[], finish_reason VARCHAR, prompt_tokens INTEGER, "
+    "completion_tokens INTEGER, latency_s DOUBLE)[]"
+)
+READ_COLUMNS = {
+    "schema_version": "INTEGER", "trajectory_id": "VARCHAR", "run_id": "VARCHAR", "workflow": "VARCHAR",
+    "workflow_ref": "VARCHAR", "task": "STRUCT(task_id VARCHAR, main_query VARCHAR, metadata JSON)",
+    "sample_index": "INTEGER", "iteration": "INTEGER", "checkpoint": "STRUCT(path VARCHAR, sha256 VARCHAR)",
+    "engine": "VARCHAR", "sampling": "JSON", "trainable_targets": "VARCHAR[]", "status": "VARCHAR",
+    "error": "VARCHAR", "traceback": "VARCHAR", "reward": "DOUBLE", "metadata": "JSON", "started_at": "DOUBLE",
+    "finished_at": "DOUBLE", "duration_s": "DOUBLE", "calls": _CALL,
+}
+_COLUMNS_SQL = "{" + ", ".join(f"'{k}': '{v}'" for k, v in READ_COLUMNS.items()) + "}"
+_READ = ("read_json(?, format='newline_delimited', filename=true, columns=" + _COLUMNS_SQL
+         + ", maximum_object_size=1073741824)")
+
+# Rows the fast path cannot vouch for: re-read that file line by line to name the bad lines.
+_SUSPECT = f"""
+SELECT DISTINCT source_file FROM staged WHERE (
+    schema_version IS DISTINCT FROM {SCHEMA_VERSION} OR trajectory_id IS NULL OR run_id IS NULL OR workflow IS NULL
+    OR task.task_id IS NULL OR sample_index IS NULL OR status IS NULL OR status NOT IN ('ok', 'error', 'timeout')
+    OR checkpoint IS NULL OR started_at IS NULL OR calls IS NULL
+    OR len(list_filter(calls, lambda c: c."index" IS NULL OR c.role IS NULL OR c.trainable IS NULL OR c.completion IS NULL)) > 0)
+"""
+
+_INSERT_TRAJECTORIES = """
+INSERT INTO trajectories
+SELECT s.trajectory_id, s.run_id, s.workflow, s.workflow_ref, s.task.task_id, s.task.main_query, s.task.metadata,
+       s.sample_index, coalesce(s.iteration, 0), s.checkpoint.path, s.checkpoint.sha256, s.engine, s.sampling,
+       s.trainable_targets, s.status, s.error, s.traceback, s.reward, s.metadata,
+       to_timestamp(s.started_at), to_timestamp(s.finished_at), s.duration_s, len(s.calls), s.source_file, now()
+FROM staged s JOIN new_ids n ON s.trajectory_id = n.trajectory_id AND s.rowid = n.row_id
+"""
+
+_INSERT_CALLS = """
+INSERT INTO calls
+SELECT trajectory_id, c."index", c.role, c.agent_name, c.trainable, c.model, c.messages, c.tools, c.tool_choice,
+       c.completion.text, c.completion.tool_calls, c.prompt_token_ids, c.completion_token_ids, c.completion_logprobs,
+       c.finish_reason, c.prompt_tokens, c.completion_tokens, c.latency_s, NULL
+FROM (SELECT s.trajectory_id, unnest(s.calls) AS c FROM staged s JOIN new_ids n
+      ON s.trajectory_id = n.trajectory_id AND s.rowid = n.row_id)
+"""
+
+
+class IngestError(ValueError):
+    """--strict and a bad line, or no traces at all; one line naming the file."""
+
+
+@dataclass
+class IngestResult:
+    files: int = 0
+    rows_read: int = 0
+    new_trajectories: int = 0
+    new_calls: int = 0
+    already_in_store: int = 0
+    bad_lines: list[str] = field(default_factory=list)
+    drift_checked: int = 0
+    drift_found: int = 0
+    drift_unchecked: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        rate = self.new_calls / self.seconds if self.seconds else 0.0
+        lines = [
+            f"ingested {self.new_trajectories} new trajectories ({self.new_calls} model calls) from {self.files} file(s) "
+            f"in {self.seconds:.2f}s ({rate:,.0f} calls/s); {self.already_in_store} already in the store; "
+            f"{len(self.bad_lines)} bad line(s) skipped",
+            f"template drift: {self.drift_found} drifted of {self.drift_checked} trainable engine calls checked"
+            + (f"; {self.drift_unchecked} not checked (checkpoint folder not found here)" if self.drift_unchecked else ""),
+        ]
+        return "\n".join(lines)
+
+
+def _stage_files(con, paths: list[Path], source: str | None = None) -> None:
+    """One read over many files, so DuckDB parses them in parallel."""
+    source_sql = "?::VARCHAR" if source else "filename"
+    params = [source] if source else []
+    con.execute(f"INSERT INTO staged SELECT * EXCLUDE (filename), {source_sql} FROM {_READ}", params + [[str(p) for p in paths]])
+
+
+def _stage_line_by_line(con, path: Path, strict: bool, result: IngestResult) -> None:
+    """The slow, exact path: validate each line, stage the good ones, name the bad ones."""
+    good = []
+    with open(path, "rb") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                parse_trajectory(line, str(path), line_no)
+            except TraceFormatError as exc:
+                if strict:
+                    raise IngestError(f"{exc} (--strict: nothing was ingested)") from None
+                result.bad_lines.append(str(exc))
+                continue
+            good.append(line.rstrip(b"\r\n"))
+    if not good:
+        return
+    with tempfile.NamedTemporaryFile("wb", suffix=".jsonl", delete=False) as tmp:
+        tmp.write(b"\n".join(good) + b"\n")
+    try:
+        _stage_files(con, [Path(tmp.name)], str(path))
+    finally:
+        Path(tmp.name).unlink(missing_ok=True)
+
+
+def _unfinished_files(con, files: list[Path]) -> tuple[list[Path], int]:
+    """Drop files whose every record is already in the store (a cheap pass: DuckDB parses only
+    the ids), so re-ingesting a growing traces folder stays fast. Returns (files, records skipped)."""
+    import duckdb
+
+    if not con.execute("SELECT count(*) FROM trajectories").fetchall()[0][0]:
+        return files, 0
+    try:
+        known = con.execute(
+            f"""SELECT filename, count(*), count(*) FILTER (trajectory_id IN (SELECT trajectory_id FROM trajectories))
+                FROM (SELECT filename, trajectory_id FROM {_READ}) GROUP BY filename""",
+            [[str(p) for p in files]],
+        ).fetchall()
+    except duckdb.Error:
+        return files, 0  # a file DuckDB cannot read: _stage finds and names it
+    done = {name for name, total, present in known if total == present}
+    return [p for p in files if str(p) not in done], sum(total for name, total, _ in known if name in done)
+
+
+def _stage(con, files: list[Path], strict: bool, result: IngestResult, progress: bool) -> None:
+    import duckdb
+    from tqdm.auto import tqdm
+
+    try:
+        if files:
+            _stage_files(con, files)
+    except duckdb.Error:
+        # Some file DuckDB cannot read: find it by reading one file at a time.
+        con.execute("DELETE FROM staged")
+        for path in tqdm(files, desc="ingest", unit="file", disable=not progress or len(files) < 2):
+            try:
+                _stage_files(con, [path])
+            except duckdb.Error:
+                _stage_line_by_line(con, path, strict, result)
+    # Files with rows the declared read cannot vouch for are re-read line by line.
+    for (source,) in con.execute(_SUSPECT).fetchall():
+        con.execute("DELETE FROM staged WHERE source_file = ?", [source])
+        _stage_line_by_line(con, Path(source), strict, result)
+
+
+def _collect_runs(con, paths: list[str]) -> None:
+    """A collect.json beside or above the traces gives the collect run's config."""
+    seen = set()
+    for raw in paths:
+        path = Path(raw).resolve()
+        for folder in [path, *path.parents][:3]:
+            manifest = folder / "collect.json"
+            if manifest.is_file() and manifest not in seen:
+                seen.add(manifest)
+                try:
+                    saved = json.loads(manifest.read_text())
+                    run_id = saved["run_id"]
+                except (OSError, ValueError, KeyError):
+                    break
+                con.execute(
+                    "INSERT OR IGNORE INTO runs VALUES (?, 'collect', ?, ?, NULL, to_timestamp(?), NULL)",
+                    [run_id, json.dumps(saved), saved.get("checkpoint"), saved.get("created_at", time.time())],
+                )
+                break
+    # Runs whose manifest is not here still get a row, from their trajectories.
+    con.execute(
+        """INSERT OR IGNORE INTO runs
+           SELECT run_id, 'collect', NULL, any_value(checkpoint_path), any_value(checkpoint_sha256),
+                  min(started_at), max(finished_at)
+           FROM trajectories WHERE run_id NOT IN (SELECT run_id FROM runs) GROUP BY run_id"""
+    )
+
+
+def ingest(con, paths: list[str], *, strict: bool = False, check_template: bool = True, progress: bool = True) -> IngestResult:
+    started = time.perf_counter()
+    result = IngestResult()
+    files: list[Path] = []
+    for raw in paths:
+        try:
+            files.extend(trace_files(raw))
+        except FileNotFoundError as exc:
+            raise IngestError(f"{exc}; pass .jsonl files or folders of them") from None
+    if not files:
+        raise IngestError(f"no *.jsonl files under {', '.join(paths)}")
+    result.files = len(files)
+
+    # Row order carries no meaning here; not keeping it lets DuckDB parse and insert in parallel.
+    con.execute("SET preserve_insertion_order = false")
+    columns = ", ".join(f'"{name}" {kind}' for name, kind in READ_COLUMNS.items())
+    con.execute(f"CREATE OR REPLACE TEMP TABLE staged ({columns}, source_file VARCHAR)")
+    files, skipped = _unfinished_files(con, files)
+    _stage(con, files, strict, result, progress)
+    result.rows_read = con.execute("SELECT count(*) FROM staged").fetchall()[0][0]
+
+    # One row per id: the first occurrence not already in the store.
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE new_ids AS
+           SELECT trajectory_id, min(rowid) AS row_id FROM staged
+           WHERE trajectory_id NOT IN (SELECT trajectory_id FROM trajectories) GROUP BY trajectory_id"""
+    )
+    con.execute("BEGIN")
+    try:
+        con.execute(_INSERT_TRAJECTORIES)
+        con.execute(_INSERT_CALLS)
+        _collect_runs(con, paths)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    result.new_trajectories = con.execute("SELECT count(*) FROM new_ids").fetchall()[0][0]
+    result.new_calls = con.execute(
+        "SELECT coalesce(sum(n_calls), 0) FROM trajectories JOIN new_ids USING (trajectory_id)"
+    ).fetchall()[0][0]
+    result.already_in_store = result.rows_read - result.new_trajectories + skipped
+    con.execute("DROP TABLE staged")
+    if check_template:
+        check_template_drift(con, result, progress)
+    con.execute("DROP TABLE new_ids")
+    result.seconds = time.perf_counter() - started
+    con.execute(
+        "INSERT INTO runs VALUES (?, 'ingest', ?, NULL, NULL, now() - to_seconds(?), now())",
+        [uuid.uuid4().hex[:16], json.dumps({"paths": [str(p) for p in paths], "strict": strict,
+                                            "new_trajectories": result.new_trajectories, "bad_lines": len(result.bad_lines)}),
+         result.seconds],
+    )
+    return result
+
+
+def check_template_drift(con, result: IngestResult, progress: bool = True, chunk: int = 512) -> None:
+    """Re-render each new trainable engine call's messages and tools through its checkpoint's
+    chat template; template_drift = the ids differ from the recorded prompt_token_ids."""
+    import pyarrow as pa
+    from tqdm.auto import tqdm
+
+    from astuner.chat import render_prompts_ids
+
+    groups = con.execute(
+        """SELECT t.checkpoint_path, count(*) FROM calls c JOIN new_ids n USING (trajectory_id)
+           JOIN trajectories t USING (trajectory_id)
+           WHERE c.trainable AND c.prompt_token_ids IS NOT NULL GROUP BY ALL"""
+    ).fetchall()
+    for checkpoint, count in groups:
+        tokenizer = _load_tokenizer(checkpoint)
+        if tokenizer is None:
+            result.drift_unchecked += count
+            continue
+        query = con.execute(
+            """SELECT c.trajectory_id, c.call_index, c.messages, c.tools, c.prompt_token_ids
+               FROM calls c JOIN new_ids n USING (trajectory_id) JOIN trajectories t USING (trajectory_id)
+               WHERE c.trainable AND c.prompt_token_ids IS NOT NULL AND t.checkpoint_path IS NOT DISTINCT FROM ?""",
+            [checkpoint],
+        )
+        ids, indexes, drift = [], [], []
+        with tqdm(total=count, desc="template drift", unit="call", disable=not progress) as bar:
+            while rows := query.fetchmany(chunk):
+                rendered = render_prompts_ids(tokenizer, [(json.loads(r[2]), json.loads(r[3]) if r[3] else None) for r in rows])
+                for row, again in zip(rows, rendered):
+                    ids.append(row[0])
+                    indexes.append(row[1])
+                    drift.append(again != row[4])
+                bar.update(len(rows))
+        result.drift_checked += len(drift)
+        result.drift_found += sum(drift)
+        con.register("drift_rows", pa.table({"trajectory_id": ids, "call_index": indexes, "drift": drift}))
+        con.execute(
+            """UPDATE calls SET template_drift = d.drift FROM drift_rows d
+               WHERE calls.trajectory_id = d.trajectory_id AND calls.call_index = d.call_index"""
+        )
+        con.unregister("drift_rows")
+
+
+def _load_tokenizer(checkpoint: str | None):
+    if not checkpoint or not Path(checkpoint).is_dir():
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(checkpoint)

@@ -1,0 +1,235 @@
+"""Judge: score trajectories into a DuckDB store that you query with plain SQL.
+
+    python -m judge ingest runs/demo/traces --db runs/store.duckdb
+    python -m judge score --db runs/store.duckdb --judger workflow --judger exact:final_answer,answer=2
+    python -m judge sql "SELECT * FROM task_stats ORDER BY mean_reward" --db runs/store.duckdb
+    python -m judge report --db runs/store.duckdb --out runs/report
+
+Subcommands: ingest, score, sql, report; `python -m judge SUBCOMMAND --help` shows its options.
+The store's tables and views are described in astuner/store.py and the README.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from dataclasses import dataclass, field
+
+DEFAULT_DB = "runs/store.duckdb"
+
+
+@dataclass
+class IngestConfig:
+    traces: list[str] = field(default_factory=list, metadata={"help": "Trajectory .jsonl files or folders of them (collect's OUT/traces)."})
+    db: str = field(default=DEFAULT_DB, metadata={"help": "The store (a DuckDB file); created if missing."})
+    strict: bool = field(default=False, metadata={"help": "Fail on the first malformed line instead of skipping it."})
+    check_template: bool = field(default=True, metadata={"help": "Re-render trainable calls through the checkpoint's chat template "
+                                 "and record template_drift (--no_check_template skips it)."})
+
+
+@dataclass
+class ScoreConfig:
+    db: str = field(default=DEFAULT_DB, metadata={"help": "The store to score."})
+    judger: list[str] = field(default_factory=list, metadata={"action": "extend", "help": (
+        "SPEC[=WEIGHT] ... (default: workflow), repeatable: workflow | exact[:OUT,REF] | numeric[:OUT,REF,TOL] | regex[:OUT,PATTERN_FIELD] | "
+        "llm[:TEMPLATE_FILE] | module:function | path/file.py:function. The combined reward is the weighted mean of "
+        "the judgers that applied.")})
+    where: str | None = field(default=None, metadata={"help": "SQL condition on the trajectories table, e.g. \"iteration = 2\"."})
+    batch_size: int = field(default=256, metadata={"help": "Trajectories per judger call (and per write)."})
+    remove: list[str] = field(default_factory=list, metadata={"action": "extend", "help": "Delete every score of these judgers first (by name, no weight)."})
+    success_threshold: float | None = field(default=None, metadata={"help": "Combined reward at or above which a trajectory "
+                                            "counts as a success in task_stats (stored in the store; default 1.0)."})
+    judge_model: str | None = field(default=None, metadata={"help": "llm judger: checkpoint folder (default: the embedded tiny model)."})
+    judge_engine: str = field(default="transformers", metadata={"help": "llm judger: transformers or vllm."})
+    judge_device: str | None = field(default=None, metadata={"help": "llm judger, transformers engine: cpu, cuda, ..."})
+    judge_max_tokens: int = field(default=128, metadata={"help": "llm judger: most tokens of the judge's reply."})
+    judge_max_score: float = field(default=10.0, metadata={"help": "llm judger: the top of the 'Score: N' scale; value = N / this."})
+
+
+@dataclass
+class SqlConfig:
+    query: str | None = field(default=None, metadata={"help": "A SQL query over the store's tables and views."})
+    db: str = field(default=DEFAULT_DB, metadata={"help": "The store (opened read-only)."})
+    format: str = field(default="table", metadata={"help": "table, csv, json (one object per line) or parquet (needs --out)."})
+    out: str | None = field(default=None, metadata={"help": "Write the result to this file instead of printing it."})
+    max_rows: int = field(default=100, metadata={"help": "table format: print at most this many rows."})
+
+
+@dataclass
+class ReportConfig:
+    db: str = field(default=DEFAULT_DB, metadata={"help": "The store (opened read-only)."})
+    out: str = field(default="runs/report", metadata={"help": "Folder for index.html and the PNG plots."})
+    max_trajectories: int = field(default=200, metadata={"help": "Trajectories shown in the HTML browser."})
+
+
+FORMATS = ("table", "csv", "json", "parquet")
+
+
+def format_table(headers: list[str], rows: list, width: int = 60) -> str:
+    def cell(value) -> str:
+        text = f"{value:.4g}" if isinstance(value, float) else ("NULL" if value is None else str(value))
+        text = text.replace("\n", " ")
+        return text if len(text) <= width else text[: width - 3] + "..."
+
+    cells = [[cell(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def _ingest(cfg: IngestConfig) -> int:
+    from astuner.store import open_store
+    from judge.ingest import IngestError, ingest
+
+    if not cfg.traces:
+        raise IngestError("no traces given; e.g. python -m judge ingest runs/demo/traces --db " + cfg.db)
+    _ensure_parent(cfg.db)
+    con = open_store(cfg.db)
+    try:
+        result = ingest(con, cfg.traces, strict=cfg.strict, check_template=cfg.check_template)
+    finally:
+        con.close()
+    for line in result.bad_lines[:20]:
+        print(f"skipped {line}", file=sys.stderr)
+    if len(result.bad_lines) > 20:
+        print(f"... and {len(result.bad_lines) - 20} more bad lines", file=sys.stderr)
+    print(result.summary())
+    return 0
+
+
+def _score(cfg: ScoreConfig) -> int:
+    from astuner.store import open_store, set_meta
+    from judge.judgers import parse_judger
+    from judge.score import score
+
+    con = open_store(cfg.db)
+    try:
+        if cfg.success_threshold is not None:
+            set_meta(con, "success_threshold", str(cfg.success_threshold))
+        for name in cfg.remove:
+            removed = con.execute("DELETE FROM scores WHERE judger = ?", [name]).fetchall()[0][0]
+            print(f"removed {removed} scores of judger {name!r}")
+        llm = dict(model=cfg.judge_model, engine=cfg.judge_engine, device=cfg.judge_device,
+                   max_tokens=cfg.judge_max_tokens, max_score=cfg.judge_max_score)
+        judgers = [parse_judger(spec, llm) for spec in cfg.judger or ["workflow"]]
+        if cfg.where:
+            import duckdb
+
+            try:
+                con.execute(f"SELECT count(*) FROM trajectories WHERE {cfg.where}").fetchall()
+            except duckdb.Error as exc:
+                raise ValueError(f"--where {cfg.where!r}: {str(exc).splitlines()[0]}") from None
+        result = score(con, judgers, where=cfg.where, batch_size=cfg.batch_size)
+        print(format_table(["judger", "weight", "scored", "applied", "errors", "mean", "seconds"], [j.row() for j in result.judgers]))
+        for stats in result.judgers:
+            if stats.first_error:
+                print(f"{stats.name}: {stats.errors} error(s), e.g. {stats.first_error[:200]}")
+        n, mean = con.execute("SELECT count(reward), avg(reward) FROM rewards").fetchall()[0]
+        print(f"combined reward: {n} of {result.trajectories} trajectories"
+              + (f", mean {mean:.4f}" if mean is not None else "") + " (SELECT * FROM rewards)")
+    finally:
+        con.close()
+    return 0
+
+
+def _sql(cfg: SqlConfig) -> int:
+    import duckdb
+
+    from astuner.store import open_store
+
+    if not cfg.query:
+        raise ValueError('no query given; e.g. python -m judge sql "SELECT * FROM task_stats" --db ' + cfg.db)
+    if cfg.format not in FORMATS:
+        raise ValueError(f"--format {cfg.format!r}: use one of {', '.join(FORMATS)}")
+    if cfg.format == "parquet" and not cfg.out:
+        raise ValueError("--format parquet needs --out FILE.parquet")
+    con = open_store(cfg.db, read_only=True)
+    try:
+        try:
+            if cfg.out:
+                options = {"csv": "FORMAT csv, HEADER", "json": "FORMAT json", "parquet": "FORMAT parquet"}.get(cfg.format)
+                if options is None:
+                    raise ValueError("--out needs --format csv, json or parquet")
+                query = cfg.query.strip().rstrip(";")
+                con.execute(f"COPY ({query}) TO '{cfg.out.replace(chr(39), chr(39) * 2)}' ({options})")
+                print(f"wrote {cfg.out}")
+                return 0
+            cursor = con.execute(cfg.query)
+            headers = [d[0] for d in cursor.description] if cursor.description else []
+            rows = cursor.fetchall() if headers else []
+        except duckdb.Error as exc:
+            raise ValueError(f"sql: {str(exc).splitlines()[0]}") from None
+    finally:
+        con.close()
+    if cfg.format == "table":
+        print(format_table(headers, rows[: cfg.max_rows]))
+        print(f"({len(rows)} row{'s' if len(rows) != 1 else ''}" + (f", first {cfg.max_rows} shown" if len(rows) > cfg.max_rows else "") + ")")
+    elif cfg.format == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(headers)
+        writer.writerows(rows)
+    else:
+        for row in rows:
+            print(json.dumps(dict(zip(headers, row)), default=str))
+    return 0
+
+
+def _report(cfg: ReportConfig) -> int:
+    from astuner.store import open_store
+    from judge.report import PLOTS, write_report
+
+    con = open_store(cfg.db, read_only=True)
+    try:
+        page = write_report(con, cfg.out, db_name=cfg.db, max_trajectories=cfg.max_trajectories)
+    finally:
+        con.close()
+    print(f"wrote {page} and {', '.join(PLOTS)} in {page.parent}")
+    return 0
+
+
+def _ensure_parent(path: str) -> None:
+    from pathlib import Path
+
+    Path(path).resolve().parent.mkdir(parents=True, exist_ok=True)
+
+
+COMMANDS = {
+    "ingest": (IngestConfig, _ingest, "traces", "Load trajectory JSONL into the store (idempotent: ids come from the records).\n\n"
+               "    python -m judge ingest runs/demo/traces --db runs/store.duckdb\n"
+               "    python -m judge ingest runs/iter-*/traces --db runs/store.duckdb --strict"),
+    "score": (ScoreConfig, _score, None, "Run judgers and write their scores; re-scoring replaces.\n\n"
+              "    python -m judge score --db runs/store.duckdb --judger workflow\n"
+              "    python -m judge score --db runs/store.duckdb --judger numeric:final_answer,answer,0.01=2 --judger workflow=1\n"
+              "    python -m judge score --db runs/store.duckdb --judger llm --judge_model path/to/checkpoint\n"
+              "    python -m judge score --db runs/store.duckdb --judger mypkg.judges:is_polite"),
+    "sql": (SqlConfig, _sql, "query", "Run a SQL query on the store (read-only) and print or write the result.\n\n"
+            "    python -m judge sql \"SELECT * FROM task_stats ORDER BY success_rate\" --db runs/store.duckdb\n"
+            "    python -m judge sql \"SELECT * FROM rewards\" --db runs/store.duckdb --format parquet --out rewards.parquet"),
+    "report": (ReportConfig, _report, None, "Write PNG plots and a static HTML page to browse trajectories.\n\n"
+               "    python -m judge report --db runs/store.duckdb --out runs/report"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from astuner.cli import ConfigError, parse_config
+    from astuner.store import StoreError
+    from judge.ingest import IngestError
+    from judge.judgers import JudgerError
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0 if argv else 2
+    command = argv[0]
+    if command not in COMMANDS:
+        print(f"judge: unknown subcommand {command!r}; use one of {', '.join(COMMANDS)} (python -m judge --help)", file=sys.stderr)
+        return 2
+    config_cls, run, positional, description = COMMANDS[command]
+    try:
+        cfg = parse_config(config_cls, argv[1:], prog=f"python -m judge {command}", description=description, positional=positional)
+        return run(cfg)
+    except (ConfigError, StoreError, IngestError, JudgerError, ValueError, FileNotFoundError) as exc:
+        print(f"judge {command}: error: {exc}", file=sys.stderr)
+        return 2
