@@ -33,43 +33,41 @@ def _fmt(value) -> str:
     return _esc(value)
 
 
+def _boxplot(plt, rows: list, path: Path, title: str, xlabel: str, ylabel: str) -> None:
+    """One box per group of (group, value) rows."""
+    groups: dict = {}
+    for group, value in rows:
+        groups.setdefault(group, []).append(value)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if groups:
+        ax.boxplot(list(groups.values()), showmeans=True)
+        ax.set_xticks(range(1, len(groups) + 1), [str(g) for g in groups], rotation=30 if len(groups) > 4 else 0)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _plots(con, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = con.execute(
-        "SELECT iteration, coalesce(reward, workflow_reward) FROM rewards WHERE coalesce(reward, workflow_reward) IS NOT NULL ORDER BY 1"
+    # Before any judger ran, the workflow's own reward is all there is to plot.
+    by_iteration = con.execute(
+        "SELECT iteration, coalesce(reward, workflow_reward) AS r FROM rewards WHERE r IS NOT NULL ORDER BY 1"
     ).fetchall()
-    by_iter: dict[int, list[float]] = {}
-    for iteration, reward in rows:
-        by_iter.setdefault(iteration, []).append(reward)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    if by_iter:
-        ax.boxplot(list(by_iter.values()), showmeans=True)
-        ax.set_xticks(range(1, len(by_iter) + 1), [str(i) for i in by_iter])
-    ax.set(title="Reward per iteration", xlabel="iteration", ylabel="reward (combined, else workflow)")
-    fig.tight_layout()
-    fig.savefig(out / PLOTS[0], dpi=100)
-    plt.close(fig)
-
-    rows = con.execute(
-        """SELECT c.role, coalesce(r.reward, r.workflow_reward)
-           FROM (SELECT DISTINCT trajectory_id, role FROM calls) c JOIN rewards r USING (trajectory_id)
-           WHERE coalesce(r.reward, r.workflow_reward) IS NOT NULL ORDER BY 1"""
+    _boxplot(plt, by_iteration, out / PLOTS[0], "Reward per iteration", "iteration", "reward (combined, else workflow)")
+    # A role's reward in a trajectory: the mean of its calls' call-level scores where a call
+    # judger ran (per-side rewards, say), else the trajectory's reward.
+    by_role = con.execute(
+        """SELECT c.role, coalesce(avg(s.value), any_value(coalesce(r.reward, r.workflow_reward))) AS v
+           FROM calls c JOIN rewards r USING (trajectory_id)
+           LEFT JOIN scores s ON s.trajectory_id = c.trajectory_id AND s.call_index = c.call_index AND s.value IS NOT NULL
+           GROUP BY c.trajectory_id, c.role HAVING v IS NOT NULL ORDER BY 1"""
     ).fetchall()
-    by_role: dict[str, list[float]] = {}
-    for role, reward in rows:
-        by_role.setdefault(role, []).append(reward)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    if by_role:
-        ax.boxplot(list(by_role.values()), showmeans=True)
-        ax.set_xticks(range(1, len(by_role) + 1), list(by_role), rotation=30)
-    ax.set(title="Reward of trajectories each role took part in", ylabel="reward")
-    fig.tight_layout()
-    fig.savefig(out / PLOTS[1], dpi=100)
-    plt.close(fig)
+    _boxplot(plt, by_role, out / PLOTS[1], "Reward per role", "role", "reward (call-level scores where present)")
 
     rows = con.execute("SELECT iteration, sum(success_rate * n) / sum(n) FROM task_stats GROUP BY 1 ORDER BY 1").fetchall()
     fig, ax = plt.subplots(figsize=(6, 4))
