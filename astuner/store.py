@@ -30,6 +30,7 @@ from pathlib import Path
 
 STORE_SCHEMA_VERSION = 1
 DEFAULT_SUCCESS_THRESHOLD = 1.0
+ROW_GROUP_SIZE = 16384
 
 _TABLES = """
 CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
@@ -192,9 +193,16 @@ def open_store(path: str | os.PathLike, *, read_only: bool = False):
     path = Path(path)
     if read_only and not path.exists():
         raise StoreError(f"no store at {path}; create it with: python -m judge ingest TRACES --db {path}")
+    # Attached rather than opened, for its row group size: an ingest's calls then fill row
+    # groups that go straight to the file instead of through the WAL (commit 1.8 s -> 0.1 s
+    # for 80k calls in benchmarks/judge_ingest.py).
+    con = duckdb.connect()
     try:
-        con = duckdb.connect(str(path), read_only=read_only)
+        quoted = str(path).replace("'", "''")
+        con.execute(f"ATTACH '{quoted}' AS store (ROW_GROUP_SIZE {ROW_GROUP_SIZE}{', READ_ONLY' if read_only else ''})")
+        con.execute("USE store")
     except duckdb.IOException as exc:
+        con.close()
         text = str(exc)
         if "lock" in text.lower():
             raise StoreLockedError(
@@ -203,8 +211,10 @@ def open_store(path: str | os.PathLike, *, read_only: bool = False):
             ) from None
         raise StoreError(f"{path}: cannot open as a DuckDB store ({text.splitlines()[0]})") from None
     except duckdb.Error as exc:
+        con.close()
         raise StoreError(f"{path}: cannot open as a DuckDB store ({str(exc).splitlines()[0]})") from None
-    tables = {row[0] for row in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    tables = {row[0] for row in con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_catalog = 'store'").fetchall()}
     if not tables and not read_only:
         _create(con)
         return con
