@@ -104,6 +104,8 @@ def _score(cfg: ScoreConfig) -> int:
     from judge.judgers import parse_judger
     from judge.score import score
 
+    if cfg.batch_size < 1:
+        raise ValueError(f"--batch_size {cfg.batch_size}: must be at least 1")
     con = open_store(cfg.db)
     try:
         if cfg.success_threshold is not None:

@@ -452,3 +452,27 @@ def test_python_m_judge_end_to_end(tmp_path):
     assert run("score", "--db", str(db), "--judger", "workflow", "exact=2").returncode == 0
     result = run("sql", "SELECT task_id, reward FROM rewards ORDER BY 1", "--db", str(db), "--format", "csv")
     assert result.returncode == 0 and result.stdout.split() == ["task_id,reward", "t0,1.0", "t1,0.0"]
+
+
+@pytest.mark.slow
+def test_real_collect_traces_ingest_without_drift(tmp_path, capsys):
+    """Traces from python -m collect (two roles, one untrained): every trainable engine call
+    re-renders to its recorded prompt ids, and the store keeps roles apart."""
+    from helpers import workflow_ref, write_tasks
+
+    from collect.main import main as collect_main
+
+    tasks = write_tasks(tmp_path / "tasks.jsonl", 2)
+    for workflow in ("WerewolfLite", "ExampleMathLearn"):
+        assert collect_main(["--workflow", workflow_ref(workflow), "--tasks", str(tasks), "--out", str(tmp_path / workflow),
+                             "--max-tokens", "24", "--seed", "0", "--samples-per-task", "2"]) == 0
+    db = tmp_path / "s.duckdb"
+    assert main(["ingest", str(tmp_path / "WerewolfLite"), str(tmp_path / "ExampleMathLearn"), "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    checked = rows(db, "SELECT count(*) FROM calls WHERE trainable AND prompt_token_ids IS NOT NULL")[0][0]
+    assert checked >= 8 and f"template drift: 0 drifted of {checked} trainable engine calls checked" in out
+    assert rows(db, "SELECT DISTINCT template_drift FROM calls WHERE trainable") == [(False,)]
+    assert rows(db, """SELECT role, trainable, count(*), count(template_drift) FROM calls JOIN trajectories USING (trajectory_id)
+                       WHERE workflow = 'werewolf_lite' GROUP BY ALL ORDER BY role""") == [
+        ("seer", True, 4, 4), ("villager", False, 4, 0), ("werewolf", True, 4, 4)]
+    assert rows(db, "SELECT stage, count(*) FROM runs GROUP BY stage ORDER BY stage") == [("collect", 2), ("ingest", 1)]
