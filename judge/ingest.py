@@ -206,6 +206,7 @@ def ingest(con, paths: list[str], *, strict: bool = False, check_template: bool 
             raise IngestError(f"{exc}; pass .jsonl files or folders of them") from None
     if not files:
         raise IngestError(f"no *.jsonl files under {', '.join(paths)}")
+    files = list(dict.fromkeys(p.resolve() for p in files))  # a file named twice is read once
     result.files = len(files)
 
     # Row order carries no meaning here; not keeping it lets DuckDB parse and insert in parallel.
