@@ -16,7 +16,7 @@ from typing import Any
 _TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 
 
-def _text_of(content: Any) -> str:
+def text_of(content: Any) -> str:
     """Formatters disagree on content: str (DashScope), list of blocks (OpenAI), None or []
     for tool-only turns. Chat templates want one string."""
     if content is None:
@@ -48,7 +48,7 @@ def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Formatter output -> the message shape HF chat templates expect."""
     out = []
     for msg in messages:
-        norm: dict[str, Any] = {"role": msg["role"], "content": _text_of(msg.get("content"))}
+        norm: dict[str, Any] = {"role": msg["role"], "content": text_of(msg.get("content"))}
         if msg.get("tool_calls"):
             norm["tool_calls"] = [
                 {

@@ -14,6 +14,7 @@ import json
 import re
 from pathlib import Path
 
+from astuner.chat import text_of
 from judge.judgers import Score
 
 DEFAULT_TEMPLATE = """You are grading an AI agent's answer to a task.
@@ -40,10 +41,7 @@ def transcript(traj: dict, limit: int = 6000) -> str:
     last = traj["calls"][-1]
     lines = []
     for msg in last["messages"]:
-        content = msg.get("content")
-        if isinstance(content, list):
-            content = "\n".join(b.get("text", "") for b in content if isinstance(b, dict))
-        lines.append(f"[{msg.get('role')}] {content or ''}")
+        lines.append(f"[{msg.get('role')}] {text_of(msg.get('content'))}")
         for call in msg.get("tool_calls") or []:
             fn = call.get("function", {})
             lines.append(f"[tool call] {fn.get('name')}({fn.get('arguments')})")

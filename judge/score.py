@@ -27,6 +27,17 @@ class JudgerStats:
     seconds: float = 0.0
     first_error: str | None = None
 
+    def add(self, scores: list[Score], seconds: float) -> None:
+        self.seconds += seconds
+        for s in scores:
+            self.scored += 1
+            if s.error:
+                self.errors += 1
+                self.first_error = self.first_error or s.error
+            elif s.value is not None:
+                self.applied += 1
+                self.total += s.value
+
     def row(self) -> list:
         mean = f"{self.total / self.applied:.3f}" if self.applied else "-"
         return [self.name, self.weight, self.scored, self.applied, self.errors, mean, f"{self.seconds:.2f}"]
@@ -102,60 +113,51 @@ def _call_items(batch: list[dict]) -> list[dict]:
     return items
 
 
-def score(con, judgers: list[Judger], *, where: str | None = None, batch_size: int = 256, progress: bool = True) -> ScoreResult:
+def _write_scores(con, judger: Judger, chunk: list[str], keys: list[tuple], scores: list[Score], run_id: str) -> None:
+    """Replace the judger's scores of this batch's trajectories, in one transaction."""
     import pyarrow as pa
+
+    table = pa.table({
+        "trajectory_id": pa.array([k[0] for k in keys], pa.string()), "call_index": pa.array([k[1] for k in keys], pa.int32()),
+        "value": pa.array([s.value for s in scores], pa.float64()), "label": pa.array([s.label for s in scores], pa.string()),
+        "explanation": pa.array([s.explanation for s in scores], pa.string()),
+        "error": pa.array([s.error for s in scores], pa.string()),
+    })
+    con.execute("BEGIN")
+    try:
+        con.execute("DELETE FROM scores WHERE judger = ? AND trajectory_id IN (SELECT unnest(?::VARCHAR[]))", [judger.name, chunk])
+        con.register("new_scores", table)
+        con.execute(
+            """INSERT INTO scores SELECT trajectory_id, call_index, ?, ?, ?, value, label, explanation, error,
+                      to_timestamp(?), ? FROM new_scores""",
+            [judger.name, judger.version, judger.weight, time.time(), run_id],
+        )
+        con.unregister("new_scores")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def score(con, judgers: list[Judger], *, where: str | None = None, batch_size: int = 256, progress: bool = True) -> ScoreResult:
     from tqdm.auto import tqdm
 
     ids = [r[0] for r in con.execute(
         f"SELECT trajectory_id FROM trajectories {'WHERE ' + where if where else ''} ORDER BY trajectory_id"
     ).fetchall()]
-    result = ScoreResult(trajectories=len(ids))
+    result = ScoreResult(trajectories=len(ids), judgers=[JudgerStats(j.name, j.weight) for j in judgers])
     run_id = uuid.uuid4().hex[:16]
     started = time.time()
-    for judger in judgers:
-        stats = JudgerStats(judger.name, judger.weight)
-        result.judgers.append(stats)
-        t0 = time.perf_counter()
-        for start in tqdm(range(0, len(ids), batch_size), desc=f"score {judger.name}", unit="batch", disable=not progress):
-            chunk = ids[start : start + batch_size]
-            batch = load_batch(con, chunk)
-            if judger.level == "call":
-                items = _call_items(batch)
-                keys = [(it["trajectory_id"], it["call_index"]) for it in items]
-            else:
-                items = batch
-                keys = [(it["trajectory_id"], None) for it in items]
+    for start in tqdm(range(0, len(ids), batch_size), desc="score", unit="batch", disable=not progress):
+        chunk = ids[start : start + batch_size]
+        batch = load_batch(con, chunk)  # once per batch, whatever the number of judgers
+        for judger, stats in zip(judgers, result.judgers):
+            t0 = time.perf_counter()
+            items = _call_items(batch) if judger.level == "call" else batch
+            keys = [(it["trajectory_id"], it["call_index"] if judger.level == "call" else None) for it in items]
             scores = apply_judger(judger, items) if items else []
-            now = time.time()
-            table = pa.table({
-                "trajectory_id": [k[0] for k in keys], "call_index": pa.array([k[1] for k in keys], pa.int32()),
-                "value": pa.array([s.value for s in scores], pa.float64()), "label": pa.array([s.label for s in scores], pa.string()),
-                "explanation": pa.array([s.explanation for s in scores], pa.string()),
-                "error": pa.array([s.error for s in scores], pa.string()),
-            })
-            con.execute("BEGIN")
-            try:
-                con.execute("DELETE FROM scores WHERE judger = ? AND trajectory_id IN (SELECT unnest(?::VARCHAR[]))", [judger.name, chunk])
-                con.register("new_scores", table)
-                con.execute(
-                    """INSERT INTO scores SELECT trajectory_id, call_index, ?, ?, ?, value, label, explanation, error,
-                              to_timestamp(?), ? FROM new_scores""",
-                    [judger.name, judger.version, judger.weight, now, run_id],
-                )
-                con.unregister("new_scores")
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            for s in scores:
-                stats.scored += 1
-                if s.error:
-                    stats.errors += 1
-                    stats.first_error = stats.first_error or s.error
-                elif s.value is not None:
-                    stats.applied += 1
-                    stats.total += s.value
-        stats.seconds = time.perf_counter() - t0
+            _write_scores(con, judger, chunk, keys, scores, run_id)
+            stats.add(scores, time.perf_counter() - t0)
     con.execute(
         "INSERT INTO runs VALUES (?, 'score', ?, NULL, NULL, to_timestamp(?), now())",
         [run_id, json.dumps({"judgers": [{"name": j.name, "version": j.version, "weight": j.weight} for j in judgers],
