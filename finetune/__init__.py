@@ -1,1 +1,1 @@
-"""finetune: not built yet (issue 4). It will read only files that the earlier stages write."""
+"""finetune: SFT/DPO on the trainable roles from the store, into the next checkpoint folder."""

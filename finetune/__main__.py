@@ -1,4 +1,3 @@
-import sys
+from finetune.main import main
 
-print("finetune: not built yet (issue 4); only 'python -m collect' works in this version", file=sys.stderr)
-raise SystemExit(2)
+raise SystemExit(main())

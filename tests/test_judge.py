@@ -6,60 +6,14 @@ import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
-from helpers import TESTS
+from helpers import TESTS, make_call, make_traj, rows, write
 
 from astuner.chat import render_prompt_ids
 from astuner.store import open_store
-from astuner.trajectory import SCHEMA_VERSION, Trajectory, dump_line, trajectory_id
+from astuner.trajectory import dump_line
 from judge.main import main
-
-
-def make_call(index, role="default", trainable=True, prompt=(1, 2, 3), completion=(4, 5), text="ok", messages=None,
-              agent="agent", tools=None):
-    return {
-        "index": index, "role": role, "agent_name": agent, "trainable": trainable, "model": "m",
-        "messages": messages or [{"role": "user", "content": "q"}], "tools": tools, "tool_choice": None,
-        "completion": {"text": text, "tool_calls": []},
-        "prompt_token_ids": list(prompt) if prompt is not None else None,
-        "completion_token_ids": list(completion) if completion is not None else None,
-        "completion_logprobs": [-0.5] * len(completion) if completion is not None else None,
-        "finish_reason": "stop", "prompt_tokens": len(prompt or ()), "completion_tokens": len(completion or ()),
-        "latency_s": 0.01,
-    }
-
-
-def make_traj(task_id, sample, *, reward=None, final=None, answer=4, status="ok", iteration=0, calls=None,
-              run_id="run-a", checkpoint="/nonexistent/ckpt", extra_task=None):
-    task_meta = {"task_id": task_id, "question": f"q {task_id}", **({"answer": answer} if answer is not None else {}),
-                 **(extra_task or {})}
-    metadata = {} if final is None else {"final_answer": final, "response": final}
-    record = {
-        "schema_version": SCHEMA_VERSION, "trajectory_id": trajectory_id(run_id, task_id, sample), "run_id": run_id,
-        "workflow": "wf", "workflow_ref": "tests:wf", "task": {"task_id": task_id, "main_query": f"q {task_id}", "metadata": task_meta},
-        "sample_index": sample, "iteration": iteration, "checkpoint": {"path": checkpoint, "sha256": "0" * 64},
-        "engine": "transformers", "sampling": {"temperature": 1.0, "top_p": 1.0, "max_tokens": 8, "seed": 0},
-        "trainable_targets": None, "status": status, "error": None if status == "ok" else "boom",
-        "traceback": None, "reward": reward, "metadata": metadata, "started_at": 1.0e9, "finished_at": 1.0e9 + 1,
-        "duration_s": 1.0, "calls": calls if calls is not None else [make_call(0)],
-    }
-    return Trajectory.model_validate(record)
-
-
-def write(path: Path, trajectories) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"".join(dump_line(t) for t in trajectories))
-    return path
-
-
-def rows(db, sql, params=()):
-    con = open_store(db, read_only=True)
-    try:
-        return con.execute(sql, list(params)).fetchall()
-    finally:
-        con.close()
 
 
 def answers_set(tmp_path):

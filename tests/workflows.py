@@ -168,3 +168,26 @@ async def tuner_style_workflow(task, model, auxiliary_models):
     agent = ReActAgent(name="Friday", sys_prompt="Answer.", model=model, formatter=OpenAIChatFormatter(), max_iters=1)
     reply = await agent(Msg("user", task["question"], "user"))
     return TunerWorkflowOutput(reward=0.25, response=reply.get_text_content(), metrics={"turns": 1.0})
+
+
+class Debate(Workflow):
+    """Two roles on the checkpoint, only one trained: the critic is registered with no default
+    model, so its calls carry token ids but trainable=false. Reward: even samples win."""
+
+    name: str = "debate"
+    trainable_targets: list = ["solver"]
+
+    async def execute(self, task, model_tuner):
+        from agentscope.agent import ReActAgent
+        from agentscope.formatter import DashScopeChatFormatter
+
+        model_tuner.register_model("solver")
+        model_tuner.register_model("critic")
+        solver = ReActAgent(name="Solver", sys_prompt="Solve it.", model=model_tuner.get_model("solver"),
+                            formatter=DashScopeChatFormatter(), max_iters=1)
+        critic = ReActAgent(name="Critic", sys_prompt="Criticise it.", model=model_tuner.get_model("critic"),
+                            formatter=DashScopeChatFormatter(), max_iters=1)
+        answer = await solver(Msg("user", task.task.main_query, "user"))
+        review = await critic(answer)
+        await solver(Msg("user", review.get_text_content() or "", "user"))
+        return WorkflowOutput(reward=1.0 if task.sample_index % 2 == 0 else 0.0)

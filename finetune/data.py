@@ -1,0 +1,239 @@
+"""Training data from the store, for the trainable roles only, built from the stored token ids.
+
+SFT (rejection sampling): per task and iteration, the top-k trajectories whose combined reward
+is at least a threshold (the `sft_candidates` view). Each trainable call becomes
+`prompt_token_ids + completion_token_ids` with a loss mask of 1 on exactly the completion ids.
+When an agent's next call starts with everything its previous sequence holds (a multi-turn
+ReAct loop under a template that re-renders history verbatim), the call is merged into that
+sequence: the new tokens between (tool results, other speakers) are masked and its completion
+is another span of 1s. Nothing is re-tokenized.
+
+DPO: pairs from the `dpo_candidates` view: two trainable calls of one task and iteration with
+identical prompt ids (where two samples first diverge) and different completions, chosen from
+the higher-reward trajectory, with margin >= --min_margin.
+
+This module needs duckdb only (no torch), so data can be built and exported quickly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+
+SFT_COLUMNS = ("input_ids", "completion_mask")
+DPO_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
+PAIRINGS = ("best_worst", "all")
+
+
+class EmptyDatasetError(ValueError):
+    """The selection produced no training data; the message says which count was zero."""
+
+
+@dataclass
+class Selection:
+    """What to read from the store; `iterations=None` means the latest iteration in it."""
+
+    method: str = "sft"
+    iterations: list[int] | None = None
+    top_k: int = 1
+    min_reward: float = 1.0
+    min_margin: float = 0.0
+    pairing: str = "best_worst"
+    roles: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BuiltDataset:
+    method: str
+    rows: list[dict]
+    iterations: list[int]
+    query: str
+    params: list
+    counts: dict
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return SFT_COLUMNS if self.method == "sft" else DPO_COLUMNS
+
+    def sha256(self) -> str:
+        """Hash of the training columns in order: same data, same hash, whatever the metadata."""
+        digest = hashlib.sha256(self.method.encode())
+        for row in self.rows:
+            digest.update(json.dumps([row[c] for c in self.columns], separators=(",", ":")).encode())
+        return digest.hexdigest()
+
+    def summary(self) -> str:
+        c = self.counts
+        its = ",".join(map(str, self.iterations))
+        roles = ", ".join(f"{role} {n}" for role, n in sorted(c["by_role"].items()))
+        if self.method == "sft":
+            return (f"SFT data: {c['samples']} sequences from {c['calls']} trainable calls ({c['merged_calls']} merged into "
+                    f"an earlier sequence of their agent) of {c['trajectories']} trajectories, {c['tasks']} tasks, iteration {its}; "
+                    f"{c['completion_tokens']} trained tokens of {c['tokens']}; calls by role: {roles}")
+        return (f"DPO data: {c['samples']} pairs from {c['prompts']} prompts of {c['tasks']} tasks, iteration {its}; "
+                f"margin mean {c['mean_margin']:.3g}, min {c['min_margin']:.3g}; pairs by role: {roles}")
+
+
+def resolve_iterations(con, iterations: list[int] | None) -> list[int]:
+    present = [row[0] for row in con.execute("SELECT DISTINCT iteration FROM trajectories ORDER BY 1").fetchall()]
+    if not present:
+        raise EmptyDatasetError("the store has no trajectories; ingest some with: python -m judge ingest TRACES --db DB")
+    if not iterations:
+        return [present[-1]]
+    missing = sorted(set(iterations) - set(present))
+    if missing:
+        raise EmptyDatasetError(f"--iterations {missing}: not in the store, which has iterations {present}")
+    return sorted(set(iterations))
+
+
+def _filters(sel: Selection, iterations: list[int]) -> tuple[str, list]:
+    where = f"iteration IN ({', '.join('?' for _ in iterations)})"
+    params: list = list(iterations)
+    if sel.roles:
+        where += f" AND role IN ({', '.join('?' for _ in sel.roles)})"
+        params += list(sel.roles)
+    return where, params
+
+
+def build(con, sel: Selection) -> BuiltDataset:
+    if sel.method not in ("sft", "dpo"):
+        raise ValueError(f"--method {sel.method!r}: use sft or dpo")
+    if sel.pairing not in PAIRINGS:
+        raise ValueError(f"--pairing {sel.pairing!r}: use one of {', '.join(PAIRINGS)}")
+    if sel.top_k < 1:
+        raise ValueError(f"--top_k {sel.top_k}: must be >= 1")
+    iterations = resolve_iterations(con, sel.iterations)
+    return (_build_sft if sel.method == "sft" else _build_dpo)(con, sel, iterations)
+
+
+# ---------------------------------------------------------------- SFT
+
+def _build_sft(con, sel: Selection, iterations: list[int]) -> BuiltDataset:
+    where, params = _filters(sel, iterations)
+    query = (f"SELECT task_id, iteration, trajectory_id, reward, task_rank, call_index, role, agent_name, "
+             f"prompt_token_ids, completion_token_ids, template_drift FROM sft_candidates "
+             f"WHERE {where} AND task_rank <= ? AND reward >= ? ORDER BY task_id, iteration, task_rank, call_index")
+    params = params + [sel.top_k, sel.min_reward]
+    calls = con.execute(query, params).fetchall()
+    if not calls:
+        raise EmptyDatasetError(_why_no_sft(con, sel, iterations))
+    rows = merge_calls(calls)
+    counts = {
+        "samples": len(rows), "calls": len(calls), "merged_calls": len(calls) - len(rows),
+        "trajectories": len({c[2] for c in calls}), "tasks": len({c[0] for c in calls}),
+        "completion_tokens": sum(sum(r["completion_mask"]) for r in rows), "tokens": sum(len(r["input_ids"]) for r in rows),
+        "by_role": dict(Counter(c[6] for c in calls)), "drifted_calls": sum(1 for c in calls if c[10]),
+    }
+    return BuiltDataset("sft", rows, iterations, query, params, counts)
+
+
+def merge_calls(calls) -> list[dict]:
+    """Calls in (trajectory, call_index) order -> sequences; an agent's call that extends its
+    previous sequence's ids is appended to it (masked gap, unmasked completion)."""
+    rows: list[dict] = []
+    open_seq: dict[tuple[str, str], dict] = {}  # (trajectory, agent) -> its latest sequence
+    for task_id, iteration, traj_id, reward, _rank, call_index, role, agent, prompt, completion, _drift in calls:
+        key = (traj_id, agent or role)
+        seq = open_seq.get(key)
+        if seq is not None and seq["role"] == role and len(prompt) >= len(seq["input_ids"]) and prompt[: len(seq["input_ids"])] == seq["input_ids"]:
+            gap = prompt[len(seq["input_ids"]):]
+            seq["input_ids"] += gap + list(completion)
+            seq["completion_mask"] += [0] * len(gap) + [1] * len(completion)
+            seq["call_indices"].append(call_index)
+            continue
+        seq = {
+            "task_id": task_id, "iteration": iteration, "trajectory_id": traj_id, "role": role, "agent_name": agent,
+            "call_indices": [call_index], "reward": reward,
+            "input_ids": list(prompt) + list(completion), "completion_mask": [0] * len(prompt) + [1] * len(completion),
+        }
+        open_seq[key] = seq
+        rows.append(seq)
+    return rows
+
+
+def _why_no_sft(con, sel: Selection, iterations: list[int]) -> str:
+    where, params = _filters(Selection(roles=[]), iterations)
+    n, ok, scored, best = con.execute(
+        f"SELECT count(*), count(*) FILTER (status = 'ok'), count(reward) FILTER (status = 'ok'), "
+        f"max(reward) FILTER (status = 'ok') FROM rewards WHERE {where}", params).fetchall()[0]
+    its = f"iteration {','.join(map(str, iterations))}"
+    if ok == 0:
+        return f"no SFT data: {its} has {n} trajectories and 0 with status ok"
+    if scored == 0:
+        return f"no SFT data: {its} has {ok} ok trajectories and 0 scored; run: python -m judge score --db DB --judger workflow"
+    above = con.execute(f"SELECT count(*), count(DISTINCT task_id) FROM rewards WHERE {where} AND status = 'ok' AND reward >= ?",
+                        params + [sel.min_reward]).fetchall()[0]
+    if above[0] == 0:
+        return (f"no SFT data: {its} has {scored} scored ok trajectories and 0 tasks with a reward >= --min_reward "
+                f"{sel.min_reward} (best reward {best:.4g}); lower --min_reward or collect more samples")
+    roles = f" of roles {sel.roles}" if sel.roles else ""
+    return (f"no SFT data: {above[0]} trajectories of {above[1]} tasks reach --min_reward {sel.min_reward}, "
+            f"but 0 trainable engine calls{roles} are in their top {sel.top_k}; check --trainable-targets at collect and --roles")
+
+
+# ---------------------------------------------------------------- DPO
+
+def _build_dpo(con, sel: Selection, iterations: list[int]) -> BuiltDataset:
+    where, params = _filters(sel, iterations)
+    query = (f"SELECT task_id, iteration, role, prompt_token_ids, chosen_trajectory_id, chosen_call_index, chosen_completion_ids, "
+             f"chosen_reward, rejected_trajectory_id, rejected_call_index, rejected_completion_ids, rejected_reward, margin "
+             f"FROM dpo_candidates WHERE {where} AND margin >= ? "
+             f"ORDER BY task_id, iteration, margin DESC, chosen_trajectory_id, chosen_call_index, rejected_trajectory_id, rejected_call_index")
+    params = params + [sel.min_margin]
+    pairs = con.execute(query, params).fetchall()
+    if not pairs:
+        raise EmptyDatasetError(_why_no_dpo(con, sel, iterations))
+    rows, seen, best_taken = [], set(), set()
+    for (task_id, iteration, role, prompt, c_traj, c_idx, chosen, c_reward, r_traj, r_idx, rejected, r_reward, margin) in pairs:
+        prompt_key = (task_id, iteration, tuple(prompt))
+        content_key = (prompt_key, tuple(chosen), tuple(rejected))
+        if content_key in seen or (sel.pairing == "best_worst" and prompt_key in best_taken):
+            continue  # the same pair of token sequences from other samples; or this prompt has its widest pair
+        seen.add(content_key)
+        best_taken.add(prompt_key)
+        rows.append({
+            "task_id": task_id, "iteration": iteration, "role": role,
+            "chosen_trajectory_id": c_traj, "chosen_call_index": c_idx, "chosen_reward": c_reward,
+            "rejected_trajectory_id": r_traj, "rejected_call_index": r_idx, "rejected_reward": r_reward, "margin": margin,
+            "prompt_ids": list(prompt), "chosen_ids": list(chosen), "rejected_ids": list(rejected),
+        })
+    margins = [r["margin"] for r in rows]
+    counts = {
+        "samples": len(rows), "prompts": len({(r["task_id"], r["iteration"], tuple(r["prompt_ids"])) for r in rows}),
+        "tasks": len({r["task_id"] for r in rows}), "candidate_pairs": len(pairs),
+        "mean_margin": sum(margins) / len(margins), "min_margin": min(margins),
+        "tokens": sum(len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in rows),
+        "by_role": dict(Counter(r["role"] for r in rows)),
+    }
+    return BuiltDataset("dpo", rows, iterations, query, params, counts)
+
+
+def _why_no_dpo(con, sel: Selection, iterations: list[int]) -> str:
+    where, params = _filters(Selection(roles=[]), iterations)
+    its = f"iteration {','.join(map(str, iterations))}"
+    scored = con.execute(f"SELECT count(*) FROM rewards WHERE {where} AND status = 'ok' AND reward IS NOT NULL", params).fetchall()[0][0]
+    if scored == 0:
+        return f"no DPO pairs: {its} has 0 scored ok trajectories; run: python -m judge score --db DB --judger workflow"
+    where, params = _filters(sel, iterations)
+    n, widest = con.execute(f"SELECT count(*), max(margin) FROM dpo_candidates WHERE {where}", params).fetchall()[0]
+    if n == 0:
+        return (f"no DPO pairs: {its} has {scored} scored ok trajectories and 0 pairs of trainable calls with identical "
+                "prompt ids, different completions and different rewards; collect more samples per task")
+    return (f"no DPO pairs: {n} candidate pairs, 0 with a reward margin >= --min_margin {sel.min_margin} "
+            f"(widest {widest:.4g}); lower --min_margin")
+
+
+def to_dataset(built: BuiltDataset):
+    """A datasets.Dataset with every column (ids and where they came from)."""
+    from datasets import Dataset
+
+    return Dataset.from_list(built.rows)
+
+
+def export(built: BuiltDataset, path: str) -> None:
+    from pathlib import Path
+
+    Path(path).resolve().parent.mkdir(parents=True, exist_ok=True)
+    to_dataset(built).to_parquet(path)

@@ -1,0 +1,173 @@
+"""Finetune: rejection-sampling SFT or DPO on the trainable roles' own tokens, from the store,
+into the next checkpoint folder that collect serves.
+
+    accelerate launch -m finetune --db runs/store.duckdb --output_dir runs/iter-1/checkpoint
+    accelerate launch -m finetune --method dpo --min_margin 0.5 --db runs/store.duckdb --output_dir runs/ckpt-dpo
+    accelerate launch --config_file finetune/accelerate/zero2.yaml -m finetune --config recipe.yaml
+    python -m finetune --db runs/store.duckdb --export runs/sft.parquet     # build and write the data only
+
+Data: SFT takes, per task and iteration, the --top_k trajectories with reward >= --min_reward
+and trains on exactly the completion tokens of their trainable calls (sft_candidates view);
+DPO pairs trainable calls with identical prompt ids and a reward margin >= --min_margin
+(dpo_candidates view). Both use the token ids the engine produced; nothing is re-tokenized.
+
+Training: every field of TRL's SFTConfig or DPOConfig (per --method) and ModelConfig is a flag
+or a key of --config recipe.yaml, e.g. --learning_rate, --num_train_epochs, --max_length,
+--use_peft --lora_r 16 --lora_alpha 32 --lora_target_modules q_proj v_proj, --report_to wandb.
+The parent checkpoint (--model_name_or_path) defaults to the one the trajectories were
+collected with. The result is a full checkpoint folder (LoRA merged) with the tokenizer, its
+chat template and finetune.json (parent, method, store, query, dataset hash, counts, metrics).
+
+Accelerate configs shipped in finetune/accelerate/: cpu, gpu, multi_gpu, zero2, zero3.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ACCELERATE_CONFIGS = Path(__file__).resolve().parent / "accelerate"
+METHODS = ("sft", "dpo")
+MANIFEST = "finetune.json"
+
+
+@dataclass
+class FinetuneArguments:
+    db: str = field(default="runs/store.duckdb", metadata={"help": "The store written by `python -m judge` (opened read-only)."})
+    method: str = field(default="sft", metadata={"help": "sft (rejection sampling) or dpo.", "choices": list(METHODS)})
+    iterations: list[int] = field(default_factory=list, metadata={"action": "extend", "help": "Iterations to read (default: the latest in the store)."})
+    top_k: int = field(default=1, metadata={"help": "sft: trajectories per task and iteration, best first."})
+    min_reward: float = field(default=1.0, metadata={"help": "sft: least combined reward (rewards view) of a trajectory used."})
+    min_margin: float = field(default=0.0, metadata={"help": "dpo: least chosen-minus-rejected reward; pairs always need a strictly higher chosen reward."})
+    pairing: str = field(default="best_worst", metadata={"help": "dpo: best_worst (the widest-margin pair per prompt) or all (every distinct pair).",
+                                                         "choices": ["best_worst", "all"]})
+    roles: list[str] = field(default_factory=list, metadata={"action": "extend", "help": "Only these trainable roles (default: every role trained at collect)."})
+    export: str | None = field(default=None, metadata={"help": "Write the dataset to this .parquet file and stop (no training)."})
+
+
+def _method_of(argv: list[str]) -> str:
+    """--method decides which TRL config class parses the rest, so read it (flag, else recipe) first."""
+    import argparse
+
+    import yaml
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--method", default=None)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    method = known.method
+    if method is None and known.config:
+        try:
+            recipe = yaml.safe_load(Path(known.config).read_text()) or {}
+        except OSError as exc:
+            raise ValueError(f"--config {known.config}: cannot read ({exc.strerror})") from None
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--config {known.config}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(recipe, dict):
+            raise ValueError(f"--config {known.config}: expected a mapping of option: value, got {type(recipe).__name__}")
+        method = recipe.get("method")
+    method = method or "sft"
+    if method not in METHODS:
+        raise ValueError(f"--method {method!r}: use sft or dpo")
+    return method
+
+
+def parse_args(argv: list[str]):
+    """-> (FinetuneArguments, SFTConfig | DPOConfig, ModelConfig), from --config recipe.yaml and flags."""
+    import warnings
+
+    # TRL's configs still set gradient_checkpointing, which transformers 5 renames: noise to users.
+    warnings.filterwarnings("ignore", category=FutureWarning, message=r"(?s).*activation_checkpointing")
+    method = _method_of(argv)
+    import torch
+    from trl import DPOConfig, ModelConfig, SFTConfig, TrlParser
+
+    parser = TrlParser((FinetuneArguments, SFTConfig if method == "sft" else DPOConfig, ModelConfig), prog="python -m finetune",
+                       description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    # Defaults that depend on the machine: bf16 only where a GPU has it; no tracker unless asked.
+    gpu = torch.cuda.is_available()
+    parser.set_defaults(bf16=gpu and torch.cuda.is_bf16_supported(), dataloader_pin_memory=gpu, report_to="none",
+                        output_dir="", save_strategy="no")  # "": TrainingArguments would default None to trainer_output
+    try:
+        args, training_args, model_args = parser.parse_args_and_config(args=argv)
+    except FileNotFoundError as exc:
+        raise ValueError(f"--config: {exc.strerror}: {exc.filename}") from None
+    return args, training_args, model_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("-h", "--help") and len(argv) == 1:
+        configs = ", ".join(sorted(p.stem for p in ACCELERATE_CONFIGS.glob("*.yaml")))
+        print(__doc__.strip() + f"\n(in {ACCELERATE_CONFIGS}: {configs})\n\n"
+              "All options: python -m finetune --help-all (with TRL's config fields; imports torch, so it takes a few seconds).")
+        return 0
+    if "--help-all" in argv:
+        argv = [a for a in argv if a != "--help-all"] + ["--help"]
+    from astuner.store import StoreError
+
+    from finetune.data import EmptyDatasetError
+
+    try:
+        args, training_args, model_args = parse_args(argv)
+        return run(args, training_args, model_args)
+    except (StoreError, EmptyDatasetError, ValueError, FileNotFoundError) as exc:
+        print(f"finetune: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        return 2
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def say(*parts) -> None:
+    if is_main_process():
+        print(*parts, flush=True)
+
+
+def run(args: FinetuneArguments, training_args, model_args) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # checkpoints are local folders; never reach a hub
+    from astuner.store import open_store
+
+    from finetune.data import Selection, build, export
+
+    if args.export is None and not training_args.output_dir:
+        raise ValueError("--output_dir: required to train (the checkpoint folder to write); or pass --export PATH.parquet to only build data")
+    output_dir = Path(training_args.output_dir) if training_args.output_dir else None
+    if output_dir is not None and output_dir.exists() and any(output_dir.iterdir()):
+        raise ValueError(f"--output_dir {output_dir}: already exists and is not empty; pick a new folder (checkpoints are never overwritten)")
+
+    con = open_store(args.db, read_only=True)
+    try:
+        selection = Selection(method=args.method, iterations=args.iterations or None, top_k=args.top_k, min_reward=args.min_reward,
+                              min_margin=args.min_margin, pairing=args.pairing, roles=args.roles)
+        built = build(con, selection)
+        parent = model_args.model_name_or_path or _collected_checkpoint(con, built.iterations)
+    finally:
+        con.close()
+    say(built.summary())
+    if args.export:
+        export(built, args.export)
+        say(f"wrote {len(built.rows)} {'sequences' if built.method == 'sft' else 'pairs'} to {args.export} "
+            f"(datasets.load_dataset('parquet', data_files='{args.export}'))")
+        return 0
+    if not (Path(parent) / "config.json").is_file():
+        raise FileNotFoundError(f"--model_name_or_path {parent}: not a checkpoint folder (no config.json); pass the local folder to train from")
+    model_args.model_name_or_path = str(parent)
+
+    from finetune.train import train
+
+    train(args, training_args, model_args, built, output_dir)
+    return 0
+
+
+def _collected_checkpoint(con, iterations: list[int]) -> str:
+    paths = [row[0] for row in con.execute(
+        f"SELECT DISTINCT checkpoint_path FROM trajectories WHERE iteration IN ({', '.join('?' for _ in iterations)}) ORDER BY 1",
+        iterations).fetchall()]
+    if len(paths) != 1 or paths[0] is None:
+        raise ValueError(f"--model_name_or_path: not given, and iteration(s) {iterations} were collected with "
+                         f"{len(paths)} checkpoints ({', '.join(map(str, paths[:3]))}); pass the one to train from")
+    return paths[0]

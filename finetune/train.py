@@ -1,0 +1,168 @@
+"""TRL training on pre-built token ids, then an atomic checkpoint folder with a manifest.
+
+The trainer works in OUTPUT_DIR.partial (TRL's output_dir: logs, checkpoint-N); the merged
+model, tokenizer and finetune.json are written into OUTPUT_DIR.partial/final, which is renamed
+to OUTPUT_DIR last, so OUTPUT_DIR is either absent or complete. A run killed midway and started
+again with the same data resumes from the last checkpoint-N (if save_strategy wrote one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from trl import DPOTrainer, SFTTrainer, get_peft_config
+
+from finetune.data import BuiltDataset, to_dataset
+from finetune.main import MANIFEST, FinetuneArguments, is_main_process, say
+
+MANIFEST_VERSION = 1
+
+
+class PretokenizedDPOTrainer(DPOTrainer):
+    """DPOTrainer on prompt_ids/chosen_ids/rejected_ids as given. TRL 1.16's DPO preparation
+    always re-renders and re-tokenizes text columns; the ids here are what the engine sampled."""
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        if args.max_length is not None and args.truncation_mode == "keep_start":
+            # as TRL does: a prompt that alone fills max_length leaves no completion token to learn from
+            dataset = dataset.filter(lambda ex: len(ex["prompt_ids"]) < args.max_length)
+        return dataset
+
+
+def training_dataset(built: BuiltDataset):
+    """Only the columns TRL consumes. SFT gets `labels` (-100 off the loss mask), used as is."""
+    dataset = to_dataset(built)
+    if built.method == "sft":
+        dataset = dataset.map(
+            lambda ex: {"labels": [t if m else -100 for t, m in zip(ex["input_ids"], ex["completion_mask"])]},
+            desc="Masking non-trained tokens")
+        return dataset.select_columns(["input_ids", "labels"])
+    return dataset.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"])
+
+
+def check_vocabulary(built: BuiltDataset, tokenizer, model_path: str) -> None:
+    """Token ids from another tokenizer would train silently wrong; refuse them."""
+    columns = ("input_ids",) if built.method == "sft" else ("prompt_ids", "chosen_ids", "rejected_ids")
+    largest = max((max(row[c]) for row in built.rows for c in columns if row[c]), default=-1)
+    if largest >= len(tokenizer):
+        raise ValueError(f"--model_name_or_path {model_path}: the store holds token id {largest}, outside this tokenizer's "
+                         f"{len(tokenizer)} tokens; train from the checkpoint the trajectories were collected with")
+
+
+def _resume_point(work: Path, dataset_sha: str, requested):
+    """The last checkpoint-N of an unfinished run on the same data, else None (stale work is cleared)."""
+    if requested:
+        return requested
+    from transformers.trainer_utils import get_last_checkpoint
+
+    marker = work / "dataset.sha256"
+    if work.is_dir():
+        same = marker.is_file() and marker.read_text().strip() == dataset_sha
+        last = get_last_checkpoint(str(work)) if same else None
+        if last:
+            say(f"resuming the unfinished run in {work} from {Path(last).name}")
+            return last
+        if is_main_process():
+            shutil.rmtree(work)
+    if is_main_process():
+        work.mkdir(parents=True, exist_ok=True)
+        marker.write_text(dataset_sha + "\n")
+    return None
+
+
+def build_trainer(method: str, training_args, model_args, dataset, tokenizer):
+    """The TRL trainer for `method`, the model loaded by TRL from model_args (as TRL's scripts do)."""
+    model_init_kwargs = {"dtype": model_args.dtype, "attn_implementation": model_args.attn_implementation,
+                         "revision": model_args.model_revision}
+    training_args.model_init_kwargs = {k: v for k, v in {**model_init_kwargs, **(training_args.model_init_kwargs or {})}.items()
+                                       if v is not None}
+    trainer_cls = SFTTrainer if method == "sft" else PretokenizedDPOTrainer
+    return trainer_cls(model=model_args.model_name_or_path, args=training_args, train_dataset=dataset,
+                       processing_class=tokenizer, peft_config=get_peft_config(model_args))
+
+
+def train(args: FinetuneArguments, training_args, model_args, built: BuiltDataset, output_dir: Path) -> Path:
+    import torch
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    parent = model_args.model_name_or_path
+    tokenizer = AutoTokenizer.from_pretrained(parent)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    check_vocabulary(built, tokenizer, parent)
+    dataset_sha = built.sha256()
+    work = Path(f"{str(output_dir).rstrip('/')}.partial")
+    resume = _resume_point(work, dataset_sha, training_args.resume_from_checkpoint)
+    training_args.output_dir = str(work)
+    if not is_main_process():
+        hf_logging.set_verbosity_error()
+
+    started = time.time()
+    trainer = build_trainer(built.method, training_args, model_args, training_dataset(built), tokenizer)
+    n_train = len(trainer.train_dataset)
+    if n_train == 0:
+        raise ValueError(f"--max_length {training_args.max_length}: every example's prompt fills it, so no token is left to "
+                         "train on; raise --max_length")
+    result = trainer.train(resume_from_checkpoint=resume)
+    trained = work / "trained"
+    trainer.save_model(str(trained))  # every rank: ZeRO-3 gathers the weights here
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        final = work / "final"
+        if final.exists():
+            shutil.rmtree(final)
+        _write_full_checkpoint(trained, final, parent, bool(model_args.use_peft), model_args.dtype, tokenizer, torch)
+        manifest = {
+            "manifest_version": MANIFEST_VERSION,
+            "created_at": time.time(),
+            "parent_checkpoint": str(Path(parent).resolve()),
+            "method": built.method,
+            "peft": bool(model_args.use_peft),
+            "store": str(Path(args.db).resolve()),
+            "iterations": built.iterations,
+            "query": built.query,
+            "query_params": built.params,
+            "selection": {k: getattr(args, k) for k in ("top_k", "min_reward", "min_margin", "pairing", "roles")},
+            "dataset_sha256": dataset_sha,
+            "counts": {**built.counts, "train_examples": n_train},
+            "metrics": result.metrics,
+            "log_history": trainer.state.log_history,
+            "train_seconds": round(time.time() - started, 3),
+            "command": " ".join(sys.argv),
+            "training_args": json.loads(training_args.to_json_string()),
+            "model_args": {k: v for k, v in vars(model_args).items() if not k.startswith("_")},
+        }
+        (final / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        os.replace(final, output_dir)
+        shutil.rmtree(work, ignore_errors=True)
+        loss = result.metrics.get("train_loss")
+        say(f"trained {built.method} on {n_train} examples in {result.metrics.get('train_runtime', 0):.1f} s"
+            + (f", train_loss {loss:.4f}" if loss is not None else "") + f"; wrote {output_dir}")
+        say(f"next: python -m collect --model {output_dir} ...")
+    trainer.accelerator.wait_for_everyone()
+    if hasattr(trainer, "end"):
+        trainer.end()
+    return output_dir
+
+
+def _write_full_checkpoint(trained: Path, final: Path, parent: str, peft: bool, dtype, tokenizer, torch) -> None:
+    """A folder both collect engines load as is: merged weights, tokenizer with its chat
+    template, and the parent's generation config (its stop tokens)."""
+    if peft:
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        base = AutoModelForCausalLM.from_pretrained(parent, dtype=getattr(torch, dtype) if dtype not in (None, "auto") else "auto")
+        merged = PeftModel.from_pretrained(base, str(trained)).merge_and_unload()
+        merged.save_pretrained(str(final))
+    else:
+        shutil.copytree(trained, final, ignore=shutil.ignore_patterns("training_args.bin"))
+    tokenizer.save_pretrained(str(final))
+    if (Path(parent) / "generation_config.json").is_file():
+        shutil.copy2(Path(parent) / "generation_config.json", final / "generation_config.json")
