@@ -49,9 +49,23 @@ def import_object(ref: str, option: str, kind: str = "function"):
         raise ImportError(f"{option} {ref!r}: {module_part} has no attribute {attr!r}") from None
 
 
+def read_recipe(path: str | Path) -> dict:
+    """A --config YAML file as a mapping; errors name the file and what is wrong."""
+    import yaml
+
+    try:
+        recipe = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(recipe, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of option: value, got {type(recipe).__name__}")
+    return recipe
+
+
 def parse_config(config_cls, argv: list[str] | None, prog: str, description: str, positional: str | None = None):
     """`positional` names a field that may also be given without its flag (e.g. judge's TRACES)."""
-    import yaml
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(config_cls, prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -63,14 +77,7 @@ def parse_config(config_cls, argv: list[str] | None, prog: str, description: str
     pre, _ = parser.parse_known_args(argv)
     if pre.config:
         path = Path(pre.config)
-        try:
-            recipe = yaml.safe_load(path.read_text()) or {}
-        except OSError as exc:
-            raise ConfigError(f"--config {path}: cannot read ({exc.strerror})") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(recipe, dict):
-            raise ConfigError(f"--config {path}: expected a mapping of option: value, got {type(recipe).__name__}")
+        recipe = read_recipe(path)
         known = {f.name for f in dataclasses.fields(config_cls)}
         recipe = {k.replace("-", "_"): v for k, v in recipe.items()}
         unknown = sorted(set(recipe) - known)

@@ -203,10 +203,10 @@ def main() -> None:
         print(data.summary())
         config_cls = SFTConfig if method == "sft" else DPOConfig
 
-        def ours():
+        def ours(method=method, config_cls=config_cls, data=data):
             return build_trainer(method, config_cls(output_dir=str(tmp / "ours"), **common), model_args, training_dataset(data), tokenizer)
 
-        def plain():
+        def plain(method=method, config_cls=config_cls, data=data):
             cfg = config_cls(output_dir=str(tmp / "plain"), **common, model_init_kwargs={"dtype": "float32"})
             if method == "sft":
                 ds = Dataset.from_list([{"input_ids": r["input_ids"], "completion_mask": r["completion_mask"]} for r in data.rows])

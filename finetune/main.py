@@ -51,23 +51,14 @@ def _method_of(argv: list[str]) -> str:
     """--method decides which TRL config class parses the rest, so read it (flag, else recipe) first."""
     import argparse
 
-    import yaml
+    from astuner.cli import read_recipe
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--method", default=None)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
-    method = known.method
-    if method is None and known.config:
-        try:
-            recipe = yaml.safe_load(Path(known.config).read_text()) or {}
-        except OSError as exc:
-            raise ValueError(f"--config {known.config}: cannot read ({exc.strerror})") from None
-        except yaml.YAMLError as exc:
-            raise ValueError(f"--config {known.config}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(recipe, dict):
-            raise ValueError(f"--config {known.config}: expected a mapping of option: value, got {type(recipe).__name__}")
-        method = recipe.get("method")
+    recipe = read_recipe(known.config) if known.config else {}  # read here too, so a bad file is one clear line
+    method = known.method or recipe.get("method")
     method = method or "sft"
     if method not in METHODS:
         raise ValueError(f"--method {method!r}: use sft or dpo")

@@ -54,6 +54,23 @@ def check_vocabulary(built: BuiltDataset, tokenizer, model_path: str) -> None:
                          f"{len(tokenizer)} tokens; train from the checkpoint the trajectories were collected with")
 
 
+def length_report(built: BuiltDataset, max_length: int | None) -> str | None:
+    """What TRL's --max_length will cut, said before training rather than discovered after."""
+    if max_length is None:
+        return None
+    if built.method == "sft":
+        lengths = [len(r["input_ids"]) for r in built.rows]
+        dropped = sum(1 for r in built.rows if r["completion_mask"].index(1) >= max_length)
+    else:
+        lengths = [len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])) for r in built.rows]
+        dropped = sum(1 for r in built.rows if len(r["prompt_ids"]) >= max_length)
+    truncated = sum(1 for n in lengths if n > max_length) - dropped
+    if not (dropped or truncated):
+        return None
+    return (f"--max_length {max_length}: of {len(lengths)} examples, {dropped} have no trained token within it and are dropped, "
+            f"{truncated} are cut short (longest: {max(lengths)} tokens); raise --max_length to keep them")
+
+
 def _resume_point(work: Path, dataset_sha: str, requested):
     """The last checkpoint-N of an unfinished run on the same data, else None (stale work is cleared)."""
     if requested:
@@ -103,6 +120,9 @@ def train(args: FinetuneArguments, training_args, model_args, built: BuiltDatase
     if not is_main_process():
         hf_logging.set_verbosity_error()
 
+    note = length_report(built, training_args.max_length)
+    if note:
+        say(f"warning: {note}")
     started = time.time()
     trainer = build_trainer(built.method, training_args, model_args, training_dataset(built), tokenizer)
     n_train = len(trainer.train_dataset)

@@ -1,1 +1,1 @@
-"""judge: not built yet (issue 3). It will read only files that the earlier stages write."""
+"""judge: score trajectories into the DuckDB store (python -m judge)."""

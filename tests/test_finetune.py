@@ -309,3 +309,16 @@ def test_other_combinations_write_servable_checkpoints(debate_store, tmp_path, m
         assert gen.prompt_token_ids == prompt and gen.completion_token_ids
     finally:
         engine.close()
+
+
+def test_max_length_cuts_are_reported_before_training(debate_store):
+    from finetune.train import length_report
+
+    data = built(debate_store, top_k=2)
+    limit = min(r["completion_mask"].index(1) for r in data.rows) + 1
+    dropped = sum(1 for r in data.rows if r["completion_mask"].index(1) >= limit)
+    assert length_report(data, 10_000) is None
+    note = length_report(data, limit)
+    assert 0 < dropped < 12 and note.startswith(f"--max_length {limit}: of 12 examples, {dropped} have no trained token")
+    assert f"{12 - dropped} are cut short" in note
+
