@@ -72,18 +72,18 @@ def length_report(built: BuiltDataset, max_length: int | None) -> str | None:
 
 
 def _resume_point(work: Path, dataset_sha: str, requested):
-    """The last checkpoint-N of an unfinished run on the same data, else None (stale work is cleared)."""
+    """The last complete checkpoint-N of an unfinished run on the same data, else None (stale work is cleared).
+    Complete = has trainer_state.json, which the Trainer writes last; a kill mid-save leaves a folder without it."""
     if requested:
         return requested
-    from transformers.trainer_utils import get_last_checkpoint
-
     marker = work / "dataset.sha256"
     if work.is_dir():
         same = marker.is_file() and marker.read_text().strip() == dataset_sha
-        last = get_last_checkpoint(str(work)) if same else None
-        if last:
-            say(f"resuming the unfinished run in {work} from {Path(last).name}")
-            return last
+        done = sorted((int(p.name.rpartition("-")[2]), p) for p in work.glob("checkpoint-*")
+                      if p.name.rpartition("-")[2].isdigit() and (p / "trainer_state.json").is_file())
+        if same and done:
+            say(f"resuming the unfinished run in {work} from {done[-1][1].name}")
+            return str(done[-1][1])
         if is_main_process():
             shutil.rmtree(work)
     if is_main_process():
@@ -151,6 +151,7 @@ def train(args: FinetuneArguments, training_args, model_args, built: BuiltDatase
             "selection": {k: getattr(args, k) for k in ("top_k", "min_reward", "min_margin", "pairing", "roles")},
             "dataset_sha256": dataset_sha,
             "counts": {**built.counts, "train_examples": n_train},
+            "world_size": trainer.accelerator.num_processes,
             "metrics": result.metrics,
             "log_history": trainer.state.log_history,
             "train_seconds": round(time.time() - started, 3),

@@ -248,7 +248,33 @@ def test_accelerate_launch_from_a_fresh_shell(debate_store, tmp_path):
                                "--output_dir", str(out), *FAST, "--max_steps", "2"],
                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        assert "trained sft on 12 examples" in proc.stdout and (out / "finetune.json").is_file()
+        assert proc.stdout.count("trained sft on 12 examples") == 1 and (out / "finetune.json").is_file()  # rank 0 speaks
+        assert json.loads((out / "finetune.json").read_text())["world_size"] == 1
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_and_never_leaves_a_half_checkpoint(debate_store, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "ckpt"
+    partial = Path(f"{out}.partial")
+    cmd = [sys.executable, "-m", "finetune", "--db", str(debate_store), "--top_k", "2", "--output_dir", str(out), *FAST,
+           "--max_steps", "60", "--save_strategy", "steps", "--save_steps", "5", "--save_total_limit", "2"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (partial / "checkpoint-10" / "trainer_state.json").is_file():
+        assert proc.poll() is None and time.time() < deadline, "training ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()  # nothing half-written where collect would look
+    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming the unfinished run" in again.stdout
+    manifest = json.loads((out / "finetune.json").read_text())
+    assert manifest["log_history"][-1]["step"] == 60 and not partial.exists()
 
 
 def test_one_line_errors(debate_store, tmp_path, capsys):
