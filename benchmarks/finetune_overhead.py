@@ -8,7 +8,7 @@ untrained critic), ingested and scored by judge, then built by finetune.data exa
 `python -m finetune` does. finetune: finetune.train.build_trainer (pre-tokenized labels for SFT,
 PretokenizedDPOTrainer for DPO). plain TRL: SFTTrainer on the same input_ids with TRL's own
 completion_mask (completion_only_loss), and DPOTrainer on the same pairs decoded to text.
-Same config, same order; repeats alternate. Prints the median step time of each, the ratio
+Same config, same example order; repeats alternate which trainer runs first. Prints the median step time of each, the ratio
 (target <= 1.05), tokens/s, and MFU against a matmul rate measured in the same run
 (bf16 on GPU, fp32 on CPU).
 """
@@ -164,7 +164,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
     import torch
@@ -218,8 +218,9 @@ def main() -> None:
             return DPOTrainer(model=str(model), args=cfg, train_dataset=ds, processing_class=tokenizer)
 
         runs = {"finetune": [], "plain TRL": []}
-        for _ in range(args.repeats):
-            for name, make in (("finetune", ours), ("plain TRL", plain)):
+        for repeat in range(args.repeats):
+            order = [("finetune", ours), ("plain TRL", plain)]
+            for name, make in order if repeat % 2 == 0 else order[::-1]:  # alternate who runs first
                 runs[name].append(run_trainer(make(), args.warmup))
         step = {k: statistics.median(r["step_s"] for r in v) for k, v in runs.items()}
         tokens = {k: statistics.median(r["tokens_per_step"] for r in v) for k, v in runs.items()}
