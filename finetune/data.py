@@ -22,6 +22,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 
+METHODS = ("sft", "dpo")
 SFT_COLUMNS = ("input_ids", "completion_mask")
 DPO_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 PAIRINGS = ("best_worst", "all")
@@ -98,7 +99,7 @@ def _filters(sel: Selection, iterations: list[int]) -> tuple[str, list]:
 
 
 def build(con, sel: Selection) -> BuiltDataset:
-    if sel.method not in ("sft", "dpo"):
+    if sel.method not in METHODS:
         raise ValueError(f"--method {sel.method!r}: use sft or dpo")
     if sel.pairing not in PAIRINGS:
         raise ValueError(f"--pairing {sel.pairing!r}: use one of {', '.join(PAIRINGS)}")
@@ -223,6 +224,17 @@ def _why_no_dpo(con, sel: Selection, iterations: list[int]) -> str:
                 "prompt ids, different completions and different rewards; collect more samples per task")
     return (f"no DPO pairs: {n} candidate pairs, 0 with a reward margin >= --min_margin {sel.min_margin} "
             f"(widest {widest:.4g}); lower --min_margin")
+
+
+def collected_checkpoint(con, iterations: list[int]) -> str:
+    """The one checkpoint these iterations were sampled from: the default parent to train."""
+    where, params = _filters(Selection(), iterations)
+    paths = [row[0] for row in con.execute(
+        f"SELECT DISTINCT checkpoint_path FROM trajectories WHERE {where} ORDER BY 1", params).fetchall()]
+    if len(paths) != 1 or paths[0] is None:
+        raise ValueError(f"--model_name_or_path: not given, and iteration(s) {iterations} were collected with "
+                         f"{len(paths)} checkpoints ({', '.join(map(str, paths[:3]))}); pass the one to train from")
+    return paths[0]
 
 
 def to_dataset(built: BuiltDataset):

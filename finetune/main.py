@@ -28,8 +28,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from finetune.data import METHODS, PAIRINGS, EmptyDatasetError, Selection, build, collected_checkpoint, export
+
 ACCELERATE_CONFIGS = Path(__file__).resolve().parent / "accelerate"
-METHODS = ("sft", "dpo")
 MANIFEST = "finetune.json"
 
 
@@ -42,7 +43,7 @@ class FinetuneArguments:
     min_reward: float = field(default=1.0, metadata={"help": "sft: least combined reward (rewards view) of a trajectory used."})
     min_margin: float = field(default=0.0, metadata={"help": "dpo: least chosen-minus-rejected reward; pairs always need a strictly higher chosen reward."})
     pairing: str = field(default="best_worst", metadata={"help": "dpo: best_worst (the widest-margin pair per prompt) or all (every distinct pair).",
-                                                         "choices": ["best_worst", "all"]})
+                                                         "choices": list(PAIRINGS)})
     roles: list[str] = field(default_factory=list, metadata={"action": "extend", "help": "Only these trainable roles (default: every role trained at collect)."})
     export: str | None = field(default=None, metadata={"help": "Write the dataset to this .parquet file and stop (no training)."})
 
@@ -61,7 +62,7 @@ def _method_of(argv: list[str]) -> str:
     method = known.method or recipe.get("method")
     method = method or "sft"
     if method not in METHODS:
-        raise ValueError(f"--method {method!r}: use sft or dpo")
+        raise ValueError(f"--method {method!r}: use one of {', '.join(METHODS)}")
     return method
 
 
@@ -99,8 +100,6 @@ def main(argv: list[str] | None = None) -> int:
         argv = [a for a in argv if a != "--help-all"] + ["--help"]
     from astuner.store import StoreError
 
-    from finetune.data import EmptyDatasetError
-
     try:
         args, training_args, model_args = parse_args(argv)
         return run(args, training_args, model_args)
@@ -120,9 +119,8 @@ def say(*parts) -> None:
 
 def run(args: FinetuneArguments, training_args, model_args) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # checkpoints are local folders; never reach a hub
+    from astuner.engines import require_checkpoint
     from astuner.store import open_store
-
-    from finetune.data import Selection, build, export
 
     if args.export is None and not training_args.output_dir:
         raise ValueError("--output_dir: required to train (the checkpoint folder to write); or pass --export PATH.parquet to only build data")
@@ -135,7 +133,7 @@ def run(args: FinetuneArguments, training_args, model_args) -> int:
         selection = Selection(method=args.method, iterations=args.iterations or None, top_k=args.top_k, min_reward=args.min_reward,
                               min_margin=args.min_margin, pairing=args.pairing, roles=args.roles)
         built = build(con, selection)
-        parent = model_args.model_name_or_path or _collected_checkpoint(con, built.iterations)
+        parent = model_args.model_name_or_path or collected_checkpoint(con, built.iterations)
     finally:
         con.close()
     say(built.summary())
@@ -144,21 +142,10 @@ def run(args: FinetuneArguments, training_args, model_args) -> int:
         say(f"wrote {len(built.rows)} {'sequences' if built.method == 'sft' else 'pairs'} to {args.export} "
             f"(datasets.load_dataset('parquet', data_files='{args.export}'))")
         return 0
-    if not (Path(parent) / "config.json").is_file():
-        raise FileNotFoundError(f"--model_name_or_path {parent}: not a checkpoint folder (no config.json); pass the local folder to train from")
-    model_args.model_name_or_path = str(parent)
+    model_args.model_name_or_path = str(require_checkpoint(parent, option="--model_name_or_path"))
 
     from finetune.train import train
 
     train(args, training_args, model_args, built, output_dir)
     return 0
 
-
-def _collected_checkpoint(con, iterations: list[int]) -> str:
-    paths = [row[0] for row in con.execute(
-        f"SELECT DISTINCT checkpoint_path FROM trajectories WHERE iteration IN ({', '.join('?' for _ in iterations)}) ORDER BY 1",
-        iterations).fetchall()]
-    if len(paths) != 1 or paths[0] is None:
-        raise ValueError(f"--model_name_or_path: not given, and iteration(s) {iterations} were collected with "
-                         f"{len(paths)} checkpoints ({', '.join(map(str, paths[:3]))}); pass the one to train from")
-    return paths[0]

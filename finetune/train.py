@@ -17,7 +17,7 @@ from pathlib import Path
 
 from trl import DPOTrainer, SFTTrainer, get_peft_config
 
-from finetune.data import BuiltDataset, to_dataset
+from finetune.data import DPO_COLUMNS, BuiltDataset, to_dataset
 from finetune.main import MANIFEST, FinetuneArguments, is_main_process, say
 
 MANIFEST_VERSION = 1
@@ -47,7 +47,7 @@ def training_dataset(built: BuiltDataset):
 
 def check_vocabulary(built: BuiltDataset, tokenizer, model_path: str) -> None:
     """Token ids from another tokenizer would train silently wrong; refuse them."""
-    columns = ("input_ids",) if built.method == "sft" else ("prompt_ids", "chosen_ids", "rejected_ids")
+    columns = ("input_ids",) if built.method == "sft" else DPO_COLUMNS
     largest = max((max(row[c]) for row in built.rows for c in columns if row[c]), default=-1)
     if largest >= len(tokenizer):
         raise ValueError(f"--model_name_or_path {model_path}: the store holds token id {largest}, outside this tokenizer's "
@@ -104,7 +104,6 @@ def build_trainer(method: str, training_args, model_args, dataset, tokenizer):
 
 
 def train(args: FinetuneArguments, training_args, model_args, built: BuiltDataset, output_dir: Path) -> Path:
-    import torch
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -137,7 +136,7 @@ def train(args: FinetuneArguments, training_args, model_args, built: BuiltDatase
         final = work / "final"
         if final.exists():
             shutil.rmtree(final)
-        _write_full_checkpoint(trained, final, parent, bool(model_args.use_peft), model_args.dtype, tokenizer, torch)
+        _write_full_checkpoint(trained, final, parent, bool(model_args.use_peft), model_args.dtype, tokenizer)
         manifest = {
             "manifest_version": MANIFEST_VERSION,
             "created_at": time.time(),
@@ -172,10 +171,11 @@ def train(args: FinetuneArguments, training_args, model_args, built: BuiltDatase
     return output_dir
 
 
-def _write_full_checkpoint(trained: Path, final: Path, parent: str, peft: bool, dtype, tokenizer, torch) -> None:
+def _write_full_checkpoint(trained: Path, final: Path, parent: str, peft: bool, dtype, tokenizer) -> None:
     """A folder both collect engines load as is: merged weights, tokenizer with its chat
     template, and the parent's generation config (its stop tokens)."""
     if peft:
+        import torch
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
 

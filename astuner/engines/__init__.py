@@ -68,11 +68,11 @@ class Engine(abc.ABC):
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def require_checkpoint(checkpoint: str | Path) -> Path:
+def require_checkpoint(checkpoint: str | Path, option: str = "--model") -> Path:
     path = Path(checkpoint)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
-            f"--model {checkpoint}: not a checkpoint folder (no config.json). "
+            f"{option} {checkpoint}: not a checkpoint folder (no config.json). "
             "Pass a local folder written by save_pretrained or finetune; nothing is downloaded."
         )
     return path
