@@ -1,5 +1,5 @@
-# Two commands on a fresh machine: `make demo` (collect, judge and finetune the bundled example on
-# the embedded tiny model, with a DuckDB store) and `make test`. Both create .venv once; later runs reuse it.
+# Two commands on a fresh machine: `make demo` (one iteration of the loop, collect -> judge -> finetune,
+# on the bundled example and the embedded tiny model, with a DuckDB store) and `make test`. Both create .venv once; later runs reuse it.
 PYTHON ?= python3
 VENV ?= .venv
 # CPU build lying on this project's machines; a GPU machine can pass its own, e.g. TORCH=torch.
@@ -15,15 +15,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) -m collect --out runs/demo
-	$(PY) -m judge ingest runs/demo --db runs/demo/store.duckdb
-	$(PY) -m judge score --db runs/demo/store.duckdb --judger workflow exact
-	$(PY) -m judge sql "SELECT * FROM task_stats ORDER BY task_id" --db runs/demo/store.duckdb
+	@# one iteration of collect -> judge -> finetune -> held-out eval (examples/math_agent/recipe.yaml); re-running resumes
+	$(PY) -m astuner iterate --recipe examples/math_agent/recipe.yaml --iterations 1
 	$(PY) -m judge report --db runs/demo/store.duckdb --out runs/demo/report
-	@# --min_reward 0: the random-init model earns no reward yet; a finished checkpoint is kept, not retrained
-	@if [ -f runs/demo/checkpoint-1/finetune.json ]; then echo "runs/demo/checkpoint-1 is already trained"; else \
-	  $(VENV)/bin/accelerate launch --config_file finetune/accelerate/cpu.yaml -m finetune --db runs/demo/store.duckdb \
-	    --min_reward 0 --output_dir runs/demo/checkpoint-1 --max_steps 20 --learning_rate 1e-3 --logging_steps 5 --max_length 4096; fi
 
 test: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

@@ -6,6 +6,7 @@ per run, with the exact token ids and logprobs of every model call.
         --tasks examples/math_agent/tasks.jsonl --model path/to/checkpoint \\
         --samples-per-task 4 --concurrency 32 --out runs/iter-0/traces
     python -m collect --config recipe.yaml --trainable-targets werewolf,seer
+    python -m collect --config recipe.yaml --shard 0/4 --device cuda:0 &   # ... --shard 3/4 --device cuda:3: one --out
 
 Re-running the same command resumes: finished (task, sample) pairs are skipped.
 """
@@ -59,6 +60,11 @@ class CollectConfig:
     max_batch_size: int = field(default=64, metadata={"help": "transformers engine: most requests in one generation batch."})
     device: str | None = field(default=None, metadata={"help": "transformers engine: cpu, cuda, cuda:1 ... (default: cuda if available)."})
     engine_args: str | None = field(default=None, metadata={"help": "vllm engine: JSON of extra AsyncEngineArgs, e.g. '{\"tensor_parallel_size\": 2}'."})
+    shard: str | None = field(
+        default=None,
+        metadata={"help": "K/N: run only every N-th task from the K-th (0-based). N collects with K = 0..N-1 and the same "
+                  "--out share one traces folder and run id (data-parallel collect: one engine per GPU or machine)."},
+    )
     show_agent_output: bool = field(default=False, metadata={"help": "Let agents print their messages (off: the progress bar stays readable)."})
 
 
@@ -74,21 +80,34 @@ def _targets(cfg: CollectConfig, workflow_cls) -> list[str] | None:
 def _open_run(out: Path, identity: dict) -> str:
     """The run id of `out`, created on first use; a resume with other settings is refused."""
     manifest = out / MANIFEST
-    if manifest.exists():
-        saved = json.loads(manifest.read_text())
-        for key in _IDENTITY:
-            if saved.get(key) != identity[key]:
-                raise SystemExit(
-                    f"collect: --out {out} holds a run with {key}={json.dumps(saved.get(key))}, "
-                    f"this command has {json.dumps(identity[key])}; use another --out or the same settings"
-                )
-        return saved["run_id"]
     out.mkdir(parents=True, exist_ok=True)
-    run_id = uuid.uuid4().hex[:16]
-    tmp = manifest.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"run_id": run_id, "created_at": time.time(), **identity}, indent=2))
-    os.replace(tmp, manifest)
-    return run_id
+    if not manifest.exists():
+        # created exclusively (link fails if it exists): shards starting together agree on one run id
+        tmp = out / f".collect.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({"run_id": uuid.uuid4().hex[:16], "created_at": time.time(), **identity}, indent=2))
+        try:
+            os.link(tmp, manifest)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    saved = json.loads(manifest.read_text())
+    for key in _IDENTITY:
+        if saved.get(key) != identity[key]:
+            raise SystemExit(
+                f"collect: --out {out} holds a run with {key}={json.dumps(saved.get(key))}, "
+                f"this command has {json.dumps(identity[key])}; use another --out or the same settings"
+            )
+    return saved["run_id"]
+
+
+def _shard(spec: str | None) -> tuple[int, int] | None:
+    if spec is None:
+        return None
+    k, sep, n = spec.partition("/")
+    if not (sep and k.isdigit() and n.isdigit() and 0 <= int(k) < int(n)):
+        raise ValueError(f"--shard {spec!r}: expected K/N with 0 <= K < N, e.g. --shard 0/4")
+    return int(k), int(n)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,8 +148,11 @@ def run(cfg: CollectConfig) -> int:
     if cfg.timeout_s <= 0:
         raise ValueError(f"--timeout-s {cfg.timeout_s}: must be positive")
 
+    shard = _shard(cfg.shard)
     workflow_cls = load_workflow(cfg.workflow)
     tasks = load_tasks(cfg.tasks, cfg.query_field, cfg.id_field, cfg.limit)
+    if shard:
+        tasks = tasks[shard[0]::shard[1]]
     model_path = require_checkpoint(cfg.model) if cfg.model else ensure_tiny_model()
     checkpoint = Checkpoint(path=str(model_path.resolve()), sha256=checkpoint_sha256(model_path))
     sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed)
@@ -146,11 +168,11 @@ def run(cfg: CollectConfig) -> int:
         "iteration": cfg.iteration,
     }
     run_id = _open_run(out, identity)
-    writer = TraceWriter(out / "traces")
+    writer = TraceWriter(out / "traces", name=f"part-{shard[0]}of{shard[1]}" if shard else "part")
     done = writer.finished_keys()
     todo = [(t, s) for t in tasks for s in range(cfg.samples_per_task) if (t.task_id, s) not in done]
     total = len(tasks) * cfg.samples_per_task
-    print(f"collect: {len(tasks)} tasks x {cfg.samples_per_task} samples = {total} runs; "
+    print(f"collect: {f'shard {cfg.shard}: ' if shard else ''}{len(tasks)} tasks x {cfg.samples_per_task} samples = {total} runs; "
           f"{total - len(todo)} already in {out}, {len(todo)} to go", file=sys.stderr)
     if not todo:
         return 0

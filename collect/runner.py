@@ -63,12 +63,15 @@ def _check_output(out) -> tuple[float | None, dict]:
 
 async def run_one(spec: RunSpec, engine: Engine, task: Task, sample_index: int) -> tuple[Trajectory, set[str]]:
     traj_id = trajectory_id(spec.run_id, task.task_id, sample_index)
-    sampling = SamplingParams(**{**spec.sampling.model_dump(), "seed": derive_seed(spec.sampling.seed, traj_id)})
+    # keyed by (task, sample), not the run: the same --seed reproduces a run in another folder
+    sampling = SamplingParams(**{**spec.sampling.model_dump(), "seed": derive_seed(spec.sampling.seed, f"{task.task_id}/{sample_index}")})
     tuner = ModelTuner(engine, sampling, spec.trainable_targets)
     status, error, tb, reward, metadata = "ok", None, None, None, {}
     started, deadline = time.time(), None
     try:
         workflow = spec.workflow_cls()
+        # the run's effective targets (--trainable-targets may override the class attribute)
+        workflow.trainable_targets = None if spec.trainable_targets is None else list(spec.trainable_targets)
         async with asyncio.timeout(spec.timeout_s) as deadline:
             out = await workflow.execute(WorkflowTask(task, sample_index, spec.iteration), tuner)
         reward, metadata = _check_output(out)

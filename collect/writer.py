@@ -10,16 +10,18 @@ from pathlib import Path
 
 from astuner.trajectory import Trajectory, dump_line, read_trajectories
 
-_PART_RE = re.compile(r"part-(\d+)\.jsonl$")
-
 
 class TraceWriter:
-    def __init__(self, traces_dir: str | os.PathLike):
+    """`name` keeps writers apart: the shards of one run write part-0of4-000001.jsonl, ... into one folder."""
+
+    def __init__(self, traces_dir: str | os.PathLike, name: str = "part"):
         self.dir = Path(traces_dir)
+        self.name = name
         self.dir.mkdir(parents=True, exist_ok=True)
-        for leftover in self.dir.glob(".part-*.tmp"):  # a write that a kill interrupted
+        for leftover in self.dir.glob(f".{name}-*.tmp"):  # a write of this writer's that a kill interrupted
             leftover.unlink()
-        parts = [int(m.group(1)) for p in self.dir.glob("part-*.jsonl") if (m := _PART_RE.search(p.name))]
+        own = re.compile(re.escape(name) + r"-(\d+)\.jsonl")
+        parts = [int(m.group(1)) for p in self.dir.glob(f"{name}-*.jsonl") if (m := own.fullmatch(p.name))]
         self._next_part = max(parts, default=0) + 1
         self._buffer: list[bytes] = []
 
@@ -41,8 +43,8 @@ class TraceWriter:
     def flush(self) -> Path | None:
         if not self._buffer:
             return None
-        final = self.dir / f"part-{self._next_part:06d}.jsonl"
-        tmp = self.dir / f".part-{self._next_part:06d}.tmp"
+        final = self.dir / f"{self.name}-{self._next_part:06d}.jsonl"
+        tmp = self.dir / f".{self.name}-{self._next_part:06d}.tmp"
         with open(tmp, "wb") as fh:
             fh.write(b"".join(self._buffer))
             fh.flush()

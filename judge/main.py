@@ -128,7 +128,8 @@ def _score(cfg: ScoreConfig) -> int:
         for stats in result.judgers:
             if stats.first_error:
                 print(f"{stats.name}: {stats.errors} error(s), e.g. {stats.first_error[:200]}")
-        n, mean = con.execute("SELECT count(reward), avg(reward) FROM rewards").fetchall()[0]
+        scope = f" WHERE trajectory_id IN (SELECT trajectory_id FROM trajectories WHERE {cfg.where})" if cfg.where else ""
+        n, mean = con.execute(f"SELECT count(reward), avg(reward) FROM rewards{scope}").fetchall()[0]
         print(f"combined reward: {n} of {result.trajectories} trajectories"
               + (f", mean {mean:.4f}" if mean is not None else "") + " (SELECT * FROM rewards)")
     finally:

@@ -153,3 +153,27 @@ def test_manifest_written(tmp_path):
     out = collect(tmp_path, "OneCall", tasks=1)
     manifest = json.loads((out / "collect.json").read_text())
     assert manifest["workflow_ref"].endswith(":OneCall") and manifest["run_id"]
+
+
+def test_shards_share_one_folder_and_run_id(tmp_path, tiny_model):
+    """Two shards started together into one --out: one run id, every (task, sample) once, and the
+    same samples as an unsharded run with the same --seed in another folder."""
+    import os
+    import subprocess
+    import sys
+
+    tasks = write_tasks(tmp_path / "tasks.jsonl", 5, prefix="s")
+    common = ["--workflow", workflow_ref("OneCall"), "--tasks", str(tasks), "--max-tokens", "8", "--seed", "3",
+              "--model", str(tiny_model)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    procs = [subprocess.Popen([sys.executable, "-m", "collect", *common, "--out", str(tmp_path / "shared"), "--shard", f"{k}/2"],
+                              env=env, stderr=subprocess.PIPE) for k in range(2)]
+    assert all(p.wait() == 0 for p in procs), [p.stderr.read().decode()[-500:] for p in procs]
+    sharded = load(tmp_path / "shared")
+    assert sorted(t.task.task_id for t in sharded) == [f"s{i}" for i in range(5)]
+    assert len({t.run_id for t in sharded}) == 1
+    assert sorted(p.name for p in (tmp_path / "shared" / "traces").glob("*.jsonl")) == ["part-0of2-000001.jsonl", "part-1of2-000001.jsonl"]
+    assert main([*common, "--out", str(tmp_path / "whole")]) == 0
+    whole = load(tmp_path / "whole")
+    assert [t.calls[0].completion_token_ids for t in whole] == [t.calls[0].completion_token_ids for t in sharded]
+    assert main([*common, "--out", str(tmp_path / "o"), "--shard", "2/2"]) == 2

@@ -64,7 +64,7 @@ def test_handoffs_records_every_worker_call(tmp_path, tokenizer, tiny_model):
     tasks = load_tasks(str(EXAMPLE / "tasks.jsonl"))
     writer = TraceWriter(tmp_path / "traces")
     stats = asyncio.run(run_collect(spec, ScriptedEngine(tokenizer, str(tiny_model)), [(t, 0) for t in tasks], writer, 2, progress=False))
-    assert stats.ok == len(tasks) == 2
+    assert stats.ok == len(tasks) == 4
 
     for traj in load(tmp_path):
         names = [c.agent_name for c in traj.calls]
@@ -78,4 +78,18 @@ def test_handoffs_records_every_worker_call(tmp_path, tokenizer, tiny_model):
         # the tool really ran: its output is in the worker's next prompt
         assert "hello world" in json.dumps(traj.calls[2].messages)
         assert traj.metadata["response"] == "The worker finished the task."
-    assert assert_token_exact(load(tmp_path), tokenizer) == 8
+    assert assert_token_exact(load(tmp_path), tokenizer) == 4 * len(tasks)  # 4 calls per run
+
+
+def test_handoff_judger():
+    from astuner.cli import import_object
+
+    judge = import_object(f"{EXAMPLE / 'judger.py'}:handoff_reward", "--judger")
+    worker = {"agent_name": "Worker"}
+    trajectories = [
+        {"status": "ok", "calls": [{"agent_name": "Orchestrator"}, worker], "metadata": {"response": "It printed 5050."}},
+        {"status": "ok", "calls": [worker], "metadata": {"response": "done"}},
+        {"status": "ok", "calls": [{"agent_name": "Orchestrator"}], "metadata": {"response": "5050"}},
+        {"status": "error", "calls": [worker], "metadata": {"response": "5050"}},
+    ]
+    assert judge(trajectories, expected=["5050"] * 4) == [1.0, 0.5, 0.5, 0.0]

@@ -1,0 +1,3 @@
+from astuner.loop import main
+
+raise SystemExit(main())
