@@ -151,26 +151,25 @@ def plan(recipe: Recipe, iterations: int, base_model: str) -> list[Stage]:
     stages = []
     for k in range(iterations + 1):
         model = base_model if k == 0 else str(run / f"iter-{k - 1}" / "checkpoint")
-        it = run / f"iter-{k}"
-        last = k == iterations  # only the held-out evaluation of the final checkpoint
-        if not last:
-            stages.append(Stage(k, "collect", [["python", "-m", "collect", "--config", str(run / "collect.yaml"),
-                                                "--model", model, "--iteration", str(k), "--out", str(it)]]))
-        if recipe.eval is not None:
-            stages.append(Stage(k, "eval", [["python", "-m", "collect", "--config", str(run / "eval.yaml"),
-                                             "--model", model, "--iteration", str(k), "--out", str(it / "eval")]]))
-        if not last:
-            db = str(run / "store.duckdb")
-            stages.append(Stage(k, "judge", [["python", "-m", "judge", "ingest", str(it / "traces"), "--db", db],
-                                             [*judge_score, "--db", db, "--where", f"iteration = {k}"]]))
-        if recipe.eval is not None:
-            db = str(run / "eval.duckdb")
-            stages.append(Stage(k, "judge-eval", [["python", "-m", "judge", "ingest", str(it / "eval" / "traces"), "--db", db],
-                                                  [*judge_score, "--db", db, "--where", f"iteration = {k}"]]))
-        if not last:
-            stages.append(Stage(k, "finetune", [[*accelerate, "-m", "finetune", "--config", str(run / "finetune.yaml"),
-                                                 "--db", str(run / "store.duckdb"), "--iterations", str(k),
-                                                 "--model_name_or_path", model, "--output_dir", str(it / "checkpoint")]]))
+        it, db, eval_db = run / f"iter-{k}", str(run / "store.duckdb"), str(run / "eval.duckdb")
+        evaluate = [
+            Stage(k, "eval", [["python", "-m", "collect", "--config", str(run / "eval.yaml"), "--model", model,
+                               "--iteration", str(k), "--out", str(it / "eval")]]),
+            Stage(k, "judge-eval", [["python", "-m", "judge", "ingest", str(it / "eval" / "traces"), "--db", eval_db],
+                                    [*judge_score, "--db", eval_db, "--where", f"iteration = {k}"]]),
+        ] if recipe.eval is not None else []
+        if k == iterations:  # after the last round: only the held-out evaluation of the final checkpoint
+            stages += evaluate
+            break
+        stages += [
+            Stage(k, "collect", [["python", "-m", "collect", "--config", str(run / "collect.yaml"), "--model", model,
+                                  "--iteration", str(k), "--out", str(it)]]),
+            Stage(k, "judge", [["python", "-m", "judge", "ingest", str(it / "traces"), "--db", db],
+                               [*judge_score, "--db", db, "--where", f"iteration = {k}"]]),
+            *evaluate,
+            Stage(k, "finetune", [[*accelerate, "-m", "finetune", "--config", str(run / "finetune.yaml"), "--db", db,
+                                   "--iterations", str(k), "--model_name_or_path", model, "--output_dir", str(it / "checkpoint")]]),
+        ]
     return stages
 
 

@@ -43,14 +43,14 @@ def test_two_iterations_killed_between_stages_resume(tmp_path, tiny_model, capsy
     progress = run / "progress.json"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if progress.exists() and "0/judge" in json.loads(progress.read_text())["done"]:
+        if progress.exists() and "0/eval" in json.loads(progress.read_text())["done"]:
             break
         time.sleep(0.2)
     assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
     os.killpg(proc.pid, signal.SIGKILL)  # the loop and the stage it had started
     proc.wait()
     done_before = set(json.loads(progress.read_text())["done"])
-    assert {"0/collect", "0/eval", "0/judge"} <= done_before and "0/finetune" not in done_before
+    assert {"0/collect", "0/judge", "0/eval"} <= done_before and "0/finetune" not in done_before
 
     assert main(["iterate", "--recipe", str(recipe), "--iterations", "2"]) == 0
     out = capsys.readouterr().out
@@ -117,4 +117,4 @@ def test_shipped_recipes_parse_and_their_files_load(recipe, monkeypatch):
     assert load_workflow(parsed.collect["workflow"])
     for section in ("collect", "eval"):
         assert load_tasks(parsed.stage_config(section)["tasks"])
-    assert [s.name for s in plan(parsed, 1, "BASE")][:5] == ["collect", "eval", "judge", "judge-eval", "finetune"]
+    assert [s.name for s in plan(parsed, 1, "BASE")][:5] == ["collect", "judge", "eval", "judge-eval", "finetune"]
