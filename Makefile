@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench clean
+.PHONY: demo learn test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,12 @@ demo: $(VENV)/.installed
 	@# one iteration of collect -> judge -> finetune -> held-out eval (examples/math_agent/recipe.yaml); re-running resumes
 	$(PY) -m astuner iterate --recipe examples/math_agent/recipe.yaml --iterations 1
 	$(PY) -m judge report --db runs/demo/store.duckdb --out runs/demo/report
+
+# the loop teaching the tiny model: a format-only warm-up, then 3 iterations of SFT and of DPO (examples/learn_to_answer)
+learn: $(VENV)/.installed
+	$(PY) examples/learn_to_answer/warmup.py --out runs/learn/warmup
+	$(PY) -m astuner iterate --recipe examples/learn_to_answer/sft.yaml --iterations 3
+	$(PY) -m astuner iterate --recipe examples/learn_to_answer/dpo.yaml --iterations 3
 
 test: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

@@ -306,7 +306,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     ax.set_ylabel("mean reward")
     ax.set_xticks([r["iteration"] for r in rows])
     ax.set_ylim(bottom=0)
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -337,7 +337,7 @@ def iterate(args: argparse.Namespace) -> int:
     rows = results(recipe, iterations, progress)
     table = markdown_table(rows)
     _write_atomic(recipe.run_dir / "results.md", f"# {recipe.path}\n\n{table}\n")
-    plot(rows, recipe.run_dir / "reward.png", f"{recipe.path.stem} ({recipe.path.parent.name})")
+    plot(rows, recipe.run_dir / "reward.png", f"{recipe.path}: mean reward per checkpoint")
     print(f"\n{table}\n\niterate: wrote {recipe.run_dir / 'results.md'} and {recipe.run_dir / 'reward.png'}; "
           f"final checkpoint {recipe.run_dir / f'iter-{iterations - 1}' / 'checkpoint' if iterations else base_model}", flush=True)
     return 0

@@ -180,8 +180,12 @@ def _build_dpo(con, sel: Selection, iterations: list[int]) -> BuiltDataset:
     where, params = _filters(sel, iterations)
     query = (f"SELECT task_id, iteration, role, prompt_token_ids, chosen_trajectory_id, chosen_call_index, chosen_completion_ids, "
              f"chosen_reward, rejected_trajectory_id, rejected_call_index, rejected_completion_ids, rejected_reward, margin "
-             f"FROM dpo_candidates WHERE {where} AND margin >= ? "
-             f"ORDER BY task_id, iteration, margin DESC, chosen_trajectory_id, chosen_call_index, rejected_trajectory_id, rejected_call_index")
+             # ties in margin go to the lowest sample indices: trajectory ids hash the random run id, so
+             # ordering by them would pick other pairs in a rerun of the same seeds
+             f"FROM (SELECT d.*, c.sample_index AS chosen_sample, r.sample_index AS rejected_sample FROM dpo_candidates d "
+             f"JOIN trajectories c ON c.trajectory_id = d.chosen_trajectory_id "
+             f"JOIN trajectories r ON r.trajectory_id = d.rejected_trajectory_id) WHERE {where} AND margin >= ? "
+             f"ORDER BY task_id, iteration, margin DESC, chosen_sample, chosen_call_index, rejected_sample, rejected_call_index")
     params = params + [sel.min_margin]
     pairs = con.execute(query, params).fetchall()
     if not pairs:
