@@ -228,11 +228,12 @@ def run_stages(recipe: Recipe, stages: list[Stage], progress: dict) -> int:
               f"{todo[0].key if todo else 'the results'}", flush=True)
     bar = tqdm(total=len(stages), initial=len(stages) - len(todo), desc="iterate", unit="stage", file=sys.stdout,
                disable=not todo, position=0, leave=True)
+    env = {"HF_HUB_OFFLINE": "1", **os.environ}  # every checkpoint is a local folder: never reach a hub
     for stage in todo:
         started = time.time()
         for command in stage.commands:
             print(f"\n[iteration {stage.iteration} {stage.name}] $ {shlex.join(command)}", flush=True)
-            rc = subprocess.call(_executable(command))
+            rc = subprocess.call(_executable(command), env=env)
             if rc != 0:
                 print(f"\niterate: iteration {stage.iteration} {stage.name} failed (exit {rc}): {shlex.join(command)}\n"
                       f"iterate: fix the cause and run the same iterate command again; the {len(progress['done'])} finished "
