@@ -269,12 +269,14 @@ def results(recipe: Recipe, iterations: int, progress: dict) -> list[dict]:
         manifest = recipe.run_dir / f"iter-{k}" / "checkpoint" / "finetune.json"
         trained = json.loads(manifest.read_text()) if manifest.exists() else {}
         seconds = sum(v["seconds"] for key, v in progress["done"].items() if key.split("/")[0] == str(k))
+        held_out_n, held_out_reward = held_out.get(k, (None, None))
+        samples, train_reward = train.get(k, (None, None))
         rows.append({
             "iteration": k,
-            "held_out_reward": held_out.get(k, (None, None))[1],
-            "held_out_n": held_out.get(k, (None, None))[0],
-            "train_reward": train.get(k, (None, None))[1],
-            "samples": train.get(k, (None, None))[0],
+            "held_out_reward": held_out_reward,
+            "held_out_n": held_out_n,
+            "train_reward": train_reward,
+            "samples": samples,
             "train_examples": trained.get("counts", {}).get("samples"),
             "train_loss": (trained.get("metrics") or {}).get("train_loss"),
             "seconds": round(seconds),
