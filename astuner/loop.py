@@ -25,11 +25,14 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from astuner.faults import crash_point
 
 SECTIONS = ("collect", "eval", "judge", "finetune")
 # Options each stage gets from the loop, per iteration; a recipe that sets them is refused.
@@ -134,6 +137,9 @@ class Stage:
     iteration: int
     name: str  # collect | eval | judge | judge-eval | finetune
     commands: list[list[str]]
+    # A folder that exists only once the stage is complete (renamed into place last): a stage
+    # killed after that rename but before progress.json recorded it counts as done.
+    output: Path | None = None
 
     @property
     def key(self) -> str:
@@ -168,7 +174,8 @@ def plan(recipe: Recipe, iterations: int, base_model: str) -> list[Stage]:
                                [*judge_score, "--db", db, "--where", f"iteration = {k}"]]),
             *evaluate,
             Stage(k, "finetune", [[*accelerate, "-m", "finetune", "--config", str(run / "finetune.yaml"), "--db", db,
-                                   "--iterations", str(k), "--model_name_or_path", model, "--output_dir", str(it / "checkpoint")]]),
+                                   "--iterations", str(k), "--model_name_or_path", model, "--output_dir", str(it / "checkpoint")]],
+                  output=it / "checkpoint"),
         ]
     return stages
 
@@ -231,14 +238,20 @@ def run_stages(recipe: Recipe, stages: list[Stage], progress: dict) -> int:
     env = {"HF_HUB_OFFLINE": "1", **os.environ}  # every checkpoint is a local folder: never reach a hub
     for stage in todo:
         started = time.time()
-        for command in stage.commands:
-            print(f"\n[iteration {stage.iteration} {stage.name}] $ {shlex.join(command)}", flush=True)
-            rc = subprocess.call(_executable(command), env=env)
-            if rc != 0:
-                print(f"\niterate: iteration {stage.iteration} {stage.name} failed (exit {rc}): {shlex.join(command)}\n"
-                      f"iterate: fix the cause and run the same iterate command again; the {len(progress['done'])} finished "
-                      "stages are kept", file=sys.stderr, flush=True)
-                return rc
+        if stage.output is not None and stage.output.is_dir():
+            print(f"\n[iteration {stage.iteration} {stage.name}] {stage.output} is complete (a run killed before recording it); "
+                  "not run again", flush=True)
+            shutil.rmtree(f"{stage.output}.partial", ignore_errors=True)  # what that run had left to delete
+        else:
+            for command in stage.commands:
+                print(f"\n[iteration {stage.iteration} {stage.name}] $ {shlex.join(command)}", flush=True)
+                rc = subprocess.call(_executable(command), env=env)
+                if rc != 0:
+                    print(f"\niterate: iteration {stage.iteration} {stage.name} failed (exit {rc}): {shlex.join(command)}\n"
+                          f"iterate: fix the cause and run the same iterate command again; the {len(progress['done'])} finished "
+                          "stages are kept", file=sys.stderr, flush=True)
+                    return rc
+        crash_point("loop.stage_done")  # the stage's work is done, not yet recorded
         progress["done"][stage.key] = {"seconds": round(time.time() - started, 1), "finished_at": time.time(),
                                        "commands": [shlex.join(c) for c in stage.commands]}
         _write_atomic(progress_path, json.dumps(progress, indent=2))

@@ -53,6 +53,8 @@ class CollectConfig:
     max_tokens: int = field(default=256, metadata={"help": "Max new tokens per model call."})
     seed: int | None = field(default=None, metadata={"help": "Base seed; each run and call derives its own, so results do not depend on batching."})
     timeout_s: float = field(default=600.0, metadata={"help": "Per-run wall-clock limit; a run past it is recorded as status=timeout."})
+    flush_interval_s: float = field(default=2.0, metadata={"help": "Seconds between trace part files: a killed collect loses at most "
+                                    "this much finished work, which the next run collects again (0: a part file per run)."})
     iteration: int = field(default=0, metadata={"help": "Iteration number recorded in every trajectory."})
     limit: int | None = field(default=None, metadata={"help": "Use only the first N tasks."})
     query_field: str | None = field(default=None, metadata={"help": "Task field holding the query (default: main_query, query, question, prompt or input)."})
@@ -147,6 +149,8 @@ def run(cfg: CollectConfig) -> int:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
     if cfg.timeout_s <= 0:
         raise ValueError(f"--timeout-s {cfg.timeout_s}: must be positive")
+    if cfg.flush_interval_s < 0:
+        raise ValueError(f"--flush-interval-s {cfg.flush_interval_s}: must be 0 or more")
 
     shard = _shard(cfg.shard)
     workflow_cls = load_workflow(cfg.workflow)
@@ -196,7 +200,7 @@ def run(cfg: CollectConfig) -> int:
         timeout_s=cfg.timeout_s,
     )
     try:
-        stats = asyncio.run(run_collect(spec, engine, todo, writer, cfg.concurrency))
+        stats = asyncio.run(run_collect(spec, engine, todo, writer, cfg.concurrency, cfg.flush_interval_s))
     finally:
         engine.close()
 

@@ -9,6 +9,7 @@ import traceback
 from dataclasses import dataclass, field
 
 from astuner.engines import Engine, SamplingParams, derive_seed
+from astuner.faults import crash_point
 from astuner.trajectory import Checkpoint, Sampling, TaskRecord, Trajectory, to_jsonable, trajectory_id
 from astuner.tuner import ModelTuner
 from astuner.workflow import Task, Workflow, WorkflowOutput, WorkflowTask
@@ -130,6 +131,7 @@ async def run_collect(
     def record(traj: Trajectory, roles: set) -> None:
         nonlocal last_flush
         writer.add(traj)
+        crash_point("collect.recorded")  # finished but only in the buffer
         setattr(stats, traj.status, getattr(stats, traj.status) + 1)
         stats.calls += len(traj.calls)
         stats.trainable_calls += sum(c.trainable for c in traj.calls)

@@ -8,6 +8,7 @@ import os
 import re
 from pathlib import Path
 
+from astuner.faults import crash_point
 from astuner.trajectory import Trajectory, dump_line, read_trajectories
 
 
@@ -49,7 +50,9 @@ class TraceWriter:
             fh.write(b"".join(self._buffer))
             fh.flush()
             os.fsync(fh.fileno())
+        crash_point("collect.part_written")  # the temp file is complete, not yet renamed
         os.replace(tmp, final)
+        crash_point("collect.part_renamed")
         self._buffer.clear()
         self._next_part += 1
         return final

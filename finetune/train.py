@@ -17,6 +17,8 @@ from pathlib import Path
 
 from trl import DPOTrainer, SFTTrainer, get_peft_config
 
+from astuner.faults import crash_point
+
 from finetune.data import DPO_COLUMNS, BuiltDataset, to_dataset
 from finetune.main import MANIFEST, FinetuneArguments, is_main_process, say
 
@@ -131,6 +133,7 @@ def train(args: FinetuneArguments, training_args, model_args, built: BuiltDatase
     result = trainer.train(resume_from_checkpoint=resume)
     trained = work / "trained"
     trainer.save_model(str(trained))  # every rank: ZeRO-3 gathers the weights here
+    crash_point("finetune.saved")
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
         final = work / "final"
@@ -159,7 +162,9 @@ def train(args: FinetuneArguments, training_args, model_args, built: BuiltDatase
             "model_args": {k: v for k, v in vars(model_args).items() if not k.startswith("_")},
         }
         (final / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        crash_point("finetune.complete")  # the checkpoint is whole, under its temp name
         os.replace(final, output_dir)
+        crash_point("finetune.renamed")
         shutil.rmtree(work, ignore_errors=True)
         loss = result.metrics.get("train_loss")
         say(f"trained {built.method} on {n_train} examples in {result.metrics.get('train_runtime', 0):.1f} s"

@@ -4,7 +4,8 @@ Each file is read by DuckDB with declared columns (no per-line Python). A file t
 cannot read, or whose rows miss required fields or carry another schema version, is re-read
 line by line with the trajectory model so every bad line is named by file:line and skipped
 (or, with --strict, fails the ingest). Rows are keyed by trajectory_id, so ingesting the same
-files again adds nothing. New trainable engine calls then get `template_drift`.
+files again adds nothing. Trainable engine calls not checked yet (new ones, or ones a killed
+ingest left) then get `template_drift`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from astuner.faults import crash_point
 from astuner.trajectory import SCHEMA_VERSION, TraceFormatError, parse_trajectory, trace_files
 
 # Declared so DuckDB neither guesses nor merges shapes: messages, tools and metadata vary per
@@ -215,6 +217,7 @@ def ingest(con, paths: list[str], *, strict: bool = False, check_template: bool 
     con.execute(f"CREATE OR REPLACE TEMP TABLE staged ({columns}, source_file VARCHAR)")
     files, skipped = _unfinished_files(con, files)
     _stage(con, files, strict, result, progress)
+    crash_point("ingest.staged")
     result.rows_read = con.execute("SELECT count(*) FROM staged").fetchall()[0][0]
 
     # One row per id: the first occurrence not already in the store.
@@ -228,6 +231,7 @@ def ingest(con, paths: list[str], *, strict: bool = False, check_template: bool 
         con.execute(_INSERT_TRAJECTORIES)
         con.execute(_INSERT_CALLS)
         _collect_runs(con, paths)
+        crash_point("ingest.inserted")  # inside the transaction
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -238,6 +242,7 @@ def ingest(con, paths: list[str], *, strict: bool = False, check_template: bool 
     ).fetchall()[0][0]
     result.already_in_store = result.rows_read - result.new_trajectories + skipped
     con.execute("DROP TABLE staged")
+    crash_point("ingest.committed")  # before the template drift check
     if check_template:
         check_template_drift(con, result, progress)
     con.execute("DROP TABLE new_ids")
@@ -252,17 +257,16 @@ def ingest(con, paths: list[str], *, strict: bool = False, check_template: bool 
 
 
 def check_template_drift(con, result: IngestResult, progress: bool = True, chunk: int = 512) -> None:
-    """Re-render each new trainable engine call's messages and tools through its checkpoint's
-    chat template; template_drift = the ids differ from the recorded prompt_token_ids."""
+    """Re-render each trainable engine call not checked yet (template_drift NULL) through its
+    checkpoint's chat template; template_drift = the ids differ from the recorded prompt_token_ids."""
     import pyarrow as pa
     from tqdm.auto import tqdm
 
     from astuner.chat import render_prompts_ids
 
     groups = con.execute(
-        """SELECT t.checkpoint_path, count(*) FROM calls c JOIN new_ids n USING (trajectory_id)
-           JOIN trajectories t USING (trajectory_id)
-           WHERE c.trainable AND c.prompt_token_ids IS NOT NULL GROUP BY ALL"""
+        """SELECT t.checkpoint_path, count(*) FROM calls c JOIN trajectories t USING (trajectory_id)
+           WHERE c.trainable AND c.prompt_token_ids IS NOT NULL AND c.template_drift IS NULL GROUP BY ALL"""
     ).fetchall()
     for checkpoint, count in groups:
         tokenizer = _load_tokenizer(checkpoint)
@@ -271,8 +275,9 @@ def check_template_drift(con, result: IngestResult, progress: bool = True, chunk
             continue
         query = con.execute(
             """SELECT c.trajectory_id, c.call_index, c.messages, c.tools, c.prompt_token_ids
-               FROM calls c JOIN new_ids n USING (trajectory_id) JOIN trajectories t USING (trajectory_id)
-               WHERE c.trainable AND c.prompt_token_ids IS NOT NULL AND t.checkpoint_path IS NOT DISTINCT FROM ?""",
+               FROM calls c JOIN trajectories t USING (trajectory_id)
+               WHERE c.trainable AND c.prompt_token_ids IS NOT NULL AND c.template_drift IS NULL
+                 AND t.checkpoint_path IS NOT DISTINCT FROM ?""",
             [checkpoint],
         )
         ids, indexes, drift = [], [], []
@@ -292,6 +297,7 @@ def check_template_drift(con, result: IngestResult, progress: bool = True, chunk
                WHERE calls.trajectory_id = d.trajectory_id AND calls.call_index = d.call_index"""
         )
         con.unregister("drift_rows")
+        crash_point("ingest.drift_written")
 
 
 def _load_tokenizer(checkpoint: str | None):

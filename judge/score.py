@@ -13,6 +13,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from astuner.faults import crash_point
+
 from judge.judgers import Judger, Score, as_score
 
 
@@ -133,6 +135,7 @@ def _write_scores(con, judger: Judger, chunk: list[str], keys: list[tuple], scor
             [judger.name, judger.version, judger.weight, time.time(), run_id],
         )
         con.unregister("new_scores")
+        crash_point("score.inserted")  # inside the transaction
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -158,6 +161,7 @@ def score(con, judgers: list[Judger], *, where: str | None = None, batch_size: i
             scores = apply_judger(judger, items) if items else []
             _write_scores(con, judger, chunk, keys, scores, run_id)
             stats.add(scores, time.perf_counter() - t0)
+            crash_point("score.committed")
     con.execute(
         "INSERT INTO runs VALUES (?, 'score', ?, NULL, NULL, to_timestamp(?), now())",
         [run_id, json.dumps({"judgers": [{"name": j.name, "version": j.version, "weight": j.weight} for j in judgers],
