@@ -81,7 +81,7 @@ async def run_one(spec: RunSpec, engine: Engine, task: Task, sample_index: int) 
             status, error = "timeout", f"run exceeded --timeout-s {spec.timeout_s:g}"
         else:  # the workflow's own TimeoutError is an error like any other
             status, error, tb = "error", "TimeoutError raised by the workflow", traceback.format_exc()
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a workflow's sys.exit() ends its run, not the collect
         status, error, tb = "error", f"{type(exc).__name__}: {exc}", traceback.format_exc()
     finished = time.time()
     return Trajectory(

@@ -100,6 +100,11 @@ def test_wrong_return_type_is_an_error_record(tmp_path):
     assert t.status == "error" and "expected astuner.WorkflowOutput" in t.error
 
 
+def test_sys_exit_in_a_workflow_is_an_error_record_not_the_end_of_collect(tmp_path):
+    trajs = load(collect(tmp_path, "Quits", tasks=2))
+    assert [t.status for t in trajs] == ["error", "error"] and trajs[0].error == "SystemExit: 3"
+
+
 def test_rerun_resumes_and_adds_samples(tmp_path, capsys):
     out = collect(tmp_path, "OneCall", "--timeout-s", "1", tasks=4)  # failed runs are finished runs too
     first = load(out)

@@ -153,6 +153,17 @@ class WrongReturn(Workflow):
         return {"reward": 1.0}
 
 
+class Quits(Workflow):
+    """Calls sys.exit, as a careless tool or library might."""
+
+    name: str = "quits"
+
+    async def execute(self, task, model_tuner):
+        import sys
+
+        sys.exit(3)
+
+
 class TunerWorkflowOutput(BaseModel):
     """agentscope.tuner.WorkflowOutput's fields (importing agentscope.tuner itself needs dspy)."""
 
