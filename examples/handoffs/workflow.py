@@ -10,9 +10,10 @@ from agentscope.agent import ReActAgent
 from agentscope.formatter import DashScopeChatFormatter
 from agentscope.memory import InMemoryMemory
 from agentscope.message import Msg
-from agentscope.tool import ToolResponse, Toolkit, execute_python_code
+from agentscope.tool import ToolResponse, Toolkit
 
 from astuner import ModelTuner, Workflow, WorkflowOutput, WorkflowTask
+from astuner.sandbox import execute_python_code
 
 ORCHESTRATOR_PROMPT = (
     "You're an orchestrator agent. Your target is to finish the given task by decomposing it "

@@ -41,7 +41,9 @@ class MathAgentWorkflow(Workflow):
         from agentscope.agent import ReActAgent
         from agentscope.formatter import DashScopeChatFormatter
         from agentscope.memory import InMemoryMemory
-        from agentscope.tool import Toolkit, execute_python_code
+        from agentscope.tool import Toolkit
+
+        from astuner.sandbox import execute_python_code
 
         self.toolkit = Toolkit()
         self.toolkit.register_tool_function(execute_python_code)
