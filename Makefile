@@ -31,6 +31,7 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) benchmarks/collect_throughput.py
 	$(PY) benchmarks/finetune_overhead.py
+	$(PY) benchmarks/collect_soak.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -9,6 +9,7 @@ import hashlib
 import importlib
 import importlib.util
 import sys
+import traceback
 from pathlib import Path
 
 
@@ -37,7 +38,11 @@ def import_object(ref: str, option: str, kind: str = "function"):
                 spec.loader.exec_module(module)
             except Exception as exc:
                 del sys.modules[name]
-                raise ImportError(f"{option} {ref!r}: importing {path} failed: {type(exc).__name__}: {exc}") from exc
+                # the line of the user's file that raised (a SyntaxError names its own line)
+                lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve() == path.resolve()]
+                at = f" at line {lines[-1]}" if lines else ""
+                message = str(exc).splitlines()[0] if str(exc) else ""
+                raise ImportError(f"{option} {ref!r}: importing {path} failed{at}: {type(exc).__name__}: {message}") from exc
     else:
         try:
             module = importlib.import_module(module_part)
@@ -58,10 +63,21 @@ def read_recipe(path: str | Path) -> dict:
     except OSError as exc:
         raise ConfigError(f"--config {path}: cannot read ({exc.strerror})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"--config {path}: not valid YAML{where} ({problem or str(exc).splitlines()[0]})") from None
     if not isinstance(recipe, dict):
         raise ConfigError(f"--config {path}: expected a mapping of option: value, got {type(recipe).__name__}")
     return recipe
+
+
+def one_line_errors(parser: argparse.ArgumentParser, help_flag: str = "--help") -> argparse.ArgumentParser:
+    """A bad flag is one line naming it (argparse's default also prints the whole usage, dozens of lines for TRL)."""
+    def error(message: str):
+        parser.exit(2, f"{parser.prog}: error: {message} (all options: {parser.prog} {help_flag})\n")
+
+    parser.error = error
+    return parser
 
 
 def parse_config(config_cls, argv: list[str] | None, prog: str, description: str, positional: str | None = None):
@@ -69,6 +85,7 @@ def parse_config(config_cls, argv: list[str] | None, prog: str, description: str
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(config_cls, prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    one_line_errors(parser)
     parser.add_argument("--config", default=None, help="A YAML recipe whose keys are the options below; flags override it.")
     if positional:
         field_type = str({f.name: f.type for f in dataclasses.fields(config_cls)}[positional])

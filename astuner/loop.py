@@ -43,6 +43,13 @@ LOOP_OWNED = {
     "finetune": ("db", "iterations", "output_dir", "model_name_or_path", "export", "config"),
 }
 PROGRESS = "progress.json"
+# Sections whose options are checked when the recipe is read: (module, its config dataclass, the command).
+# finetune's are TRL's (its stage checks them; importing TRL here would cost seconds).
+STAGE_OPTIONS = {
+    "collect": ("collect.main", "CollectConfig", "python -m collect"),
+    "eval": ("collect.main", "CollectConfig", "python -m collect"),
+    "judge": ("judge.main", "ScoreConfig", "python -m judge score"),
+}
 
 
 class RecipeError(ValueError):
@@ -69,6 +76,9 @@ class Recipe:
 
 
 def read_recipe(path: str | os.PathLike, run_dir: str | None = None, trainable_targets: str | None = None) -> Recipe:
+    import dataclasses
+    import importlib
+
     from astuner.cli import ConfigError, read_recipe as read_yaml
 
     path = Path(path)
@@ -92,6 +102,12 @@ def read_recipe(path: str | os.PathLike, run_dir: str | None = None, trainable_t
         owned = sorted(set(value) & set(LOOP_OWNED[section]))
         if owned:
             raise RecipeError(f"--recipe {path}: {section}.{owned[0]} is set by the loop for each iteration; remove it from the recipe")
+        if section in STAGE_OPTIONS:  # refused now, before a stage fails on it with the run dir started
+            module, config_class, command = STAGE_OPTIONS[section]
+            options = {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), config_class))}
+            unknown = sorted(set(value) - options)
+            if unknown:
+                raise RecipeError(f"--recipe {path}: {section}.{unknown[0]} is not an option of {command} (see {command} --help)")
         if isinstance(value.get("trainable_targets"), list):  # collect takes them comma-separated
             value["trainable_targets"] = ",".join(map(str, value["trainable_targets"]))
         raw[section] = value
@@ -360,10 +376,13 @@ def iterate(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from astuner.cli import one_line_errors
+
     parser = argparse.ArgumentParser(prog="python -m astuner", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", metavar="iterate")
     it = commands.add_parser("iterate", help="collect -> judge -> finetune, N times, from one recipe", description=__doc__,
                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    one_line_errors(it)
     it.add_argument("--recipe", required=True, help="The recipe YAML: run_dir, model, collect, eval, judge, finetune, accelerate_config.")
     it.add_argument("--iterations", type=int, default=None, help="Collect-judge-finetune rounds (default: the recipe's `iterations`).")
     it.add_argument("--run-dir", "--run_dir", dest="run_dir", default=None, help="Overrides the recipe's run_dir.")

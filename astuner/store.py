@@ -186,13 +186,15 @@ def _lock_holder(message: str) -> str:
     return f"process {pid}" + (f" ({cmd[:120]})" if cmd else "")
 
 
-def open_store(path: str | os.PathLike, *, read_only: bool = False):
-    """Open (and, writable, create) the store at `path`; errors are StoreError with one line."""
+def open_store(path: str | os.PathLike, *, read_only: bool = False, create: bool = True):
+    """Open (and, writable with `create`, create) the store at `path`; errors are StoreError with one line."""
     import duckdb
 
     path = Path(path)
-    if read_only and not path.exists():
+    if (read_only or not create) and not path.exists():
         raise StoreError(f"no store at {path}; create it with: python -m judge ingest TRACES --db {path}")
+    if path.is_dir():
+        raise StoreError(f"{path} is a folder; --db takes a DuckDB file, e.g. {path / 'store.duckdb'}")
     # Attached rather than opened, for its row group size: an ingest's calls then fill row
     # groups that go straight to the file instead of through the WAL (commit 1.8 s -> 0.1 s
     # for 80k calls in benchmarks/judge_ingest.py).
@@ -209,6 +211,9 @@ def open_store(path: str | os.PathLike, *, read_only: bool = False):
                 f"{path} is held by {_lock_holder(text)}; DuckDB allows one writer (and no readers beside it): "
                 "wait for it to finish or stop it"
             ) from None
+        if "not a valid DuckDB database file" in text:
+            raise StoreError(f"{path}: cannot open as a DuckDB store (not a DuckDB file); --db takes a store written by "
+                             "python -m judge ingest, or a new path") from None
         raise StoreError(f"{path}: cannot open as a DuckDB store ({text.splitlines()[0]})") from None
     except duckdb.Error as exc:
         con.close()

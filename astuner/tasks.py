@@ -63,14 +63,20 @@ def _jsonl_rows(path: Path) -> Iterable[tuple[str, Any]]:
 def _dataset_rows(path: Path) -> Iterable[tuple[str, Any]]:
     import datasets
 
-    if path.is_dir():
-        ds = datasets.load_from_disk(str(path))
-        if isinstance(ds, datasets.DatasetDict):
-            raise TaskFormatError(
-                f"{path}: a DatasetDict with splits {list(ds)}; pass one split's folder, e.g. {path / next(iter(ds))}"
-            )
-    else:
-        ds = datasets.load_dataset(_LOAD_DATASET_FORMATS[path.suffix], data_files=str(path), split="train")
+    kind = "a datasets save_to_disk folder" if path.is_dir() else _LOAD_DATASET_FORMATS[path.suffix]
+    try:
+        if path.is_dir():
+            ds = datasets.load_from_disk(str(path))
+        else:
+            ds = datasets.load_dataset(_LOAD_DATASET_FORMATS[path.suffix], data_files=str(path), split="train")
+    except Exception as exc:  # datasets wraps the reader's error (pyarrow's names the row): report that one
+        cause = exc.__cause__ or exc
+        reason = (str(cause).splitlines() or [type(cause).__name__])[0]
+        raise TaskFormatError(f"--tasks {path}: cannot read it as {kind} ({reason})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        raise TaskFormatError(
+            f"{path}: a DatasetDict with splits {list(ds)}; pass one split's folder, e.g. {path / next(iter(ds))}"
+        )
     for i, row in enumerate(ds):
         yield f"{path}:row {i}", row
 

@@ -118,7 +118,9 @@ def parse_trajectory(line: str | bytes, source: str = "<string>", line_no: int =
     where = f"{source}:{line_no}"
     try:
         raw = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise TraceFormatError(f"{where}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
         raise TraceFormatError(f"{where}: not valid JSON ({exc})") from None
     if not isinstance(raw, dict):
         raise TraceFormatError(f"{where}: expected a JSON object, got {type(raw).__name__}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 import uuid
@@ -46,7 +47,8 @@ class CollectConfig:
     trainable_targets: str | None = field(
         default=None,
         metadata={"help": "Comma-separated roles to train, overriding the workflow's trainable_targets. "
-                  "'*' trains every role."},
+                  "'*' trains every role. A name that no run has registered when the first run finishes ok stops "
+                  "collect (exit 2) before anything is written."},
     )
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (0 = greedy)."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
@@ -79,16 +81,21 @@ def _targets(cfg: CollectConfig, workflow_cls) -> list[str] | None:
     return [t.strip() for t in cfg.trainable_targets.split(",") if t.strip()]
 
 
-def _open_run(out: Path, identity: dict) -> str:
-    """The run id of `out`, created on first use; a resume with other settings is refused."""
+def _open_run(out: Path, identity: dict) -> tuple[str, bool]:
+    """(the run id of `out`, whether this call created it); a resume with other settings is refused."""
     manifest = out / MANIFEST
-    out.mkdir(parents=True, exist_ok=True)
+    created = False
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--out {out}: cannot create the output folder ({exc.strerror}: {exc.filename})") from None
     if not manifest.exists():
         # created exclusively (link fails if it exists): shards starting together agree on one run id
         tmp = out / f".collect.{os.getpid()}.tmp"
         tmp.write_text(json.dumps({"run_id": uuid.uuid4().hex[:16], "created_at": time.time(), **identity}, indent=2))
         try:
             os.link(tmp, manifest)
+            created = True
         except FileExistsError:
             pass
         finally:
@@ -96,11 +103,37 @@ def _open_run(out: Path, identity: dict) -> str:
     saved = json.loads(manifest.read_text())
     for key in _IDENTITY:
         if saved.get(key) != identity[key]:
-            raise SystemExit(
-                f"collect: --out {out} holds a run with {key}={json.dumps(saved.get(key))}, "
+            raise ValueError(
+                f"--out {out} holds a run with {key}={json.dumps(saved.get(key))}, "
                 f"this command has {json.dumps(identity[key])}; use another --out or the same settings"
             )
-    return saved["run_id"]
+    return saved["run_id"], created
+
+
+def _forget_run(out: Path, created: bool, out_existed: bool) -> None:
+    """Undo what _open_run made when this command wrote no trajectory: the corrected command starts afresh in --out."""
+    traces = out / "traces"
+    if not created or any(traces.glob("*.jsonl")):
+        return
+    (out / MANIFEST).unlink(missing_ok=True)
+    for folder in (traces, *([] if out_existed else [out])):
+        try:
+            folder.rmdir()  # only when empty
+        except OSError:
+            pass
+
+
+def _failure_location(traceback_text: str | None, workflow_cls) -> str:
+    """' (at FILE:LINE)': the innermost line of the workflow's own file in a recorded traceback, else ''."""
+    import inspect
+
+    try:
+        source = Path(inspect.getsourcefile(getattr(workflow_cls, "function", None) or workflow_cls)).resolve()
+    except (TypeError, OSError):
+        return ""
+    frames = [(name, line) for name, line in re.findall(r'File "([^"]+)", line (\d+)', traceback_text or "")
+              if Path(name).resolve() == source]
+    return f" (at {frames[-1][0]}:{frames[-1][1]})" if frames else ""
 
 
 def _shard(spec: str | None) -> tuple[int, int] | None:
@@ -135,10 +168,10 @@ def run(cfg: CollectConfig) -> int:
     from astuner.engines import ENGINES, load_engine, require_checkpoint
     from astuner.tasks import load_tasks
     from astuner.tiny import ensure_tiny_model
-    from astuner.trajectory import Checkpoint, Sampling
+    from astuner.trajectory import Checkpoint, Sampling, TraceFormatError
     from astuner.workflow import load_workflow
 
-    from collect.runner import RunSpec, role_table, run_collect
+    from collect.runner import RunSpec, UnregisteredTargetError, role_table, run_collect
     from collect.writer import TraceWriter
 
     hf_logging.disable_progress_bar()  # our own bar is the one to watch
@@ -153,6 +186,13 @@ def run(cfg: CollectConfig) -> int:
         raise ValueError(f"--flush-interval-s {cfg.flush_interval_s}: must be 0 or more")
 
     shard = _shard(cfg.shard)
+    if cfg.engine == "transformers":
+        engine_kwargs = {"device": cfg.device, "max_batch_size": cfg.max_batch_size}
+    else:
+        try:
+            engine_kwargs = json.loads(cfg.engine_args) if cfg.engine_args else {}
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--engine-args {cfg.engine_args!r}: not JSON ({exc.msg}); e.g. '{{\"tensor_parallel_size\": 2}}'") from None
     workflow_cls = load_workflow(cfg.workflow)
     tasks = load_tasks(cfg.tasks, cfg.query_field, cfg.id_field, cfg.limit)
     if shard:
@@ -171,9 +211,13 @@ def run(cfg: CollectConfig) -> int:
         "trainable_targets": targets,
         "iteration": cfg.iteration,
     }
-    run_id = _open_run(out, identity)
+    out_existed = out.exists()
+    run_id, created = _open_run(out, identity)
     writer = TraceWriter(out / "traces", name=f"part-{shard[0]}of{shard[1]}" if shard else "part")
-    done = writer.finished_keys()
+    try:
+        done = writer.finished_keys()
+    except TraceFormatError as exc:  # collect writes whole lines only: this came from elsewhere
+        raise ValueError(f"--out {out}: {exc}; repair or delete that line (collect runs again what is missing)") from None
     todo = [(t, s) for t in tasks for s in range(cfg.samples_per_task) if (t.task_id, s) not in done]
     total = len(tasks) * cfg.samples_per_task
     print(f"collect: {f'shard {cfg.shard}: ' if shard else ''}{len(tasks)} tasks x {cfg.samples_per_task} samples = {total} runs; "
@@ -181,13 +225,6 @@ def run(cfg: CollectConfig) -> int:
     if not todo:
         return 0
 
-    if cfg.engine == "transformers":
-        engine_kwargs = {"device": cfg.device, "max_batch_size": cfg.max_batch_size}
-    else:
-        try:
-            engine_kwargs = json.loads(cfg.engine_args) if cfg.engine_args else {}
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"--engine-args {cfg.engine_args!r}: not JSON ({exc.msg}); e.g. '{{\"tensor_parallel_size\": 2}}'") from None
     engine = load_engine(cfg.engine, model_path, **engine_kwargs)
     spec = RunSpec(
         run_id=run_id,
@@ -201,6 +238,11 @@ def run(cfg: CollectConfig) -> int:
     )
     try:
         stats = asyncio.run(run_collect(spec, engine, todo, writer, cfg.concurrency, cfg.flush_interval_s))
+    except UnregisteredTargetError as exc:
+        _forget_run(out, created, out_existed)
+        named = (f"--trainable-targets {cfg.trainable_targets}" if cfg.trainable_targets is not None
+                 else f"--workflow {cfg.workflow}: trainable_targets {targets}")
+        raise ValueError(f"{named}: {exc}; fix the name (nothing was written)") from None
     finally:
         engine.close()
 
@@ -213,11 +255,19 @@ def run(cfg: CollectConfig) -> int:
     if stats.by_role:
         print(role_table(stats), file=sys.stderr)
     print(f"collect: traces in {out / 'traces'}", file=sys.stderr)
-    unregistered = sorted(set(targets or []) - stats.registered_roles)
-    if unregistered:
+    if stats.first_failure is not None:
+        first = stats.first_failure
+        reason = (first.error or first.status).splitlines()[0][:300]
+        print(f"collect: {stats.error + stats.timeout} of {stats.runs} runs failed (each recorded with status, error and traceback); "
+              f"first: task {first.task.task_id} sample {first.sample_index}: {reason}{_failure_location(first.traceback, workflow_cls)}",
+              file=sys.stderr)
+    # With a run that finished ok, run_collect has checked the targets; without one, say what could not be checked.
+    known = stats.registered_roles | set(stats.by_role)
+    unregistered = sorted(set(targets or []) - known)
+    if unregistered and stats.ok == 0:
         print(
             f"collect: warning: --trainable-targets names {', '.join(unregistered)}, which no run registered "
-            f"(registered: {', '.join(sorted(stats.registered_roles)) or 'none'}); nothing of it was trained",
+            f"(registered: {', '.join(sorted(known)) or 'none'}); no run finished ok, so the names were not checked",
             file=sys.stderr,
         )
     return 0

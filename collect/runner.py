@@ -29,6 +29,16 @@ class RunSpec:
     timeout_s: float = 600.0
 
 
+class UnregisteredTargetError(ValueError):
+    """The trainable targets name a role that no run had registered when the first run finished ok:
+    most likely a misspelt role, so the runs are collected under the wrong targets."""
+
+    def __init__(self, missing: list[str], known: list[str]):
+        self.missing, self.known = missing, known
+        super().__init__(f"no run registered role{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
+                         f"(registered: {', '.join(known) or 'none'})")
+
+
 @dataclass
 class CollectStats:
     ok: int = 0
@@ -41,6 +51,7 @@ class CollectStats:
     registered_roles: set = field(default_factory=set)
     # role -> [calls, trainable calls, completion tokens, calls that counted tokens, agent names]
     by_role: dict = field(default_factory=dict)
+    first_failure: Trajectory | None = None  # the first run recorded with status error or timeout
 
     @property
     def runs(self) -> int:
@@ -51,9 +62,9 @@ class CollectStats:
         return self.completion_tokens / self.seconds if self.seconds else 0.0
 
 
-def _check_output(out) -> tuple[float | None, dict]:
+def _check_output(out, owner: str = "Workflow") -> tuple[float | None, dict]:
     if not isinstance(out, WorkflowOutput):
-        raise TypeError(f"execute returned {type(out).__name__}; expected astuner.WorkflowOutput(reward=..., metadata={{...}})")
+        raise TypeError(f"{owner}.execute returned {type(out).__name__}; expected astuner.WorkflowOutput(reward=..., metadata={{...}})")
     reward = out.reward
     if reward is not None:
         if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward):
@@ -75,7 +86,7 @@ async def run_one(spec: RunSpec, engine: Engine, task: Task, sample_index: int) 
         workflow.trainable_targets = None if spec.trainable_targets is None else list(spec.trainable_targets)
         async with asyncio.timeout(spec.timeout_s) as deadline:
             out = await workflow.execute(WorkflowTask(task, sample_index, spec.iteration), tuner)
-        reward, metadata = _check_output(out)
+        reward, metadata = _check_output(out, spec.workflow_cls.__name__)
     except TimeoutError:
         if deadline is not None and deadline.expired():
             status, error = "timeout", f"run exceeded --timeout-s {spec.timeout_s:g}"
@@ -127,9 +138,15 @@ async def run_collect(
     bar = tqdm(total=len(todo), desc="collect", unit="run", disable=not progress, dynamic_ncols=True)
     started = time.monotonic()
     last_flush = time.monotonic()
+    # Named targets are checked once, when the first run finishes ok; nothing is flushed before,
+    # so runs collected under a misspelt role are discarded rather than written.
+    targets_unchecked = spec.trainable_targets is not None
+    refused: UnregisteredTargetError | None = None
 
     def record(traj: Trajectory, roles: set) -> None:
-        nonlocal last_flush
+        nonlocal last_flush, targets_unchecked, refused
+        if refused is not None:  # other workers finishing before the error reaches gather: keep nothing
+            return
         writer.add(traj)
         crash_point("collect.recorded")  # finished but only in the buffer
         setattr(stats, traj.status, getattr(stats, traj.status) + 1)
@@ -145,10 +162,19 @@ async def run_collect(
                 row[2] += call.completion_tokens
                 row[3] += 1
             row[4].add(call.agent_name or "-")
+        if traj.status != "ok" and stats.first_failure is None:
+            stats.first_failure = traj
+        if targets_unchecked and traj.status == "ok":
+            targets_unchecked = False
+            known = stats.registered_roles | set(stats.by_role)  # registered, or called (model_tuner itself: 'default')
+            missing = [t for t in spec.trainable_targets if t not in known]
+            if missing:
+                refused = UnregisteredTargetError(missing, sorted(known))
+                raise refused
         stats.seconds = time.monotonic() - started
         # Flush in batches: one part file per interval keeps the file count low while a
         # kill loses at most the last interval of finished runs.
-        if time.monotonic() - last_flush >= flush_interval_s:
+        if not targets_unchecked and time.monotonic() - last_flush >= flush_interval_s:
             writer.flush()
             last_flush = time.monotonic()
         bar.update(1)
@@ -162,8 +188,14 @@ async def run_collect(
                 return
             record(*await run_one(spec, engine, task, sample_index))
 
+    workers = [asyncio.ensure_future(worker()) for _ in range(max(1, min(concurrency, len(todo))))]
     try:
-        await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(todo))))))
+        await asyncio.gather(*workers)
+    except UnregisteredTargetError:
+        for w in workers:
+            w.cancel()
+        writer.discard()  # collected under targets that name no role: keep none of it
+        raise
     finally:
         writer.flush()
         bar.close()

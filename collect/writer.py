@@ -37,6 +37,10 @@ class TraceWriter:
     def add(self, traj: Trajectory) -> None:
         self._buffer.append(dump_line(traj))
 
+    def discard(self) -> None:
+        """Drop the trajectories not flushed yet."""
+        self._buffer.clear()
+
     @property
     def pending(self) -> int:
         return len(self._buffer)

@@ -48,8 +48,9 @@ class FinetuneArguments:
     export: str | None = field(default=None, metadata={"help": "Write the dataset to this .parquet file and stop (no training)."})
 
 
-def _method_of(argv: list[str]) -> str:
-    """--method decides which TRL config class parses the rest, so read it (flag, else recipe) first."""
+def _method_of(argv: list[str]) -> tuple[str, str | None, dict]:
+    """--method decides which TRL config class parses the rest, so read it (flag, else recipe) first.
+    Returns (method, the --config path, its recipe)."""
     import argparse
 
     from astuner.cli import read_recipe
@@ -63,7 +64,7 @@ def _method_of(argv: list[str]) -> str:
     method = method or "sft"
     if method not in METHODS:
         raise ValueError(f"--method {method!r}: use one of {', '.join(METHODS)}")
-    return method
+    return method, known.config, recipe
 
 
 def parse_args(argv: list[str]):
@@ -72,20 +73,29 @@ def parse_args(argv: list[str]):
 
     # TRL's configs still set gradient_checkpointing, which transformers 5 renames: noise to users.
     warnings.filterwarnings("ignore", category=FutureWarning, message=r"(?s).*activation_checkpointing")
-    method = _method_of(argv)
+    method, config, recipe = _method_of(argv)
     import torch
     from trl import DPOConfig, ModelConfig, SFTConfig, TrlParser
 
+    from astuner.cli import one_line_errors
+
     parser = TrlParser((FinetuneArguments, SFTConfig if method == "sft" else DPOConfig, ModelConfig), prog="python -m finetune",
                        description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    one_line_errors(parser, "--help-all")
+    unknown = sorted(set(recipe) - {action.dest for action in parser._actions} - {"env"})  # `env`: TrlParser's environment
+    if unknown:
+        raise ValueError(f"--config {config}: unknown option(s) {', '.join(unknown)} for --method {method}; "
+                         "all options: python -m finetune --help-all")
     # Defaults that depend on the machine: bf16 only where a GPU has it; no tracker unless asked.
     gpu = torch.cuda.is_available()
     parser.set_defaults(bf16=gpu and torch.cuda.is_bf16_supported(), dataloader_pin_memory=gpu, report_to="none",
                         output_dir="", save_strategy="no")  # "": TrainingArguments would default None to trainer_output
     try:
-        args, training_args, model_args = parser.parse_args_and_config(args=argv)
+        args, training_args, model_args, unknown = parser.parse_args_and_config(args=argv, return_remaining_strings=True)
     except FileNotFoundError as exc:
         raise ValueError(f"--config: {exc.strerror}: {exc.filename}") from None
+    if unknown:  # the recipe's keys are checked above, so these are flags
+        raise ValueError(f"unrecognized arguments: {' '.join(unknown)} (all options: python -m finetune --help-all)")
     return args, training_args, model_args
 
 

@@ -83,6 +83,7 @@ class IngestResult:
     drift_checked: int = 0
     drift_found: int = 0
     drift_unchecked: int = 0
+    drift_unchecked_why: str = "checkpoint folder not found here"  # the first reason
     seconds: float = 0.0
 
     def summary(self) -> str:
@@ -92,7 +93,7 @@ class IngestResult:
             f"in {self.seconds:.2f}s ({rate:,.0f} calls/s); {self.already_in_store} already in the store; "
             f"{len(self.bad_lines)} bad line(s) skipped",
             f"template drift: {self.drift_found} drifted of {self.drift_checked} trainable engine calls checked"
-            + (f"; {self.drift_unchecked} not checked (checkpoint folder not found here)" if self.drift_unchecked else ""),
+            + (f"; {self.drift_unchecked} not checked ({self.drift_unchecked_why})" if self.drift_unchecked else ""),
         ]
         return "\n".join(lines)
 
@@ -269,8 +270,10 @@ def check_template_drift(con, result: IngestResult, progress: bool = True, chunk
            WHERE c.trainable AND c.prompt_token_ids IS NOT NULL AND c.template_drift IS NULL GROUP BY ALL"""
     ).fetchall()
     for checkpoint, count in groups:
-        tokenizer = _load_tokenizer(checkpoint)
+        tokenizer, why = _load_tokenizer(checkpoint)
         if tokenizer is None:
+            if not result.drift_unchecked:
+                result.drift_unchecked_why = why
             result.drift_unchecked += count
             continue
         query = con.execute(
@@ -301,8 +304,14 @@ def check_template_drift(con, result: IngestResult, progress: bool = True, chunk
 
 
 def _load_tokenizer(checkpoint: str | None):
+    """(tokenizer, None), or (None, why the drift of this checkpoint's calls cannot be checked here)."""
     if not checkpoint or not Path(checkpoint).is_dir():
-        return None
+        return None, "checkpoint folder not found here"
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(checkpoint)
+    from astuner.engines import tokenizer_problem
+
+    problem = tokenizer_problem(checkpoint)
+    if problem:
+        return None, f"checkpoint {checkpoint}: {problem}"
+    return AutoTokenizer.from_pretrained(checkpoint), None

@@ -68,9 +68,12 @@ class LLMJudge:
     def from_options(cls, template_file: str | None, *, model: str | None = None, engine: str = "transformers",
                      max_score: float = 10.0, max_tokens: int = 128, device: str | None = None) -> "LLMJudge":
         from astuner.checkpoint import checkpoint_sha256
-        from astuner.engines import load_engine
+        from astuner.engines import ENGINES, load_engine
         from astuner.tiny import ensure_tiny_model
         from judge.judgers import JudgerError
+
+        if engine not in ENGINES:
+            raise JudgerError(f"--judge_engine {engine!r}: unknown engine; choose one of {', '.join(ENGINES)}")
 
         template = DEFAULT_TEMPLATE
         if template_file:
@@ -80,8 +83,8 @@ class LLMJudge:
                 raise JudgerError(f"--judger llm:{template_file}: cannot read the template ({exc.strerror})") from None
         checkpoint = model or str(ensure_tiny_model())
         kwargs = {"device": device} if device and engine == "transformers" else {}
-        return cls(load_engine(engine, checkpoint, **kwargs), template, max_score=max_score, max_tokens=max_tokens,
-                   checkpoint_sha256=checkpoint_sha256(checkpoint))
+        return cls(load_engine(engine, checkpoint, option="--judge_model", **kwargs), template, max_score=max_score,
+                   max_tokens=max_tokens, checkpoint_sha256=checkpoint_sha256(checkpoint))
 
     def prompt(self, traj: dict) -> str:
         fields = _Fields({k: v for k, v in traj["metadata"].items()})

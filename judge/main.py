@@ -106,13 +106,9 @@ def _score(cfg: ScoreConfig) -> int:
 
     if cfg.batch_size < 1:
         raise ValueError(f"--batch_size {cfg.batch_size}: must be at least 1")
-    con = open_store(cfg.db)
+    con = open_store(cfg.db, create=False)  # a mistyped --db must not become a new, empty store
     try:
-        if cfg.success_threshold is not None:
-            set_meta(con, "success_threshold", str(cfg.success_threshold))
-        for name in cfg.remove:
-            removed = con.execute("DELETE FROM scores WHERE judger = ?", [name]).fetchall()[0][0]
-            print(f"removed {removed} scores of judger {name!r}")
+        # every option is checked before anything is written (--remove, --success_threshold)
         llm = dict(model=cfg.judge_model, engine=cfg.judge_engine, device=cfg.judge_device,
                    max_tokens=cfg.judge_max_tokens, max_score=cfg.judge_max_score)
         judgers = [parse_judger(spec, llm) for spec in cfg.judger or ["workflow"]]
@@ -123,11 +119,19 @@ def _score(cfg: ScoreConfig) -> int:
                 con.execute(f"SELECT count(*) FROM trajectories WHERE {cfg.where}").fetchall()
             except duckdb.Error as exc:
                 raise ValueError(f"--where {cfg.where!r}: {str(exc).splitlines()[0]}") from None
+        if cfg.success_threshold is not None:
+            set_meta(con, "success_threshold", str(cfg.success_threshold))
+        for name in cfg.remove:
+            removed = con.execute("DELETE FROM scores WHERE judger = ?", [name]).fetchall()[0][0]
+            print(f"removed {removed} scores of judger {name!r}")
         result = score(con, judgers, where=cfg.where, batch_size=cfg.batch_size)
         print(format_table(["judger", "weight", "scored", "applied", "errors", "mean", "seconds"], [j.row() for j in result.judgers]))
         for stats in result.judgers:
             if stats.first_error:
-                print(f"{stats.name}: {stats.errors} error(s), e.g. {stats.first_error[:200]}")
+                trajectory, call = stats.first_error_key
+                where = f"trajectory {trajectory}" + (f" call {call}" if call is not None else "")
+                print(f"{stats.name}: {stats.errors} error(s), first: {where}: {stats.first_error.splitlines()[0][:200]} "
+                      "(recorded as score rows: SELECT * FROM scores WHERE error IS NOT NULL)")
         scope = f" WHERE trajectory_id IN (SELECT trajectory_id FROM trajectories WHERE {cfg.where})" if cfg.where else ""
         n, mean = con.execute(f"SELECT count(reward), avg(reward) FROM rewards{scope}").fetchall()[0]
         print(f"combined reward: {n} of {result.trajectories} trajectories"

@@ -28,14 +28,16 @@ class JudgerStats:
     total: float = 0.0
     seconds: float = 0.0
     first_error: str | None = None
+    first_error_key: tuple | None = None  # (trajectory_id, call_index) of the first error
 
-    def add(self, scores: list[Score], seconds: float) -> None:
+    def add(self, scores: list[Score], seconds: float, keys: list[tuple] | None = None) -> None:
         self.seconds += seconds
-        for s in scores:
+        for i, s in enumerate(scores):
             self.scored += 1
             if s.error:
                 self.errors += 1
-                self.first_error = self.first_error or s.error
+                if self.first_error is None:
+                    self.first_error, self.first_error_key = s.error, keys[i] if keys else (None, None)
             elif s.value is not None:
                 self.applied += 1
                 self.total += s.value
@@ -160,7 +162,7 @@ def score(con, judgers: list[Judger], *, where: str | None = None, batch_size: i
             keys = [(it["trajectory_id"], it["call_index"] if judger.level == "call" else None) for it in items]
             scores = apply_judger(judger, items) if items else []
             _write_scores(con, judger, chunk, keys, scores, run_id)
-            stats.add(scores, time.perf_counter() - t0)
+            stats.add(scores, time.perf_counter() - t0, keys)
             crash_point("score.committed")
     con.execute(
         "INSERT INTO runs VALUES (?, 'score', ?, NULL, NULL, to_timestamp(?), now())",

@@ -65,9 +65,21 @@ def test_trainable_targets_switch_from_command_line(tmp_path):
     assert t.trainable_targets is None and all(c.trainable for c in t.calls)
 
 
-def test_unregistered_target_warns(tmp_path, capsys):
-    collect(tmp_path, "WerewolfLite", "--trainable-targets", "seer,wizard", tasks=1)
-    assert "names wizard, which no run registered" in capsys.readouterr().err
+def test_unregistered_target_stops_collect_and_writes_nothing(tmp_path, capsys):
+    tasks, out = write_tasks(tmp_path / "tasks.jsonl", 3), tmp_path / "out"
+    args = ["--workflow", workflow_ref("WerewolfLite"), "--tasks", str(tasks), "--out", str(out), "--max-tokens", "8", "--seed", "0"]
+    assert main([*args, "--trainable-targets", "seer,wizard", "--flush-interval-s", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == ("collect: --trainable-targets seer,wizard: no run registered role 'wizard' (registered: seer, villager, werewolf); "
+                   "fix the name (nothing was written)")
+    assert not out.exists()  # nor collect.json: the corrected command runs in the same --out
+    assert main([*args, "--trainable-targets", "seer"]) == 0
+    assert len(load(out)) == 3
+
+
+def test_unregistered_target_warns_when_no_run_finished_ok(tmp_path, capsys):
+    collect(tmp_path, "WrongReturn", "--trainable-targets", "wizard", tasks=1)
+    assert "names wizard, which no run registered (registered: none); no run finished ok" in capsys.readouterr().err
 
 
 def test_as_agentscope_model_alias(tmp_path):
@@ -117,10 +129,11 @@ def test_rerun_resumes_and_adds_samples(tmp_path, capsys):
     assert len({t.trajectory_id for t in load(out)}) == 8
 
 
-def test_resume_with_other_settings_is_refused(tmp_path):
+def test_resume_with_other_settings_is_refused(tmp_path, capsys):
     out = collect(tmp_path, "OneCall", tasks=1)
-    with pytest.raises(SystemExit, match="holds a run with sampling="):
-        collect(tmp_path, "OneCall", "--temperature", "0.5", tasks=1)
+    rc = main(["--workflow", workflow_ref("OneCall"), "--tasks", str(tmp_path / "out-tasks.jsonl"), "--out", str(out),
+               "--max-tokens", "24", "--seed", "0", "--temperature", "0.5"])
+    assert rc == 2 and "holds a run with sampling=" in capsys.readouterr().err
     assert len(load(out)) == 1
 
 
