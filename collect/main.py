@@ -262,7 +262,7 @@ def run(cfg: CollectConfig) -> int:
               f"first: task {first.task.task_id} sample {first.sample_index}: {reason}{_failure_location(first.traceback, workflow_cls)}",
               file=sys.stderr)
     # With a run that finished ok, run_collect has checked the targets; without one, say what could not be checked.
-    known = stats.registered_roles | set(stats.by_role)
+    known = stats.roles_seen
     unregistered = sorted(set(targets or []) - known)
     if unregistered and stats.ok == 0:
         print(

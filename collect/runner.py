@@ -58,6 +58,11 @@ class CollectStats:
         return self.ok + self.error + self.timeout
 
     @property
+    def roles_seen(self) -> set[str]:
+        """Roles registered or called so far (model_tuner itself is 'default')."""
+        return self.registered_roles | set(self.by_role)
+
+    @property
     def tokens_per_s(self) -> float:
         return self.completion_tokens / self.seconds if self.seconds else 0.0
 
@@ -166,7 +171,7 @@ async def run_collect(
             stats.first_failure = traj
         if targets_unchecked and traj.status == "ok":
             targets_unchecked = False
-            known = stats.registered_roles | set(stats.by_role)  # registered, or called (model_tuner itself: 'default')
+            known = stats.roles_seen
             missing = [t for t in spec.trainable_targets if t not in known]
             if missing:
                 refused = UnregisteredTargetError(missing, sorted(known))
