@@ -2,7 +2,9 @@
 `datasets.load_dataset`, or a user generator `module:function` (the "environment" case).
 
 Every row becomes a Task: its id is the row's `task_id`/`id` field or a hash of the row, so
-the same row always gets the same id (collect resumes by it).
+the same row always gets the same id (collect resumes by it). AgentJet's row shape
+`{main_query, task_id, init_messages, metadata: {...}}` gives `task.metadata == row["metadata"]`;
+a row without any query field gets main_query "[not defined]", as in AgentJet.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from astuner.workflow import Task
 
 QUERY_FIELDS = ("main_query", "query", "question", "prompt", "input")
 ID_FIELDS = ("task_id", "id")
+NO_QUERY = "[not defined]"  # main_query of a row without a query field, as AgentJet's JSONL reader has it
 _LOAD_DATASET_FORMATS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".arrow": "arrow"}
 
 
@@ -30,10 +33,10 @@ def _row_to_task(row: Any, where: str, query_field: str | None, id_field: str | 
         raise TaskFormatError(f"{where}: expected a JSON object, got {type(row).__name__}")
     fields = [query_field] if query_field else QUERY_FIELDS
     query_key = next((f for f in fields if f in row), None)
-    if query_key is None:
+    if query_key is None and query_field:  # the field was named: its absence is a mistake
         raise TaskFormatError(
-            f"{where}: no query field (looked for {', '.join(fields)}; the row has {', '.join(map(str, row)) or 'no keys'}); "
-            "name it with --query-field"
+            f"{where}: no query field {query_field!r} (the row has {', '.join(map(str, row)) or 'no keys'}); "
+            "fix --query-field, or drop it to let the workflow build its query from task.metadata"
         )
     id_key = next((f for f in ([id_field] if id_field else ID_FIELDS) if row.get(f) is not None), None)
     if id_key is not None:
@@ -41,7 +44,16 @@ def _row_to_task(row: Any, where: str, query_field: str | None, id_field: str | 
     else:
         canonical = json.dumps(row, sort_keys=True, default=str)
         task_id = hashlib.sha256(canonical.encode()).hexdigest()[:16]
-    return Task(task_id=task_id, main_query=str(row[query_key]), metadata=row)
+    # AgentJet's task rows carry their own metadata mapping; other rows are their own metadata
+    metadata = row["metadata"] if isinstance(row.get("metadata"), dict) else row
+    init_messages = row.get("init_messages")
+    return Task(
+        task_id=task_id,
+        # no query field: AgentJet's reader gives "[not defined]" and the workflow reads metadata
+        main_query=NO_QUERY if query_key is None else str(row[query_key]),
+        metadata=metadata,
+        init_messages=list(init_messages) if isinstance(init_messages, list) else [],
+    )
 
 
 def _jsonl_rows(path: Path) -> Iterable[tuple[str, Any]]:

@@ -52,10 +52,14 @@ class ModelCall(_Record):
     completion_logprobs: list[float] | None = Field(
         description="Log-probability of each sampled id under the model's own (untempered) distribution."
     )
-    finish_reason: str | None = Field(description="'stop' (an end token), 'length' (max_tokens) or None.")
+    finish_reason: str | None = Field(
+        description="'stop' (an end token), 'length' (max_tokens), 'error' (the call raised: see error) or None."
+    )
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     latency_s: float
+    # Added within version 1 (optional, so every earlier record still reads): a call that raised.
+    error: str | None = Field(default=None, description="The exception of a call that raised; such a call is never trainable.")
 
 
 class TaskRecord(_Record):

@@ -98,21 +98,32 @@ class ModelTuner(ChatModelBase):
         index = len(self.calls)
         self.calls.append(None)  # reserve the slot: concurrent agents keep their call order
         started = time.monotonic()
-        if default_model is None:
-            response, record = await self._engine_call(messages, tools, index)
-        else:
-            response, record = await self._default_call(default_model, messages, tools, tool_choice, kwargs)
-        self.calls[index] = ModelCall(
-            index=index,
-            role=role,
-            agent_name=agent_name,
-            trainable=trainable,
-            messages=to_jsonable(messages),
-            tools=to_jsonable(tools) if tools else None,
-            tool_choice=tool_choice,
-            latency_s=round(time.monotonic() - started, 6),
-            **record,
-        )
+
+        def store(trainable: bool, record: dict) -> None:
+            self.calls[index] = ModelCall(
+                index=index,
+                role=role,
+                agent_name=agent_name,
+                trainable=trainable,
+                messages=to_jsonable(messages),
+                tools=to_jsonable(tools) if tools else None,
+                tool_choice=tool_choice,
+                latency_s=round(time.monotonic() - started, 6),
+                **record,
+            )
+
+        try:
+            if default_model is None:
+                response, record = await self._engine_call(messages, tools, index)
+            else:
+                response, record = await self._default_call(default_model, messages, tools, tool_choice, kwargs)
+        except Exception as exc:
+            # The workflow may catch it and end "ok": the record says which call failed and why.
+            # Never trainable: there is no completion to learn from. (A cancelled call, the run's
+            # timeout, is not an Exception and leaves its slot empty.)
+            store(False, _failed_call_record(exc, default_model or self.engine.checkpoint))
+            raise
+        store(trainable, record)
         return response
 
     async def _engine_call(self, messages, tools, index):
@@ -174,6 +185,19 @@ class ModelTuner(ChatModelBase):
             completion_tokens=usage.output_tokens if usage else None,
         )
         return result, record
+
+
+def _failed_call_record(exc: Exception, model) -> dict:
+    """The ModelCall fields of a call that raised (context overflow, a default model's HTTP error)."""
+    return dict(
+        model=model if isinstance(model, str) else getattr(model, "model_name", type(model).__name__),
+        completion=Completion(text=""),
+        prompt_token_ids=None,
+        completion_token_ids=None,
+        completion_logprobs=None,
+        finish_reason="error",
+        error=f"{type(exc).__name__}: {exc}"[:2000],
+    )
 
 
 class RoleModel(ChatModelBase):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -14,11 +15,14 @@ if TYPE_CHECKING:
 
 @dataclass
 class Task:
-    """One row of the task set. `metadata` is the whole row (reference answer and all)."""
+    """One row of the task set. `metadata` is the row's `metadata` mapping when it has one
+    (AgentJet's `{main_query, task_id, init_messages, metadata: {...}}`), else the whole row
+    (reference answer and all). `init_messages`: the row's, or []."""
 
     task_id: str
     main_query: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    init_messages: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -62,8 +66,10 @@ class Workflow:
 
 class FunctionWorkflow(Workflow):
     """Runs an `agentscope.tuner` workflow function, `async def f(task, model, auxiliary_models)`,
-    unchanged: task is the raw task row; its WorkflowOutput(reward, response, metrics) maps to
-    ours with response and metrics in metadata."""
+    unchanged: task is the task row (Task.metadata); its WorkflowOutput(reward, response, metrics)
+    maps to ours with response and metrics in metadata. A response that is an AgentScope `Msg`
+    (or a pydantic model) is stored as its dict with `response_type` naming it, so that judge
+    hands the judge a `Msg` again. `auxiliary_models`: collect's --auxiliary-models."""
 
     function = None  # set by for_function
 
@@ -76,9 +82,9 @@ class FunctionWorkflow(Workflow):
         offered = {
             "task": dict(task.task.metadata),
             "model": model_tuner,
-            "auxiliary_models": {},
+            "auxiliary_models": getattr(model_tuner, "auxiliary_models", None) or {},
             "system_prompt": None,
-            "logger": None,
+            "logger": logging.getLogger(f"astuner.workflow.{fn.__name__}"),
         }
         params = inspect.signature(fn).parameters
         takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
@@ -87,9 +93,13 @@ class FunctionWorkflow(Workflow):
             return result
         if result is None or not hasattr(result, "reward"):
             raise TypeError(f"{fn.__name__} returned {type(result).__name__}; expected a WorkflowOutput")
+        from astuner.peers import RESPONSE_TYPE_KEY, response_to_json
+
         metadata = {}
         if getattr(result, "response", None) is not None:
-            metadata["response"] = result.response
+            metadata["response"], type_name = response_to_json(result.response)
+            if type_name:
+                metadata[RESPONSE_TYPE_KEY] = type_name
         if getattr(result, "metrics", None):
             metadata["metrics"] = result.metrics
         return WorkflowOutput(reward=result.reward, metadata=metadata)

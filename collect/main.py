@@ -166,7 +166,7 @@ def run(cfg: CollectConfig) -> int:
 
     from astuner.checkpoint import checkpoint_sha256
     from astuner.engines import ENGINES, load_engine, require_checkpoint
-    from astuner.tasks import load_tasks
+    from astuner.tasks import NO_QUERY, QUERY_FIELDS, load_tasks
     from astuner.tiny import ensure_tiny_model
     from astuner.trajectory import Checkpoint, Sampling, TraceFormatError
     from astuner.workflow import load_workflow
@@ -195,6 +195,11 @@ def run(cfg: CollectConfig) -> int:
             raise ValueError(f"--engine-args {cfg.engine_args!r}: not JSON ({exc.msg}); e.g. '{{\"tensor_parallel_size\": 2}}'") from None
     workflow_cls = load_workflow(cfg.workflow)
     tasks = load_tasks(cfg.tasks, cfg.query_field, cfg.id_field, cfg.limit)
+    no_query = sum(t.main_query == NO_QUERY for t in tasks)
+    if no_query:
+        print(f"collect: note: {no_query} of {len(tasks)} task rows have no query field ({', '.join(QUERY_FIELDS)}); their "
+              f"task.main_query is {NO_QUERY!r}, as in AgentJet (the workflow builds its query from task.metadata); "
+              "name the field with --query-field if it should be the query", file=sys.stderr)
     if shard:
         tasks = tasks[shard[0]::shard[1]]
     model_path = require_checkpoint(cfg.model) if cfg.model else ensure_tiny_model()

@@ -120,7 +120,7 @@ async def run_one(spec: RunSpec, engine: Engine, task: Task, sample_index: int) 
         started_at=started,
         finished_at=finished,
         duration_s=round(finished - started, 6),
-        # a call that raised left its reserved slot empty
+        # a call cancelled by the timeout left its reserved slot empty (one that raised is recorded with its error)
         calls=[c for c in tuner.calls if c is not None],
     ), set(tuner.registered_roles)
 

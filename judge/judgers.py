@@ -13,7 +13,8 @@ Specs on the command line (`--judger SPEC[=WEIGHT]`):
     llm[:TEMPLATE_FILE]             an LLM judge through the collect engines (judge/llm.py)
     module:function, file.py:function
         a batched function as above; an agentscope.tuner judge
-        `async judge(task, response, auxiliary_models) -> JudgeOutput`; or a class with
+        `async judge(task, response[, auxiliary_models][, logger]) -> JudgeOutput` (its built-in
+        judges in agentscope.tuner.model_selection too); or a class with
         `compute_reward(workflow_task, workflow_output) -> (reward, is_success)`.
         A function with attribute `level = "call"` scores calls instead of trajectories.
 """
@@ -132,12 +133,41 @@ def _source_version(obj) -> str:
     return "src-" + hashlib.sha256(source.encode()).hexdigest()[:12]
 
 
-def _agentscope_judge(fn):
-    """agentscope.tuner: async judge(task, response, auxiliary_models) -> JudgeOutput(reward, metrics)."""
+def _is_agentscope_judge(target) -> bool:
+    """agentscope.tuner's JudgeType: async, (task, response, [auxiliary_models], [logger]); its
+    built-in judges name the first parameter `_task`."""
+    if not inspect.iscoroutinefunction(target):
+        return False
+    names = list(inspect.signature(target).parameters)
+    return len(names) >= 2 and names[0] in ("task", "_task") and names[1] == "response"
+
+
+_BUILT_IN_JUDGES = "agentscope.tuner.model_selection"
+
+
+def _agentscope_judge(fn, auxiliary_models: dict | None = None):
+    """agentscope.tuner: async judge(task, response, auxiliary_models, logger) -> JudgeOutput(reward, metrics).
+
+    Called with the parameters it declares only. `response` is the object the workflow returned
+    (a Msg comes back as a Msg). Its built-in judges (model_selection) get what select_model
+    hands them: {"response": ..., "metrics": {..., execution_time, input/output/total_tokens, usage}}.
+    """
+    import logging
+
+    params = inspect.signature(fn).parameters
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    task_name, response_name = list(params)[:2]
+    optional = {"auxiliary_models": auxiliary_models or {}, "logger": logging.getLogger(f"judge.{fn.__name__}")}
+    optional = {k: v for k, v in optional.items() if takes_all or k in params}
+    composite = (getattr(fn, "__module__", "") or "").startswith(_BUILT_IN_JUDGES)
 
     def judge(trajectories, **_):
         async def one(traj):
-            out = await fn(task=traj["task"], response=traj["response"], auxiliary_models={})
+            response = traj["response"]
+            if composite:
+                metrics = {**(traj["metadata"].get("metrics") or {}), **_usage(traj)}
+                response = {"response": response, "metrics": metrics}
+            out = await fn(**{task_name: traj["task"], response_name: response}, **optional)
             metrics = getattr(out, "metrics", None)
             return Score(_number(getattr(out, "reward", out)), explanation=json.dumps(metrics, default=str) if metrics else None)
 
@@ -147,6 +177,14 @@ def _agentscope_judge(fn):
         return [Score(None, error=f"{type(r).__name__}: {r}") if isinstance(r, BaseException) else r for r in asyncio.run(all_of())]
 
     return judge
+
+
+def _usage(traj: dict) -> dict:
+    """select_model's metrics of a run: its wall time and the tokens of its calls."""
+    inputs = float(sum(c.get("prompt_tokens") or 0 for c in traj["calls"]))
+    outputs = float(sum(c.get("completion_tokens") or 0 for c in traj["calls"]))
+    usage = {"input_tokens": inputs, "output_tokens": outputs, "total_tokens": inputs + outputs}
+    return {"execution_time": traj.get("duration_s") or 0.0, **usage, "usage": usage}
 
 
 def _compute_reward_judge(cls):
@@ -173,8 +211,8 @@ def _number(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def parse_judger(spec: str, llm_options: dict | None = None) -> Judger:
-    """'NAME[=WEIGHT]' -> Judger."""
+def parse_judger(spec: str, llm_options: dict | None = None, auxiliary_models: dict | None = None) -> Judger:
+    """'NAME[=WEIGHT]' -> Judger. `auxiliary_models` (name -> chat model) go to agentscope.tuner judges."""
     name, weight = spec, 1.0
     head, sep, tail = spec.rpartition("=")
     if sep and head and re.fullmatch(r"[-+0-9.eE]+", tail):
@@ -216,9 +254,8 @@ def parse_judger(spec: str, llm_options: dict | None = None) -> Judger:
         return Judger(name, version, weight, _compute_reward_judge(target))
     if not callable(target):
         raise JudgerError(f"--judger {spec!r}: {type(target).__name__} is not callable; {_USAGE}")
-    params = list(inspect.signature(target).parameters)
-    if inspect.iscoroutinefunction(target) and params[:2] == ["task", "response"]:
-        return Judger(name, version, weight, _agentscope_judge(target))
+    if _is_agentscope_judge(target):
+        return Judger(name, version, weight, _agentscope_judge(target, auxiliary_models))
     level = getattr(target, "level", "trajectory")
     if level not in ("trajectory", "call"):
         raise JudgerError(f"--judger {spec!r}: level {level!r}; use 'trajectory' or 'call'")

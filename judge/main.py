@@ -174,7 +174,7 @@ def _sql(cfg: SqlConfig) -> int:
         print(format_table(headers, rows[: cfg.max_rows]))
         print(f"({len(rows)} row{'s' if len(rows) != 1 else ''}" + (f", first {cfg.max_rows} shown" if len(rows) > cfg.max_rows else "") + ")")
     elif cfg.format == "csv":
-        writer = csv.writer(sys.stdout)
+        writer = csv.writer(sys.stdout, lineterminator="\n")  # as DuckDB's CSV writer: `tail -1` in a shell gives `6`, not `6\r`
         writer.writerow(headers)
         writer.writerows(rows)
     else:

@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from astuner.faults import crash_point
+from astuner.peers import RESPONSE_TYPE_KEY, response_from_json
 
 from judge.judgers import Judger, Score, as_score
 
@@ -58,13 +59,14 @@ def load_batch(con, ids: list[str]) -> list[dict]:
     response, and calls (role, agent, messages, completion), without token ids."""
     rows = con.execute(
         """SELECT trajectory_id, task_id, task_query, task_metadata, sample_index, iteration, status, error,
-                  workflow_reward, metadata, workflow
+                  workflow_reward, metadata, workflow, duration_s
            FROM trajectories WHERE trajectory_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY trajectory_id""",
         [ids],
     ).fetchall()
     calls: dict[str, list[dict]] = {}
-    for tid, index, role, agent, trainable, messages, text, tool_calls in con.execute(
-        """SELECT trajectory_id, call_index, role, agent_name, trainable, messages, completion_text, tool_calls
+    for tid, index, role, agent, trainable, messages, text, tool_calls, finish, n_prompt, n_completion in con.execute(
+        """SELECT trajectory_id, call_index, role, agent_name, trainable, messages, completion_text, tool_calls,
+                  finish_reason, prompt_tokens, completion_tokens
            FROM calls WHERE trajectory_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY trajectory_id, call_index""",
         [ids],
     ).fetchall():
@@ -72,19 +74,21 @@ def load_batch(con, ids: list[str]) -> list[dict]:
             "call_index": index, "role": role, "agent_name": agent, "trainable": trainable,
             "messages": json.loads(messages) if messages else [], "completion_text": text,
             "tool_calls": json.loads(tool_calls) if tool_calls else [],
+            "finish_reason": finish, "prompt_tokens": n_prompt, "completion_tokens": n_completion,
         })
     batch = []
-    for tid, task_id, query, task_meta, sample, iteration, status, error, reward, meta, workflow in rows:
+    for tid, task_id, query, task_meta, sample, iteration, status, error, reward, meta, workflow, duration in rows:
         metadata = json.loads(meta) if meta else {}
         traj_calls = calls.get(tid, [])
-        response = metadata.get("response")
+        # the object the workflow returned (an AgentScope Msg comes back as a Msg), for agentscope.tuner judges
+        response = response_from_json(metadata.get("response"), metadata.get(RESPONSE_TYPE_KEY))
         if response is None and traj_calls:
             response = traj_calls[-1]["completion_text"]
         batch.append({
             "trajectory_id": tid, "task_id": task_id, "main_query": query,
             "task": json.loads(task_meta) if task_meta else {}, "sample_index": sample, "iteration": iteration,
             "status": status, "error": error, "reward": reward, "metadata": metadata, "workflow": workflow,
-            "response": response, "calls": traj_calls,
+            "response": response, "calls": traj_calls, "duration_s": duration,
         })
     return batch
 
