@@ -14,7 +14,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-TINY_VERSION = "v1"
+# v2: a 32,768-token context (v1: 4,096, which a 9-player werewolves prompt of ~3,000 tokens and
+# a multi-step FrozenLake episode overflow). The weights and every output are v1's: the rotary
+# embedding does not depend on the context length. A new version is a new folder, so a cached v1
+# is not reused.
+TINY_VERSION = "v2"
+CONTEXT_LENGTH = 32768
 
 # Qwen2's own pre-tokenizer split. With a plain ByteLevel split, AutoTokenizer (Qwen2Tokenizer
 # for a qwen2 config) re-splits text differently and ids stop matching tokenizer.json.
@@ -132,7 +137,7 @@ def build_tiny_model(out_dir: str | os.PathLike, vocab_size: int = 1024, seed: i
             pad_token="<|endoftext|>",
             unk_token=None,
             chat_template=CHAT_TEMPLATE,
-            model_max_length=4096,
+            model_max_length=CONTEXT_LENGTH,
         )
         tokenizer.save_pretrained(tmp)
         # AutoTokenizer picks Qwen2Tokenizer, which keeps tokenizer.json's split and ids.
@@ -150,7 +155,7 @@ def build_tiny_model(out_dir: str | os.PathLike, vocab_size: int = 1024, seed: i
             num_hidden_layers=2,
             num_attention_heads=4,
             num_key_value_heads=2,
-            max_position_embeddings=4096,
+            max_position_embeddings=CONTEXT_LENGTH,
             tie_word_embeddings=True,
             bos_token_id=None,
             eos_token_id=im_end,

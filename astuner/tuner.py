@@ -91,10 +91,14 @@ class ModelTuner(ChatModelBase):
     async def __call__(self, messages: list[dict], tools: list[dict] | None = None, tool_choice: str | None = None, **kwargs) -> ChatResponse:
         return await self._call(DEFAULT_ROLE, None, messages, tools, tool_choice, kwargs)
 
-    async def _call(self, role, agent_name, messages, tools, tool_choice, kwargs) -> ChatResponse:
+    async def _call(self, role, agent_name, messages, tools, tool_choice, kwargs, auxiliary=None) -> ChatResponse:
         agent_name = agent_name or _calling_agent_name()
         trainable = self.is_trainable(role)
         default_model = None if trainable else self._defaults.get(role)
+        engine, sampling = self.engine, None
+        if auxiliary is not None:  # an auxiliary model (astuner.auxiliary): never trained, served by its own backend
+            trainable, default_model = False, auxiliary.model
+            engine, sampling = auxiliary.engine or self.engine, auxiliary.sampling
         index = len(self.calls)
         self.calls.append(None)  # reserve the slot: concurrent agents keep their call order
         started = time.monotonic()
@@ -114,28 +118,29 @@ class ModelTuner(ChatModelBase):
 
         try:
             if default_model is None:
-                response, record = await self._engine_call(messages, tools, index)
+                response, record = await self._engine_call(messages, tools, index, engine, sampling)
             else:
                 response, record = await self._default_call(default_model, messages, tools, tool_choice, kwargs)
         except Exception as exc:
             # The workflow may catch it and end "ok": the record says which call failed and why.
             # Never trainable: there is no completion to learn from. (A cancelled call, the run's
             # timeout, is not an Exception and leaves its slot empty.)
-            store(False, _failed_call_record(exc, default_model or self.engine.checkpoint))
+            store(False, _failed_call_record(exc, default_model or engine.checkpoint))
             raise
         store(trainable, record)
         return response
 
-    async def _engine_call(self, messages, tools, index):
-        prompt_ids = render_prompt_ids(self.engine.tokenizer, messages, tools)
+    async def _engine_call(self, messages, tools, index, engine=None, sampling=None):
+        engine, sampling = engine or self.engine, sampling or self.sampling  # another engine: an auxiliary model
+        prompt_ids = render_prompt_ids(engine.tokenizer, messages, tools)
         params = SamplingParams(
-            temperature=self.sampling.temperature,
-            top_p=self.sampling.top_p,
-            max_tokens=self.sampling.max_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
             seed=derive_seed(self.sampling.seed, str(index)),
         )
         started = time.monotonic()
-        gen = await self.engine.generate(prompt_ids, params)
+        gen = await engine.generate(prompt_ids, params)
         text, calls = parse_tool_calls(gen.text)
         content = [TextBlock(type="text", text=text)] if text else []
         content += [ToolUseBlock(type="tool_use", id=c["id"], name=c["name"], input=c["input"]) for c in calls]
@@ -148,7 +153,7 @@ class ModelTuner(ChatModelBase):
             ),
         )
         record = dict(
-            model=self.engine.checkpoint,
+            model=engine.checkpoint,
             completion=Completion(
                 text=gen.text,
                 tool_calls=[ToolCall(id=c["id"], name=c["name"], arguments=json.dumps(c["input"])) for c in calls],
@@ -209,3 +214,16 @@ class RoleModel(ChatModelBase):
 
     async def __call__(self, messages: list[dict], tools: list[dict] | None = None, tool_choice: str | None = None, **kwargs) -> ChatResponse:
         return await self.tuner._call(self.role, self.agent_name, messages, tools, tool_choice, kwargs)
+
+
+class AuxiliaryModel(ChatModelBase):
+    """One of the run's `auxiliary_models` (collect's --auxiliary-models): its calls are recorded
+    with role = its name and trainable = false, served by its own engine or endpoint."""
+
+    def __init__(self, tuner: ModelTuner, backend):
+        model_name = backend.engine.checkpoint if backend.engine is not None else backend.model.model_name
+        super().__init__(model_name=model_name, stream=False)
+        self.tuner, self.backend = tuner, backend
+
+    async def __call__(self, messages: list[dict], tools: list[dict] | None = None, tool_choice: str | None = None, **kwargs) -> ChatResponse:
+        return await self.tuner._call(self.backend.name, None, messages, tools, tool_choice, kwargs, auxiliary=self.backend)

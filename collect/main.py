@@ -25,7 +25,7 @@ from pathlib import Path
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 MANIFEST = "collect.json"
 # Changing any of these mid-run would mix two experiments in one output folder.
-_IDENTITY = ("workflow_ref", "checkpoint", "engine", "sampling", "trainable_targets", "iteration")
+_IDENTITY = ("workflow_ref", "checkpoint", "engine", "sampling", "trainable_targets", "iteration", "auxiliary_models")
 
 
 @dataclass
@@ -68,6 +68,13 @@ class CollectConfig:
         default=None,
         metadata={"help": "K/N: run only every N-th task from the K-th (0-based). N collects with K = 0..N-1 and the same "
                   "--out share one traces folder and run id (data-parallel collect: one engine per GPU or machine)."},
+    )
+    auxiliary_models: str | None = field(
+        default=None,
+        metadata={"help": "The auxiliary_models that agentscope.tuner workflows take (an opponent, a judge): JSON or YAML "
+                  "name -> spec, or a .json/.yaml file of it (in a recipe, the mapping). A spec is a local checkpoint folder, "
+                  "{path: DIR, temperature, max_tokens, ...}, or an OpenAI-compatible endpoint {base_url: URL, model: NAME, "
+                  "api_key_env: VAR}. Their calls are recorded with role = the name and trainable: false."},
     )
     show_agent_output: bool = field(default=False, metadata={"help": "Let agents print their messages (off: the progress bar stays readable)."})
 
@@ -164,6 +171,7 @@ def run(cfg: CollectConfig) -> int:
 
     from transformers.utils import logging as hf_logging
 
+    from astuner.auxiliary import close_backends, load_backends, parse_auxiliary_models
     from astuner.checkpoint import checkpoint_sha256
     from astuner.engines import ENGINES, load_engine, require_checkpoint
     from astuner.tasks import NO_QUERY, QUERY_FIELDS, load_tasks
@@ -193,6 +201,7 @@ def run(cfg: CollectConfig) -> int:
             engine_kwargs = json.loads(cfg.engine_args) if cfg.engine_args else {}
         except json.JSONDecodeError as exc:
             raise ValueError(f"--engine-args {cfg.engine_args!r}: not JSON ({exc.msg}); e.g. '{{\"tensor_parallel_size\": 2}}'") from None
+    auxiliary = parse_auxiliary_models(cfg.auxiliary_models)
     workflow_cls = load_workflow(cfg.workflow)
     tasks = load_tasks(cfg.tasks, cfg.query_field, cfg.id_field, cfg.limit)
     no_query = sum(t.main_query == NO_QUERY for t in tasks)
@@ -215,6 +224,8 @@ def run(cfg: CollectConfig) -> int:
         "sampling": sampling.model_dump(),
         "trainable_targets": targets,
         "iteration": cfg.iteration,
+        # None without auxiliary models: a collect.json written before this key existed still resumes
+        "auxiliary_models": {name: spec.identity() for name, spec in auxiliary.items()} or None,
     }
     out_existed = out.exists()
     run_id, created = _open_run(out, identity)
@@ -231,6 +242,11 @@ def run(cfg: CollectConfig) -> int:
         return 0
 
     engine = load_engine(cfg.engine, model_path, **engine_kwargs)
+    try:
+        backends = load_backends(auxiliary, engine, model_path, sampling, cfg.device)
+    except BaseException:
+        engine.close()
+        raise
     spec = RunSpec(
         run_id=run_id,
         workflow_cls=workflow_cls,
@@ -240,6 +256,7 @@ def run(cfg: CollectConfig) -> int:
         trainable_targets=targets,
         iteration=cfg.iteration,
         timeout_s=cfg.timeout_s,
+        auxiliary=backends,
     )
     try:
         stats = asyncio.run(run_collect(spec, engine, todo, writer, cfg.concurrency, cfg.flush_interval_s))
@@ -249,6 +266,7 @@ def run(cfg: CollectConfig) -> int:
                  else f"--workflow {cfg.workflow}: trainable_targets {targets}")
         raise ValueError(f"{named}: {exc}; fix the name (nothing was written)") from None
     finally:
+        close_backends(backends, engine)
         engine.close()
 
     print(

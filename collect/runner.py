@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from astuner.engines import Engine, SamplingParams, derive_seed
 from astuner.faults import crash_point
 from astuner.trajectory import Checkpoint, Sampling, TaskRecord, Trajectory, to_jsonable, trajectory_id
-from astuner.tuner import ModelTuner
+from astuner.tuner import AuxiliaryModel, ModelTuner
 from astuner.workflow import Task, Workflow, WorkflowOutput, WorkflowTask
 
 from collect.writer import TraceWriter
@@ -27,6 +27,7 @@ class RunSpec:
     trainable_targets: list[str] | None
     iteration: int = 0
     timeout_s: float = 600.0
+    auxiliary: dict = field(default_factory=dict)  # name -> astuner.auxiliary.AuxiliaryBackend
 
 
 class UnregisteredTargetError(ValueError):
@@ -83,6 +84,8 @@ async def run_one(spec: RunSpec, engine: Engine, task: Task, sample_index: int) 
     # keyed by (task, sample), not the run: the same --seed reproduces a run in another folder
     sampling = SamplingParams(**{**spec.sampling.model_dump(), "seed": derive_seed(spec.sampling.seed, f"{task.task_id}/{sample_index}")})
     tuner = ModelTuner(engine, sampling, spec.trainable_targets)
+    # what agentscope.tuner workflows get as auxiliary_models: recorded per call, never trainable
+    tuner.auxiliary_models = {name: AuxiliaryModel(tuner, backend) for name, backend in spec.auxiliary.items()}
     status, error, tb, reward, metadata = "ok", None, None, None, {}
     started, deadline = time.time(), None
     try:

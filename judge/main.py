@@ -44,6 +44,10 @@ class ScoreConfig:
     judge_engine: str = field(default="transformers", metadata={"help": "llm judger: transformers or vllm."})
     judge_device: str | None = field(default=None, metadata={"help": "llm judger, transformers engine: cpu, cuda, ..."})
     judge_max_tokens: int = field(default=128, metadata={"help": "llm judger: most tokens of the judge's reply."})
+    auxiliary_models: str | None = field(default=None, metadata={"help": (
+        "The auxiliary_models of agentscope.tuner judges (e.g. a judge model): JSON or YAML name -> spec, or a .json/.yaml "
+        "file of it; a spec is a local checkpoint folder, {path: DIR, ...} or an OpenAI-compatible endpoint "
+        "{base_url: URL, model: NAME, api_key_env: VAR} (as collect's --auxiliary-models).")})
     judge_max_score: float = field(default=10.0, metadata={"help": "llm judger: the top of the 'Score: N' scale; value = N / this."})
 
 
@@ -100,6 +104,7 @@ def _ingest(cfg: IngestConfig) -> int:
 
 
 def _score(cfg: ScoreConfig) -> int:
+    from astuner.auxiliary import judge_models, parse_auxiliary_models
     from astuner.store import open_store, set_meta
     from judge.judgers import parse_judger
     from judge.score import score
@@ -111,7 +116,9 @@ def _score(cfg: ScoreConfig) -> int:
         # every option is checked before anything is written (--remove, --success_threshold)
         llm = dict(model=cfg.judge_model, engine=cfg.judge_engine, device=cfg.judge_device,
                    max_tokens=cfg.judge_max_tokens, max_score=cfg.judge_max_score)
-        judgers = [parse_judger(spec, llm) for spec in cfg.judger or ["workflow"]]
+        auxiliary = parse_auxiliary_models(cfg.auxiliary_models)
+        auxiliary_models = judge_models(auxiliary, cfg.judge_device) if auxiliary else {}
+        judgers = [parse_judger(spec, llm, auxiliary_models) for spec in cfg.judger or ["workflow"]]
         if cfg.where:
             import duckdb
 

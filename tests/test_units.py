@@ -125,8 +125,9 @@ def test_tasks_jsonl_bad_line_names_file_and_line(tmp_path):
     with pytest.raises(TaskFormatError, match=r"tasks\.jsonl:2: not UTF-8"):
         load_tasks(str(f))
     f.write_text('{"question": "a"}\n{"text": "b"}\n')
-    with pytest.raises(TaskFormatError, match=r"tasks\.jsonl:2: no query field .* the row has text"):
-        load_tasks(str(f))
+    # a row without any query field is accepted, as AgentJet does (main_query "[not defined]"), unless one was named
+    with pytest.raises(TaskFormatError, match=r"tasks\.jsonl:2: no query field 'question' .*the row has text"):
+        load_tasks(str(f), query_field="question")
     f.write_text('{"id": 1, "question": "a"}\n{"id": 1, "question": "b"}\n')
     with pytest.raises(TaskFormatError, match=r"tasks\.jsonl:2: task id '1' repeats .*tasks\.jsonl:1"):
         load_tasks(str(f))

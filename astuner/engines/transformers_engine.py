@@ -52,6 +52,9 @@ class TransformersEngine(Engine):
 
     # ----- async, batched -------------------------------------------------------------
     async def generate(self, prompt_token_ids: list[int], sampling: SamplingParams) -> Generation:
+        # checked here, not only in the batch: one prompt past the context must fail its own call,
+        # not every concurrent request batched with it
+        self._check_fits(prompt_token_ids, sampling)
         loop = asyncio.get_running_loop()
         if self._batcher is None or self._batcher.done() or self._batcher.get_loop() is not loop:
             self._wakeup = asyncio.Event()
@@ -93,18 +96,21 @@ class TransformersEngine(Engine):
                 if not future.done():  # a timed-out workflow cancelled it
                     future.set_result(result)
 
+    def _check_fits(self, ids: list[int], params: SamplingParams) -> None:
+        if not ids:
+            raise ValueError("empty prompt")
+        if self.max_context and len(ids) + params.max_tokens > self.max_context:
+            raise ValueError(
+                f"prompt of {len(ids)} tokens + max_tokens {params.max_tokens} exceeds the "
+                f"model's context of {self.max_context}; lower --max-tokens or shorten the prompt"
+            )
+
     # ----- sync, one batch ------------------------------------------------------------
     def generate_batch(self, prompts: list[list[int]], sampling: list[SamplingParams]) -> list[Generation]:
         if isinstance(sampling, SamplingParams):
             sampling = [sampling] * len(prompts)
         for ids, params in zip(prompts, sampling):
-            if not ids:
-                raise ValueError("empty prompt")
-            if self.max_context and len(ids) + params.max_tokens > self.max_context:
-                raise ValueError(
-                    f"prompt of {len(ids)} tokens + max_tokens {params.max_tokens} exceeds the "
-                    f"model's context of {self.max_context}; lower --max-tokens or shorten the prompt"
-                )
+            self._check_fits(ids, params)
         with self._lock:
             return self._decode(prompts, sampling)
 

@@ -169,8 +169,10 @@ CASES: list[Case] = [
       lambda c: collect_args(c, tasks=data("tasks_not_utf8.jsonl")), 2, r"tasks_not_utf8\.jsonl:2: not UTF-8"),
     C("collect/tasks-empty-file", "collect", "an empty tasks file (data/tasks_empty.jsonl)",
       lambda c: collect_args(c, tasks=data("tasks_empty.jsonl")), 2, r"--tasks \S*tasks_empty\.jsonl: no tasks"),
-    C("collect/tasks-row-without-query", "collect", "a task row with none of the query fields (data/tasks_no_query.jsonl)",
-      lambda c: collect_args(c, tasks=data("tasks_no_query.jsonl")), 2, r"tasks_no_query\.jsonl:2: no query field .*--query-field"),
+    C("collect/tasks-row-without-query", "collect", "--query-field question, and a task row without it (data/tasks_no_query.jsonl; "
+      "with no --query-field such a row is accepted, as AgentJet does)",
+      lambda c: collect_args(c, "--query-field", "question", tasks=data("tasks_no_query.jsonl")), 2,
+      r"tasks_no_query\.jsonl:2: no query field 'question' .*--query-field"),
     C("collect/tasks-duplicate-ids", "collect", "two rows with task_id t0 (data/tasks_duplicate_ids.jsonl)",
       lambda c: collect_args(c, tasks=data("tasks_duplicate_ids.jsonl")), 2,
       r"tasks_duplicate_ids\.jsonl:3: task id 't0' repeats \S*tasks_duplicate_ids\.jsonl:1"),
