@@ -106,7 +106,8 @@ def test_auxiliary_checkpoint_is_recorded_not_trainable(tmp_path, tiny_model, to
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "collect": {
         "workflow": peer("play_against_participant"), "tasks": str(math_tasks(tmp_path, 1)), "max_tokens": 8,
-        "auxiliary_models": {"participant": {"path": str(tiny_model), "temperature": 0}}}}))
+        "auxiliary_models": {"participant": {"path": str(tiny_model), "temperature": 0}}},
+        "judge": {"judger": [peer("judge_model_judge")], "auxiliary_models": {"judge": str(tiny_model)}}}))
     stage = tmp_path / "collect.yaml"
     stage.write_text(yaml.safe_dump(read_recipe(recipe).stage_config("collect")))
     assert collect_main(["--config", str(stage), "--out", str(tmp_path / "from-recipe")]) == 0
@@ -211,6 +212,16 @@ def test_bad_auxiliary_specs_are_one_line(tmp_path, capsys, value, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("collect: ") and message in err[0], err
     assert not (tmp_path / "o").exists()
+
+
+def test_bad_auxiliary_spec_for_judge_is_one_line(tmp_path, capsys):
+    from astuner.store import open_store
+
+    open_store(str(tmp_path / "s.duckdb")).close()
+    rc = judge_main(["score", "--db", str(tmp_path / "s.duckdb"), "--judger", peer("judge_model_judge"), "--auxiliary-models", '{"judge": 3}'])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == ["judge score: error: --auxiliary-models: 'judge': expected a checkpoint folder or a mapping with path "
+                               "or base_url, got 3"]
 
 
 # ---------------------------------------------------------------- 4. task rows as AgentJet writes them
