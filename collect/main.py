@@ -277,6 +277,9 @@ def run(cfg: CollectConfig) -> int:
     )
     if stats.by_role:
         print(role_table(stats), file=sys.stderr)
+    if stats.failed_calls:
+        print(f"collect: {stats.failed_calls} model calls raised (recorded with their error, trainable: false); "
+              f"first: {stats.first_failed_call.splitlines()[0][:300]}", file=sys.stderr)
     print(f"collect: traces in {out / 'traces'}", file=sys.stderr)
     if stats.first_failure is not None:
         first = stats.first_failure

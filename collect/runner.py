@@ -53,6 +53,8 @@ class CollectStats:
     # role -> [calls, trainable calls, completion tokens, calls that counted tokens, agent names]
     by_role: dict = field(default_factory=dict)
     first_failure: Trajectory | None = None  # the first run recorded with status error or timeout
+    failed_calls: int = 0  # model calls that raised (recorded with their error), in runs of any status
+    first_failed_call: str | None = None
 
     @property
     def runs(self) -> int:
@@ -163,6 +165,10 @@ async def run_collect(
         stats.completion_tokens += sum(c.completion_tokens or 0 for c in traj.calls if c.completion_token_ids is not None)
         stats.registered_roles |= roles
         for call in traj.calls:
+            if call.error is not None:
+                stats.failed_calls += 1
+                if stats.first_failed_call is None:
+                    stats.first_failed_call = f"task {traj.task.task_id} sample {traj.sample_index} call {call.index} ({call.role}): {call.error}"
             row = stats.by_role.setdefault(call.role, [0, 0, 0, 0, set()])
             row[0] += 1
             row[1] += call.trainable

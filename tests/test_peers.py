@@ -261,6 +261,8 @@ def test_failed_calls_are_recorded_and_never_trained(tmp_path, capsys):
     from astuner.store import open_store
 
     out = collect(tmp_path, f"{TESTS / 'peer_rows.py'}:CatchesFailedCalls", math_tasks(tmp_path, 1))
+    assert "collect: 2 model calls raised (recorded with their error, trainable: false); first: task t0 sample 0 call 1 (default): " \
+        "ValueError: prompt of" in capsys.readouterr().err
     [t] = load(out)
     assert t.status == "ok" and t.metadata == {"caught": 2}
     ok, overflow, http = t.calls
