@@ -103,7 +103,7 @@ async def run_one(spec: RunSpec, engine: Engine, task: Task, sample_index: int,
     try:
         workflow = spec.workflow_cls()
         if spec.override_targets:  # --trainable-targets a,b replaces the class attribute for this run
-            workflow.trainable_targets = list(spec.trainable_targets)
+            workflow.trainable_targets = None if spec.trainable_targets is None else list(spec.trainable_targets)
         elif isinstance(getattr(workflow, "trainable_targets", None), list):  # its own list, a copy per run
             workflow.trainable_targets = list(workflow.trainable_targets)
         async with asyncio.timeout(spec.timeout_s) as deadline:
