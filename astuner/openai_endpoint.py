@@ -2,16 +2,18 @@
 
 AgentJet workflows that are not AgentScope code talk to the model through the OpenAI SDK
 (`tuner.as_raw_openai_sdk_client()`) or any client given `tuner.as_oai_baseurl_apikey()`.
-collect starts one endpoint, on the first such call, in its own event loop (aiohttp; no
-thread, no child process, so a kill -9 of collect takes the socket with it) and closes it when
-the collect ends. Each (run, role, agent) gets its own API key; a request is answered through
-that run's ModelTuner, so it is recorded in the run's trajectory exactly as an AgentScope call
-is: prompt ids = render_prompt_ids(messages, tools), completion ids and logprobs from the engine.
-A finished run's keys are revoked. Sampling is collect's (--temperature, --seed ...): the
-request's own sampling fields are ignored, so samples stay reproducible.
+collect starts one endpoint, on the first such call, and closes it when the collect ends:
+aiohttp in a daemon thread of collect's own process (no child process, so a kill -9 of collect
+takes the socket with it). Each (run, role, agent) gets its own API key; a request is answered
+through that run's ModelTuner, on collect's event loop, so it is recorded in the run's
+trajectory exactly as an AgentScope call is: prompt ids = render_prompt_ids(messages, tools),
+completion ids and logprobs from the engine. A finished run's keys are revoked. Sampling is
+collect's (--temperature, --seed ...): the request's own sampling fields are ignored, so
+samples stay reproducible.
 
-The workflow must call it with an async client: a synchronous one (requests, openai.OpenAI)
-blocks the event loop that serves it.
+The workflow must call it with an async client. A synchronous one (requests, openai.OpenAI)
+blocks collect's event loop, which alone can serve the call: rather than wait forever, the
+server answers 503 naming the cause once the loop has not run for BLOCKED_S seconds.
 """
 
 from __future__ import annotations
@@ -20,12 +22,17 @@ import asyncio
 import json
 import secrets
 import socket
+import threading
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from astuner.tuner import ModelTuner
+
+
+BLOCKED_S = 10.0  # collect's loop silent this long while a request waits: a synchronous client holds it
+_BEAT_S = 0.25
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error"):
@@ -36,15 +43,19 @@ def _error(status: int, message: str, kind: str = "invalid_request_error"):
 
 class OpenAIEndpoint:
     """One per collect: `key_for(tuner, role, agent)` starts it (synchronously: the socket is
-    bound and listening at once, the server task starts at the next await) and returns a key."""
+    bound and listening at once; requests wait in its backlog until the server thread serves)."""
 
     def __init__(self, host: str = "127.0.0.1"):
         self.host = host
         self.base_url: str | None = None
         self._keys: dict[str, tuple[ModelTuner, str, str | None]] = {}
         self._socket: socket.socket | None = None
+        self._main_loop: asyncio.AbstractEventLoop | None = None  # collect's: engine and tuners live there
+        self._server_loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self._runner = None
-        self._serving: asyncio.Task | None = None
+        self._heartbeat: asyncio.Task | None = None
+        self._beat = time.monotonic()
 
     # ----- lifecycle --------------------------------------------------------------------
     def _start(self) -> None:
@@ -54,7 +65,17 @@ class OpenAIEndpoint:
         sock.setblocking(False)
         self._socket = sock
         self.base_url = f"http://{self.host}:{sock.getsockname()[1]}/v1"
-        self._serving = asyncio.get_running_loop().create_task(self._serve(sock))
+        self._main_loop = asyncio.get_running_loop()
+        self._heartbeat = self._main_loop.create_task(self._beating())
+        self._server_loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._server_loop.run_forever, name="astuner-openai-endpoint", daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._serve(sock), self._server_loop)
+
+    async def _beating(self) -> None:
+        while True:
+            self._beat = time.monotonic()
+            await asyncio.sleep(_BEAT_S)
 
     async def _serve(self, sock: socket.socket) -> None:
         from aiohttp import web
@@ -66,23 +87,42 @@ class OpenAIEndpoint:
         await self._runner.setup()
         await web.SockSite(self._runner, sock).start()
 
+    async def _shutdown(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
     @property
     def started(self) -> bool:
         return self._socket is not None
 
     async def close(self) -> None:
-        """Stop serving and free the port (collect calls this once, when its runs are done)."""
-        if self._serving is not None:
-            try:
-                await self._serving
-            except Exception:  # a server that failed to start has nothing to stop
-                pass
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._socket is not None:
-            self._socket.close()
+        """Stop serving and free the port (collect calls this once, on its loop, when its runs are done)."""
+        if not self.started:
+            return
+        self._heartbeat.cancel()
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._shutdown(), self._server_loop)), 10)
+        except Exception:  # a server that never started, or would not stop: the port is closed below anyway
+            pass
+        self._server_loop.call_soon_threadsafe(self._server_loop.stop)
+        await asyncio.to_thread(self._thread.join, 10)
+        if not self._thread.is_alive():
+            self._server_loop.close()
+        self._socket.close()
         self._keys.clear()
-        self._socket = self._runner = self._serving = None
+        self._socket = self._runner = self._thread = self._server_loop = self._heartbeat = None
+
+    async def _on_main_loop(self, coro):
+        """Run `coro` on collect's loop; give up with a 503 when that loop is held by a synchronous call."""
+        future = asyncio.run_coroutine_threadsafe(coro, self._main_loop)
+        waiting = asyncio.wrap_future(future)
+        while True:
+            done, _ = await asyncio.wait({waiting}, timeout=_BEAT_S * 4)
+            if done:
+                return waiting.result()
+            if time.monotonic() - self._beat > BLOCKED_S:
+                future.cancel()  # it never started: nothing is recorded
+                raise _LoopBlocked()
 
     # ----- keys ---------------------------------------------------------------------------
     def key_for(self, tuner: ModelTuner, role: str, agent_name: str | None) -> str:
@@ -135,10 +175,19 @@ class OpenAIEndpoint:
         if tool_choice is not None and not isinstance(tool_choice, str):
             tool_choice = json.dumps(tool_choice)
         try:
-            completion = await chat_completion(tuner, role, agent_name, body["messages"], body.get("tools") or None, tool_choice)
+            completion = await self._on_main_loop(
+                chat_completion(tuner, role, agent_name, body["messages"], body.get("tools") or None, tool_choice))
+        except _LoopBlocked:
+            return _error(503, f"collect's event loop has not run for {BLOCKED_S:g}s: the workflow called this endpoint with a "
+                          "synchronous client (requests, openai.OpenAI), which blocks the loop that serves it; use an async "
+                          "client (openai.AsyncOpenAI, httpx.AsyncClient, aiohttp)", "server_error")
         except Exception as exc:  # the workflow sees an API error, as from any provider; the run goes on
             return _error(500, f"{type(exc).__name__}: {exc}", "server_error")
         return web.json_response(completion)
+
+
+class _LoopBlocked(Exception):
+    pass
 
 
 async def chat_completion(tuner: ModelTuner, role: str, agent_name: str | None, messages: list[dict],

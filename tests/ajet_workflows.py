@@ -171,3 +171,17 @@ class MathAnswerAsJudge(BaseJudge):
         # the judge gets the same config tree as workflows
         assert self.config.ajet.rollout.multi_turn.max_steps >= 1
         return (1.0 if is_success else 0.0), is_success
+
+
+class MathSyncClient(Workflow):
+    """A synchronous OpenAI client on as_oai_baseurl_apikey(): it holds collect's event loop."""
+
+    name: str = "math_sync_client"
+
+    async def execute(self, workflow_task: WorkflowTask, tuner: AjetTuner) -> WorkflowOutput:
+        from openai import OpenAI
+
+        access = tuner.as_oai_baseurl_apikey()
+        client = OpenAI(base_url=access.base_url, api_key=access.api_key, max_retries=0)
+        reply = client.chat.completions.create(model="whatever", messages=[{"role": "user", "content": "hi"}])
+        return WorkflowOutput(reward=None, metadata={"final_answer": reply.choices[0].message.content})

@@ -110,6 +110,15 @@ def test_endpoint_run_still_times_out(tmp_path):
     assert t.status == "timeout" and len(t.calls) >= 1
 
 
+def test_sync_client_gets_an_error_not_a_deadlock(tmp_path, monkeypatch):
+    import astuner.openai_endpoint
+
+    monkeypatch.setattr(astuner.openai_endpoint, "BLOCKED_S", 1.0)
+    [t] = load(collect(tmp_path, "MathSyncClient"))
+    assert t.status == "error" and "503" in t.error and "synchronous client" in t.error
+    assert t.calls == []  # the call never reached the tuner
+
+
 def test_endpoint_keys_streaming_and_close(engine):
     import httpx
 
