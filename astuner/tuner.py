@@ -112,8 +112,8 @@ class ModelTuner(ChatModelBase):
         """`.base_url`, `.api_key` (and `.model`) of an OpenAI-compatible endpoint serving `target_tag`.
 
         Requests with this key are recorded in this run like AgentScope calls. Use an async client
-        (openai.AsyncOpenAI, httpx.AsyncClient, aiohttp): a synchronous one blocks the event loop
-        that serves it.
+        (openai.AsyncOpenAI, httpx.AsyncClient, aiohttp): a synchronous one holds the event loop
+        that serves it, and gets a 503 naming the cause (astuner/openai_endpoint.py).
         """
         if self._endpoint is None:
             raise RuntimeError("as_oai_baseurl_apikey(): this ModelTuner has no endpoint; it is served by python -m collect")

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 from astuner.engines import Engine, SamplingParams, derive_seed
 from astuner.faults import crash_point
-from astuner.trajectory import Checkpoint, Sampling, TaskRecord, Trajectory, to_jsonable, trajectory_id
 from astuner.openai_endpoint import OpenAIEndpoint
+from astuner.trajectory import Checkpoint, Sampling, TaskRecord, Trajectory, to_jsonable, trajectory_id
 from astuner.tuner import ModelTuner
 from astuner.tuner_config import as_tree, build_tuner_config
 from astuner.workflow import Task, Workflow, WorkflowOutput, WorkflowTask
