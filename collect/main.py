@@ -25,7 +25,7 @@ from pathlib import Path
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 MANIFEST = "collect.json"
 # Changing any of these mid-run would mix two experiments in one output folder.
-_IDENTITY = ("workflow_ref", "checkpoint", "engine", "sampling", "trainable_targets", "iteration")
+_IDENTITY = ("workflow_ref", "checkpoint", "engine", "sampling", "trainable_targets", "iteration", "tuner_config")
 
 
 @dataclass
@@ -237,6 +237,8 @@ def run(cfg: CollectConfig) -> int:
         "sampling": sampling.model_dump(),
         "trainable_targets": targets,
         "iteration": cfg.iteration,
+        # only when given: folders written before the option existed (no key) resume as before
+        "tuner_config": tuner_config if cfg.tuner_config is not None or cfg.max_steps is not None else None,
     }
     out_existed = out.exists()
     run_id, created = _open_run(out, identity)

@@ -202,3 +202,11 @@ def test_base_judge_and_is_success_scored(tmp_path):
     assert by[("math_agent_oai_sdk", "MathAnswerAsJudge")] == (0.0, "failure", None)
     assert by[("math_agent_oai_sdk", "workflow")][:2] == (None, None)
     assert by[("pydantic_werewolves", "workflow")] == (1.0, "success", None)  # WorkflowOutput.is_success
+
+
+def test_resume_with_another_tuner_config_is_refused(tmp_path, capsys):
+    collect(tmp_path, "FrozenLakeSteps", "--max-steps", "1")
+    capsys.readouterr()
+    collect(tmp_path, "FrozenLakeSteps", "--max-steps", "2", rc=2)
+    assert "holds a run with tuner_config=" in capsys.readouterr().err
+    collect(tmp_path, "FrozenLakeSteps", "--max-steps", "1")  # the same settings resume
