@@ -121,7 +121,7 @@ class OpenAIEndpoint:
             if done:
                 return waiting.result()
             if time.monotonic() - self._beat > BLOCKED_S:
-                future.cancel()  # it never started: nothing is recorded
+                future.cancel()  # not started: nothing is recorded; started: its slot stays empty, as for any cancelled call
                 raise _LoopBlocked()
 
     # ----- keys ---------------------------------------------------------------------------

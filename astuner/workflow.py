@@ -86,6 +86,8 @@ class Workflow:
                 defaults[attr] = _field_default(value)
                 # read at class level too (collect takes trainable_targets from the class)
                 setattr(cls, attr, defaults[attr]())
+            else:  # a plain value here overrides a Field of a base class
+                defaults.pop(attr, None)
         cls._field_defaults = defaults
 
     def __init__(self, **attributes: Any):

@@ -70,6 +70,11 @@ def test_pydantic_field_defaults_are_per_instance():
     a.trainable_targets.append("seer")
     assert b.trainable_targets == ["werewolf"] == PydanticWerewolves.trainable_targets and b.name == "ajet-workflow"
 
+    class Seer(PydanticWerewolves):  # a plain value overrides the base class's Field
+        trainable_targets = ["seer"]
+
+    assert Seer().trainable_targets == ["seer"] == Seer.trainable_targets and Seer().name == "pydantic_werewolves"
+
 
 def test_empty_trainable_targets_train_every_role(tmp_path):
     [t] = load(collect(tmp_path, "EveryRoleByEmptyList"))
