@@ -7,20 +7,32 @@ A role in the trainable targets (or any role when targets are None) is served by
 (the one frozen checkpoint, one parameter set for all roles) and recorded with token ids and
 logprobs. Any other role is served by its registered default model and recorded as text; a
 role registered without a default falls back to the engine, recorded as not trainable.
+
+AgentJet's spellings work too (`ajet.AjetTuner` is this class): `as_agentscope_model(...)`,
+`config` (astuner/tuner_config.py), and `as_raw_openai_sdk_client()` / `as_oai_baseurl_apikey()`,
+an OpenAI-compatible endpoint that collect serves (astuner/openai_endpoint.py).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
+from typing import TYPE_CHECKING
+
 from agentscope.message import TextBlock, ToolUseBlock
 from agentscope.model import ChatModelBase, ChatResponse
 from agentscope.model._model_usage import ChatUsage
+from pydantic import BaseModel
 
 from astuner.chat import parse_tool_calls, render_prompt_ids
 from astuner.engines import Engine, SamplingParams, derive_seed
 from astuner.trajectory import Completion, ModelCall, ToolCall, to_jsonable
+from astuner.tuner_config import ConfigTree, as_tree, build_tuner_config
+
+if TYPE_CHECKING:
+    from astuner.openai_endpoint import OpenAIEndpoint
 
 DEFAULT_ROLE = "default"
 
@@ -48,20 +60,27 @@ class ModelTuner(ChatModelBase):
         engine: Engine,
         sampling: SamplingParams,
         trainable_targets: list[str] | None = None,
+        config: ConfigTree | None = None,
+        endpoint: OpenAIEndpoint | None = None,
     ):
         super().__init__(model_name=engine.checkpoint, stream=False)
         self.engine = engine
         self.sampling = sampling
         self.trainable_targets = None if trainable_targets is None else list(trainable_targets)
+        # what AgentJet workflows read: config.ajet.rollout.multi_turn.max_steps, their own sections
+        self.config = config if config is not None else as_tree(build_tuner_config())
         self.calls: list[ModelCall] = []
         self._defaults: dict[str, ChatModelBase | None] = {}
+        self._endpoint = endpoint
+        self._clients: list = []  # OpenAI clients handed out, closed with the run
 
     # ----- the reference API -------------------------------------------------------
-    def register_model(self, role: str, default_model: ChatModelBase | None = None) -> None:
-        """Declare `role`; `default_model` serves it whenever it is not being trained."""
+    def register_model(self, role: str, default_model: ChatModelBase | None = None) -> ChatModelBase:
+        """Declare `role`; `default_model` serves it whenever it is not being trained. Returns get_model(role)."""
         if default_model is not None and not callable(default_model):
             raise TypeError(f"register_model({role!r}): default_model must be an AgentScope chat model")
         self._defaults[role] = default_model
+        return RoleModel(self, role)
 
     def get_model(self, role: str) -> ChatModelBase:
         """The model an agent of `role` should use."""
@@ -85,7 +104,46 @@ class ModelTuner(ChatModelBase):
         return list(self._defaults)
 
     def is_trainable(self, role: str) -> bool:
-        return self.trainable_targets is None or role in self.trainable_targets
+        # None and [] both train every role, as in AgentJet
+        return not self.trainable_targets or role in self.trainable_targets
+
+    # ----- AgentJet's OpenAI-compatible access ------------------------------------------
+    def as_oai_baseurl_apikey(self, agent_name: str | None = None, target_tag: str = DEFAULT_ROLE) -> OpenAIBaseUrlApiKey:
+        """`.base_url`, `.api_key` (and `.model`) of an OpenAI-compatible endpoint serving `target_tag`.
+
+        Requests with this key are recorded in this run like AgentScope calls. Use an async client
+        (openai.AsyncOpenAI, httpx.AsyncClient, aiohttp): a synchronous one holds the event loop
+        that serves it, and gets a 503 naming the cause (astuner/openai_endpoint.py).
+        """
+        if self._endpoint is None:
+            raise RuntimeError("as_oai_baseurl_apikey(): this ModelTuner has no endpoint; it is served by python -m collect")
+        self._defaults.setdefault(target_tag, None)
+        key = self._endpoint.key_for(self, target_tag, agent_name)
+        return OpenAIBaseUrlApiKey(base_url=self._endpoint.base_url, api_key=key)
+
+    def as_raw_openai_sdk_client(self, agent_name: str | None = None, target_tag: str = DEFAULT_ROLE, debug_model=None):
+        """An openai.AsyncOpenAI on the endpoint; `chat.completions.create(messages=...)` needs no model.
+
+        `debug_model` serves the role when it is not trained if it is an AgentScope chat model;
+        AgentJet's default, a model name such as 'gpt-4o', is ignored (nothing leaves the machine).
+        """
+        if debug_model is not None and not isinstance(debug_model, str):
+            self.register_model(target_tag, default_model=debug_model)
+        access = self.as_oai_baseurl_apikey(agent_name, target_tag)
+        client = _TunerOpenAI(base_url=access.base_url, api_key=access.api_key, max_retries=0)
+        self._clients.append(client)
+        return client
+
+    async def aclose(self) -> None:
+        """End of the run: close its OpenAI clients and revoke its endpoint keys."""
+        if self._endpoint is not None:
+            self._endpoint.revoke(self)
+        clients, self._clients = self._clients, []
+        for client in clients:
+            try:
+                await client.close()
+            except Exception:  # a client the workflow broke must not fail the record
+                pass
 
     # ----- the chat model -------------------------------------------------------------
     async def __call__(self, messages: list[dict], tools: list[dict] | None = None, tool_choice: str | None = None, **kwargs) -> ChatResponse:
@@ -227,3 +285,53 @@ class AuxiliaryModel(ChatModelBase):
 
     async def __call__(self, messages: list[dict], tools: list[dict] | None = None, tool_choice: str | None = None, **kwargs) -> ChatResponse:
         return await self.tuner._call(self.backend.name, None, messages, tools, tool_choice, kwargs, auxiliary=self.backend)
+
+
+class OpenAIBaseUrlApiKey(BaseModel):
+    """What as_oai_baseurl_apikey() returns (AgentJet's fields): the model name is ignored by the endpoint."""
+
+    base_url: str
+    api_key: str
+    model: str = "astuner"
+
+
+@functools.cache
+def _openai_client_class():
+    from openai import AsyncOpenAI
+
+    class TunerOpenAI(AsyncOpenAI):
+        """AsyncOpenAI whose chat.completions.create may omit `model`, as AgentJet's client allows."""
+
+        @property
+        def chat(self):
+            return _ChatWithDefaultModel(super().chat)
+
+    return TunerOpenAI
+
+
+def _TunerOpenAI(**kwargs):
+    return _openai_client_class()(**kwargs)
+
+
+class _ChatWithDefaultModel:
+    def __init__(self, chat):
+        self._chat = chat
+
+    def __getattr__(self, name):
+        return getattr(self._chat, name)
+
+    @property
+    def completions(self):
+        return _CompletionsWithDefaultModel(self._chat.completions)
+
+
+class _CompletionsWithDefaultModel:
+    def __init__(self, completions):
+        self._completions = completions
+
+    def __getattr__(self, name):
+        return getattr(self._completions, name)
+
+    async def create(self, **kwargs):
+        kwargs.setdefault("model", "astuner")  # the endpoint serves one model whatever the name
+        return await self._completions.create(**kwargs)

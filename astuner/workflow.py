@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from astuner.cli import import_object
 
@@ -44,21 +45,60 @@ class WorkflowTask:
 
 @dataclass
 class WorkflowOutput:
-    """reward: None leaves scoring to judge. metadata: anything judgers need (e.g. final_answer)."""
+    """reward: None leaves scoring to judge. metadata: anything judgers need (e.g. final_answer).
+
+    is_success and log_metrics are AgentJet's fields; collect records them in the trajectory's
+    metadata under those names (judge labels the score success/failure from is_success).
+    """
 
     reward: float | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    is_success: bool | None = None
+    log_metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _field_default(info) -> Callable[[], Any]:
+    """A pydantic FieldInfo -> a function giving a fresh default (pydantic copies defaults per instance)."""
+    if info.default_factory is not None:
+        return info.default_factory
+    default = None if info.is_required() else info.default
+    return lambda: copy.deepcopy(default)
 
 
 class Workflow:
     """Subclass it, set `name` (and `trainable_targets` for multi-role workflows), write `execute`.
 
-    trainable_targets = None (the default) trains every call made through model_tuner.
+    trainable_targets = None (the default) or [] trains every call made through model_tuner.
     A new instance is made for every run, so `self.agent = ...` inside execute is safe.
+
+    Attributes may also be declared the way AgentJet's pydantic Workflow does,
+    `trainable_targets: list = Field(default=["werewolf"])`: the class attribute becomes the
+    field's default and each instance gets its own copy; `Workflow(name=...)` sets attributes.
     """
 
     name: str = "workflow"
     trainable_targets: list[str] | None = None
+    _field_defaults: dict[str, Callable[[], Any]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        from pydantic.fields import FieldInfo
+
+        defaults = dict(cls._field_defaults)
+        for attr, value in list(vars(cls).items()):
+            if isinstance(value, FieldInfo):
+                defaults[attr] = _field_default(value)
+                # read at class level too (collect takes trainable_targets from the class)
+                setattr(cls, attr, defaults[attr]())
+            else:  # a plain value here overrides a Field of a base class
+                defaults.pop(attr, None)
+        cls._field_defaults = defaults
+
+    def __init__(self, **attributes: Any):
+        for attr, make in type(self)._field_defaults.items():
+            setattr(self, attr, make())
+        for attr, value in attributes.items():
+            setattr(self, attr, value)
 
     async def execute(self, task: WorkflowTask, model_tuner: ModelTuner) -> WorkflowOutput:
         raise NotImplementedError(f"{type(self).__name__}.execute is not implemented")

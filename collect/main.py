@@ -25,7 +25,7 @@ from pathlib import Path
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 MANIFEST = "collect.json"
 # Changing any of these mid-run would mix two experiments in one output folder.
-_IDENTITY = ("workflow_ref", "checkpoint", "engine", "sampling", "trainable_targets", "iteration", "auxiliary_models")
+_IDENTITY = ("workflow_ref", "checkpoint", "engine", "sampling", "trainable_targets", "iteration", "auxiliary_models", "tuner_config")
 
 
 @dataclass
@@ -77,15 +77,40 @@ class CollectConfig:
                   "api_key_env: VAR}. Their calls are recorded with role = the name and trainable: false."},
     )
     show_agent_output: bool = field(default=False, metadata={"help": "Let agents print their messages (off: the progress bar stays readable)."})
+    tuner_config: str | None = field(
+        default=None,
+        metadata={"help": "What AgentJet workflows read as model_tuner.config: a YAML file (AgentJet's own recipe works), "
+                  "inline YAML/JSON, or a mapping in a recipe. Default: ajet.rollout.multi_turn.max_steps 30."},
+    )
+    max_steps: int | None = field(default=None, metadata={"help": "model_tuner.config.ajet.rollout.multi_turn.max_steps "
+                                  "(over --tuner-config's)."})
 
 
-def _targets(cfg: CollectConfig, workflow_cls) -> list[str] | None:
+def _targets(cfg: CollectConfig, workflow_cls) -> tuple[list[str] | None, bool]:
+    """(the run's trainable targets, None = every role; whether they replace the workflow's own list).
+
+    [] means every role, as in AgentJet; '*' trains every role but leaves the workflow's own
+    list in self.trainable_targets (a workflow may branch on it).
+    """
     if cfg.trainable_targets is None:
         targets = getattr(workflow_cls, "trainable_targets", None)
-        return None if targets is None else list(targets)
+        if targets is not None and (isinstance(targets, str) or not all(isinstance(t, str) for t in _iterable(targets))):
+            raise ValueError(f"--workflow {cfg.workflow}: trainable_targets must be a list of role names or None, "
+                             f"got {targets!r}")
+        return (list(targets) or None) if targets is not None else None, False
     if cfg.trainable_targets.strip() == "*":
-        return None
-    return [t.strip() for t in cfg.trainable_targets.split(",") if t.strip()]
+        return None, False
+    names = [t.strip() for t in cfg.trainable_targets.split(",") if t.strip()]
+    if not names:
+        raise ValueError(f"--trainable-targets {cfg.trainable_targets!r}: names no role; give role names (a,b) or '*' for every role")
+    return names, True
+
+
+def _iterable(value) -> list:
+    try:
+        return list(value)
+    except TypeError:
+        return [value]
 
 
 def _open_run(out: Path, identity: dict) -> tuple[str, bool]:
@@ -177,6 +202,7 @@ def run(cfg: CollectConfig) -> int:
     from astuner.tasks import NO_QUERY, QUERY_FIELDS, load_tasks
     from astuner.tiny import ensure_tiny_model
     from astuner.trajectory import Checkpoint, Sampling, TraceFormatError
+    from astuner.tuner_config import build_tuner_config
     from astuner.workflow import load_workflow
 
     from collect.runner import RunSpec, UnregisteredTargetError, role_table, run_collect
@@ -214,7 +240,8 @@ def run(cfg: CollectConfig) -> int:
     model_path = require_checkpoint(cfg.model) if cfg.model else ensure_tiny_model()
     checkpoint = Checkpoint(path=str(model_path.resolve()), sha256=checkpoint_sha256(model_path))
     sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed)
-    targets = _targets(cfg, workflow_cls)
+    targets, override_targets = _targets(cfg, workflow_cls)
+    tuner_config = build_tuner_config(cfg.tuner_config, cfg.max_steps)
 
     out = Path(cfg.out)
     identity = {
@@ -226,6 +253,8 @@ def run(cfg: CollectConfig) -> int:
         "iteration": cfg.iteration,
         # None without auxiliary models: a collect.json written before this key existed still resumes
         "auxiliary_models": {name: spec.identity() for name, spec in auxiliary.items()} or None,
+        # only when given: folders written before the option existed (no key) resume as before
+        "tuner_config": tuner_config if cfg.tuner_config is not None or cfg.max_steps is not None else None,
     }
     out_existed = out.exists()
     run_id, created = _open_run(out, identity)
@@ -257,6 +286,8 @@ def run(cfg: CollectConfig) -> int:
         iteration=cfg.iteration,
         timeout_s=cfg.timeout_s,
         auxiliary=backends,
+        override_targets=override_targets,
+        tuner_config=tuner_config,
     )
     try:
         stats = asyncio.run(run_collect(spec, engine, todo, writer, cfg.concurrency, cfg.flush_interval_s))

@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 
 from astuner.engines import Engine, SamplingParams, derive_seed
 from astuner.faults import crash_point
+from astuner.openai_endpoint import OpenAIEndpoint
 from astuner.trajectory import Checkpoint, Sampling, TaskRecord, Trajectory, to_jsonable, trajectory_id
 from astuner.tuner import AuxiliaryModel, ModelTuner
+from astuner.tuner_config import as_tree, build_tuner_config
 from astuner.workflow import Task, Workflow, WorkflowOutput, WorkflowTask
 
 from collect.writer import TraceWriter
@@ -28,6 +30,8 @@ class RunSpec:
     iteration: int = 0
     timeout_s: float = 600.0
     auxiliary: dict = field(default_factory=dict)  # name -> astuner.auxiliary.AuxiliaryBackend
+    override_targets: bool = True  # False: the workflow keeps its own trainable_targets ('*', or none given)
+    tuner_config: dict | None = None  # model_tuner.config (astuner/tuner_config.py); None: the defaults
 
 
 class UnregisteredTargetError(ValueError):
@@ -75,25 +79,38 @@ def _check_output(out, owner: str = "Workflow") -> tuple[float | None, dict]:
         raise TypeError(f"{owner}.execute returned {type(out).__name__}; expected astuner.WorkflowOutput(reward=..., metadata={{...}})")
     reward = out.reward
     if reward is not None:
+        if isinstance(reward, (list, tuple)):  # AgentJet refuses step rewards too ("future versions")
+            raise TypeError(f"WorkflowOutput.reward must be a finite float or None, got a list {reward!r}; "
+                            "per-step rewards are not supported: return their sum or put them in metadata")
         if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward):
             raise TypeError(f"WorkflowOutput.reward must be a finite float or None, got {reward!r}")
         reward = float(reward)
-    return reward, to_jsonable(out.metadata or {})
+    metadata = to_jsonable(out.metadata or {})
+    # AgentJet's extra fields ride in the metadata, where judge finds them
+    if getattr(out, "is_success", None) is not None:
+        metadata["is_success"] = bool(out.is_success)
+    if getattr(out, "log_metrics", None):
+        metadata["log_metrics"] = to_jsonable(out.log_metrics)
+    return reward, metadata
 
 
-async def run_one(spec: RunSpec, engine: Engine, task: Task, sample_index: int) -> tuple[Trajectory, set[str]]:
+async def run_one(spec: RunSpec, engine: Engine, task: Task, sample_index: int,
+                  endpoint: OpenAIEndpoint | None = None) -> tuple[Trajectory, set[str]]:
     traj_id = trajectory_id(spec.run_id, task.task_id, sample_index)
     # keyed by (task, sample), not the run: the same --seed reproduces a run in another folder
     sampling = SamplingParams(**{**spec.sampling.model_dump(), "seed": derive_seed(spec.sampling.seed, f"{task.task_id}/{sample_index}")})
-    tuner = ModelTuner(engine, sampling, spec.trainable_targets)
+    config = as_tree(spec.tuner_config if spec.tuner_config is not None else build_tuner_config())
+    tuner = ModelTuner(engine, sampling, spec.trainable_targets, config=config, endpoint=endpoint)
     # what agentscope.tuner workflows get as auxiliary_models: recorded per call, never trainable
     tuner.auxiliary_models = {name: AuxiliaryModel(tuner, backend) for name, backend in spec.auxiliary.items()}
     status, error, tb, reward, metadata = "ok", None, None, None, {}
     started, deadline = time.time(), None
     try:
         workflow = spec.workflow_cls()
-        # the run's effective targets (--trainable-targets may override the class attribute)
-        workflow.trainable_targets = None if spec.trainable_targets is None else list(spec.trainable_targets)
+        if spec.override_targets:  # --trainable-targets a,b replaces the class attribute for this run
+            workflow.trainable_targets = None if spec.trainable_targets is None else list(spec.trainable_targets)
+        elif isinstance(getattr(workflow, "trainable_targets", None), list):  # its own list, a copy per run
+            workflow.trainable_targets = list(workflow.trainable_targets)
         async with asyncio.timeout(spec.timeout_s) as deadline:
             out = await workflow.execute(WorkflowTask(task, sample_index, spec.iteration), tuner)
         reward, metadata = _check_output(out, spec.workflow_cls.__name__)
@@ -104,6 +121,7 @@ async def run_one(spec: RunSpec, engine: Engine, task: Task, sample_index: int) 
             status, error, tb = "error", "TimeoutError raised by the workflow", traceback.format_exc()
     except (Exception, SystemExit) as exc:  # a workflow's sys.exit() ends its run, not the collect
         status, error, tb = "error", f"{type(exc).__name__}: {exc}", traceback.format_exc()
+    await tuner.aclose()  # the run's OpenAI clients and endpoint keys
     finished = time.time()
     return Trajectory(
         trajectory_id=traj_id,
@@ -146,6 +164,7 @@ async def run_collect(
     for item in todo:
         queue.put_nowait(item)
     bar = tqdm(total=len(todo), desc="collect", unit="run", disable=not progress, dynamic_ncols=True)
+    endpoint = OpenAIEndpoint()  # listens only once a workflow asks for it (as_oai_baseurl_apikey)
     started = time.monotonic()
     last_flush = time.monotonic()
     # Named targets are checked once, when the first run finishes ok; nothing is flushed before,
@@ -200,7 +219,7 @@ async def run_collect(
                 task, sample_index = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            record(*await run_one(spec, engine, task, sample_index))
+            record(*await run_one(spec, engine, task, sample_index, endpoint))
 
     workers = [asyncio.ensure_future(worker()) for _ in range(max(1, min(concurrency, len(todo))))]
     try:
@@ -211,6 +230,7 @@ async def run_collect(
         writer.discard()  # collected under targets that name no role: keep none of it
         raise
     finally:
+        await endpoint.close()
         writer.flush()
         bar.close()
     stats.seconds = time.monotonic() - started

@@ -62,8 +62,14 @@ def _output(traj: dict, field: str) -> Any:
     return (traj.get("metadata") or {}).get(field)
 
 
+def _success_label(traj: dict) -> str | None:
+    success = (traj.get("metadata") or {}).get("is_success")  # WorkflowOutput.is_success, AgentJet's field
+    return None if success is None else ("success" if success else "failure")
+
+
 def workflow_reward(trajectories, **_):
-    return [t["reward"] for t in trajectories]
+    return [t["reward"] if _success_label(t) is None else Score(_number(t["reward"]), label=_success_label(t))
+            for t in trajectories]
 
 
 def _compare(out_field: str, ref_field: str, equal: Callable[[Any, Any], Score | float]):
@@ -188,11 +194,13 @@ def _usage(traj: dict) -> dict:
 
 
 def _compute_reward_judge(cls):
-    """A judge class with compute_reward(workflow_task, workflow_output) -> (reward, is_success)."""
+    """AgentJet's judge class: cls(config).compute_reward(workflow_task, workflow_output) -> (reward, is_success)
+    or a bare reward; config is the tree workflows read as model_tuner.config (its defaults)."""
+    from astuner.tuner_config import as_tree, build_tuner_config
     from astuner.workflow import Task, WorkflowOutput, WorkflowTask
 
     try:
-        instance = cls(None)
+        instance = cls(as_tree(build_tuner_config()))
     except TypeError:
         instance = cls()
 
@@ -200,8 +208,12 @@ def _compute_reward_judge(cls):
         results = []
         for traj in trajectories:
             task = WorkflowTask(Task(traj["task_id"], traj["main_query"], traj["task"]), traj["sample_index"], traj["iteration"])
-            raw, success = instance.compute_reward(task, WorkflowOutput(reward=traj["reward"], metadata=traj["metadata"]))
-            results.append(Score(_number(raw), label="success" if success else "failure"))
+            metadata = traj["metadata"] or {}
+            output = WorkflowOutput(reward=traj["reward"], metadata=metadata, is_success=metadata.get("is_success"),
+                                    log_metrics=metadata.get("log_metrics") or {})
+            result = instance.compute_reward(task, output)
+            raw, success = result if isinstance(result, (tuple, list)) and len(result) == 2 else (result, None)
+            results.append(Score(_number(raw), label=None if success is None else ("success" if success else "failure")))
         return results
 
     return judge

@@ -1,0 +1,1 @@
+"""`ajet.schema.task`: the task records."""

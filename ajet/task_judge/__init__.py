@@ -1,0 +1,1 @@
+"""`ajet.task_judge.base_judge`: see astuner.task_judge."""

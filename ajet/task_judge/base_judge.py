@@ -1,0 +1,5 @@
+"""`from ajet.task_judge.base_judge import BaseJudge`."""
+
+from astuner.task_judge.base_judge import BaseJudge
+
+__all__ = ["BaseJudge"]

@@ -1,0 +1,1 @@
+"""ASTuner's schema module path (`from astuner.schema.task import Task`)."""

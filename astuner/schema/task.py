@@ -1,0 +1,5 @@
+"""ASTuner's `astuner.schema.task`: the task records, defined in astuner.workflow."""
+
+from astuner.workflow import Task, WorkflowOutput, WorkflowTask
+
+__all__ = ["Task", "WorkflowOutput", "WorkflowTask"]
