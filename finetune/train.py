@@ -177,8 +177,10 @@ def _train(args: FinetuneArguments, training_args, model_args, built: BuiltDatas
     if n_train == 0:
         raise ValueError(f"--max_length {training_args.max_length}: every example's prompt fills it, so no token is left to "
                          "train on; raise --max_length")
+    # read before training: save_total_limit may rotate the checkpoint away
+    state_file = Path(str(resume)) / "trainer_state.json"
+    resumed_from = json.loads(state_file.read_text())["global_step"] if resume and state_file.is_file() else 0
     result = trainer.train(resume_from_checkpoint=resume)
-    resumed_from = json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"] if resume else 0
     metrics = whole_run_metrics(result.metrics, trainer.state.log_history, resumed_from, trainer.state.global_step)
     trained = work / "trained"
     trainer.save_model(str(trained))  # every rank: ZeRO-3 gathers the weights here
