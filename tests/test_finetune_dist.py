@@ -24,7 +24,7 @@ from finetune.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
-TRAIN = ["--seed", "0", "--learning_rate", "5e-3", "--max_steps", "6", "--logging_steps", "1", "--disable_tqdm", "true",
+TRAIN = ["--seed", "0", "--learning_rate", "1e-3", "--max_steps", "6", "--logging_steps", "1", "--disable_tqdm", "true",
          "--gradient_checkpointing", "false", "--lr_scheduler_type", "constant"]
 ONE = ["--per_device_train_batch_size", "4"]  # the global batch: 1 x 4 and 2 x 2
 TWO = ["--per_device_train_batch_size", "2"]
@@ -162,6 +162,18 @@ def step_losses(path) -> list[float]:
     return [e["loss"] for e in manifest(path)["log_history"] if "loss" in e]
 
 
+def train_here(args) -> int:
+    """One process, in this one, with one thread like each rank (MULTI_CPU gives each rank cores / ranks)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return main(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def assert_same_training(one, two, parent, tol=1e-5):
     """1 process x batch 4 against 2 x 2: every logged loss and every weight within tol."""
     la, lb = step_losses(one), step_losses(two)
@@ -182,7 +194,7 @@ def sft_pair(finetune_args, tmp_path_factory):
     formed a group whose gradients were never averaged)."""
     tmp = tmp_path_factory.mktemp("sft")
     one, two = tmp / "one", tmp / "two"
-    assert main(finetune_args(one, *ONE)) == 0
+    assert train_here(finetune_args(one, *ONE)) == 0
     rc, out = run([*torchrun(2), *finetune_args(two, *TWO, "--ddp_backend", "gloo")], tmp)
     assert rc == 0, out[-3000:]
     assert out.count("trained sft on 8 examples") == 1 and not Path(f"{two}.partial").exists()
@@ -195,7 +207,7 @@ def test_sft_two_processes_train_what_one_does(sft_pair, tiny_model):
 
 def test_dpo_lora_two_processes_with_the_shipped_multi_cpu_config(finetune_args, tiny_model, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    assert main(finetune_args(one, *DPO, *ONE)) == 0
+    assert train_here(finetune_args(one, *DPO, *ONE)) == 0
     config = ROOT / "finetune" / "accelerate" / "multi_cpu.yaml"
     rc, out = run([*accelerate("--config_file", str(config)), *finetune_args(two, *DPO, *TWO)], tmp_path)
     assert rc == 0, out[-3000:]
