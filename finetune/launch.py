@@ -66,9 +66,9 @@ def check_launcher_env() -> None:
     exports MASTER_ADDR/MASTER_PORT (and ACCELERATE_MIXED_PRECISION) but no world size."""
     asked_several = "ACCELERATE_MIXED_PRECISION" in os.environ and "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ
     if launched_world_size() is None and asked_several:
-        raise LaunchError("accelerate launch started 1 process where several were asked for (--cpu or distributed_type "
-                          f"MULTI_CPU start one unless --mpirun_hostfile is given); run: {LAUNCH_HINT} "
-                          "(for one process, unset MASTER_ADDR and MASTER_PORT)")
+        raise LaunchError("accelerate launch started 1 process where several were asked for (its single-process launcher, "
+                          "which --cpu, a MULTI_CPU config or no GPU choose unless --mpirun_hostfile is given, starts one); "
+                          f"run: {LAUNCH_HINT} (for one process, unset MASTER_ADDR and MASTER_PORT)")
 
 
 def has_accelerator() -> bool:

@@ -98,8 +98,8 @@ def _resume_point(work: Path, dataset_sha: str, requested):
 
 class LaunchChecks(TrainerCallback):
     """Before the first step, the model the Trainer steps is wrapped for data parallelism (the
-    wrapping happens inside train(), after on_train_begin). After each complete checkpoint-N,
-    the crash point of the kill-and-resume tests."""
+    wrapping happens inside train(), after on_train_begin). After each checkpoint-N, complete on
+    every rank, the crash point of the kill-and-resume tests."""
 
     def __init__(self, trainer, world_size: int):
         self.trainer, self.world_size, self.checked = trainer, world_size, False
@@ -110,6 +110,8 @@ class LaunchChecks(TrainerCallback):
             self.checked = True
 
     def on_save(self, args, state, control, **kwargs):
+        if self.world_size > 1:  # every rank's part of checkpoint-N (its rng state; rank 0's weights and state) is on disk
+            self.trainer.accelerator.wait_for_everyone()
         crash_point("finetune.checkpoint")
 
 

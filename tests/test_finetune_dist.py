@@ -81,6 +81,19 @@ def tagged_pids(tag: str) -> list[int]:
     return pids
 
 
+def finetune_workers(tag: str) -> list[int]:
+    """The tagged processes that run finetune itself (not the launcher)."""
+    found = []
+    for pid in tagged_pids(tag):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"finetune" in argv and b"accelerate.commands.launch" not in argv and b"torch.distributed.run" not in argv:
+            found.append(pid)
+    return found
+
+
 def kill_tagged(tag: str) -> None:
     for pid in tagged_pids(tag):
         try:
@@ -97,7 +110,8 @@ def kill_tagged(tag: str) -> None:
 
 
 class Launch:
-    """A launcher command in its own session, tagged; `.wait()` or `.kill()`; never leaves a process."""
+    """A launcher command in its own session, tagged, its output in a file (a pipe could fill and
+    stall it); `.wait()` or `.kill()`; never leaves a process."""
 
     def __init__(self, cmd, tmp_path, extra_env=None):
         self.tag = f"ASTUNER_TEST_LAUNCH={uuid.uuid4().hex}"
@@ -109,19 +123,23 @@ class Launch:
             if name not in (extra_env or {}):
                 env.pop(name, None)
         env["ASTUNER_TEST_LAUNCH"] = self.tag.partition("=")[2]
-        self.proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.log = tmp_path / f"launch-{self.tag[-8:]}.log"
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
 
     def wait(self, timeout=240):
         try:
-            out, _ = self.proc.communicate(timeout=timeout)
+            self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            out, _ = self.proc.communicate()
-            pytest.fail(f"launch ran past {timeout} s:\n{out[-3000:]}")
+            pytest.fail(f"launch ran past {timeout} s:\n{self.output()[-3000:]}")
         finally:
             self.kill()
-        return self.proc.returncode, out
+        return self.proc.returncode, self.output()
 
     def kill(self):
         try:
@@ -247,10 +265,11 @@ def test_rerun_refused_while_earlier_workers_live(finetune_args, tmp_path, capsy
                    *finetune_args(out, *TWO, "--max_steps", "100000")], tmp_path)
     try:
         deadline = time.time() + 180
-        while not all((partial / f".lock-rank{r}").is_file() and (partial / f".lock-rank{r}").read_text() for r in (0, 1)):
-            assert long.proc.poll() is None and time.time() < deadline, long.proc.stdout.read()[-3000:]
+        while len(workers := finetune_workers(long.tag)) < 2 or "'loss'" not in long.output():  # both ranks training
+            if long.proc.poll() is not None or time.time() > deadline:
+                long.kill()
+                pytest.fail(f"no two ranks training:\n{long.output()[-3000:]}")
             time.sleep(0.2)
-        workers = [int((partial / f".lock-rank{r}").read_text().split()[1]) for r in (0, 1)]
         os.killpg(long.proc.pid, signal.SIGKILL)  # the launcher's group, as a user's kill -9 or Ctrl-C would
         long.proc.wait(30)
         time.sleep(1)
