@@ -94,19 +94,32 @@ def finetune_workers(tag: str) -> list[int]:
     return found
 
 
+def gone(pid: int) -> bool:
+    """Exited with its files closed (a zombie counts): an exiting process loses its environ before its flocks."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
 def kill_tagged(tag: str) -> None:
-    for pid in tagged_pids(tag):
-        try:
-            os.killpg(os.getpgid(pid), signal.SIGKILL)  # its session's group: workers lead their own
-        except OSError:
-            pass
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
+    pids: set[int] = set()
     deadline = time.time() + 30
-    while tagged_pids(tag) and time.time() < deadline:
-        time.sleep(0.1)
+    while time.time() < deadline:
+        pids |= set(tagged_pids(tag))
+        alive = [pid for pid in pids if not gone(pid)]
+        if not alive:
+            return
+        for pid in alive:
+            try:
+                os.killpg(os.getpgid(pid), signal.SIGKILL)  # its session's group: workers lead their own
+            except OSError:
+                pass
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.05)
 
 
 class Launch:
@@ -281,7 +294,9 @@ def test_rerun_refused_while_earlier_workers_live(finetune_args, tmp_path, capsy
         assert all(f"pid {pid} " in err for pid in workers), err
     finally:
         long.kill()
-    assert main(finetune_args(out, *ONE, "--max_steps", "2")) == 0  # the dead hold nothing
+    assert all(gone(pid) for pid in workers)
+    capsys.readouterr()
+    assert main(finetune_args(out, *ONE, "--max_steps", "2")) == 0, capsys.readouterr().err  # the dead hold nothing
     assert manifest(out)["world_size"] == 1 and not partial.exists()
 
 
