@@ -18,34 +18,22 @@ The parent checkpoint (--model_name_or_path) defaults to the one the trajectorie
 collected with. The result is a full checkpoint folder (LoRA merged) with the tokenizer, its
 chat template and finetune.json (parent, method, store, query, dataset hash, counts, metrics).
 
-Accelerate configs shipped in finetune/accelerate/: cpu, gpu, multi_gpu, zero2, zero3.
+Accelerate configs shipped in finetune/accelerate/: cpu, multi_cpu, gpu, multi_gpu, zero2, zero3. Several processes
+(torchrun --nproc_per_node N, accelerate launch --multi_gpu or multi_cpu.yaml) train data-parallel, on CPU over gloo
+where no GPU is present; a launch that would not is refused before training.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from finetune.data import METHODS, PAIRINGS, EmptyDatasetError, Selection, build, collected_checkpoint, export
+from finetune.data import METHODS, EmptyDatasetError, Selection, build, collected_checkpoint, export
+from finetune.launch import LaunchError, check_data_parallel, check_launcher_env, has_accelerator, is_main_process, say
+from finetune.options import FinetuneArguments
 
 ACCELERATE_CONFIGS = Path(__file__).resolve().parent / "accelerate"
-MANIFEST = "finetune.json"
-
-
-@dataclass
-class FinetuneArguments:
-    db: str = field(default="runs/store.duckdb", metadata={"help": "The store written by `python -m judge` (opened read-only)."})
-    method: str = field(default="sft", metadata={"help": "sft (rejection sampling) or dpo.", "choices": list(METHODS)})
-    iterations: list[int] = field(default_factory=list, metadata={"action": "extend", "help": "Iterations to read (default: the latest in the store)."})
-    top_k: int = field(default=1, metadata={"help": "sft: trajectories per task and iteration, best first."})
-    min_reward: float = field(default=1.0, metadata={"help": "sft: least combined reward (rewards view) of a trajectory used."})
-    min_margin: float = field(default=0.0, metadata={"help": "dpo: least chosen-minus-rejected reward; pairs always need a strictly higher chosen reward."})
-    pairing: str = field(default="best_worst", metadata={"help": "dpo: best_worst (the widest-margin pair per prompt) or all (every distinct pair).",
-                                                         "choices": list(PAIRINGS)})
-    roles: list[str] = field(default_factory=list, metadata={"action": "extend", "help": "Only these trainable roles (default: every role trained at collect)."})
-    export: str | None = field(default=None, metadata={"help": "Write the dataset to this .parquet file and stop (no training)."})
 
 
 def _method_of(argv: list[str]) -> tuple[str, str | None, dict]:
@@ -87,9 +75,12 @@ def parse_args(argv: list[str]):
         raise ValueError(f"--config {config}: unknown option(s) {', '.join(unknown)} for --method {method}; "
                          "all options: python -m finetune --help-all")
     # Defaults that depend on the machine: bf16 only where a GPU has it; no tracker unless asked.
+    # use_cpu where there is no accelerator: without it transformers never sets up data parallelism on CPU, so
+    # torchrun or `accelerate launch --multi_gpu` would start ranks that each train alone (finetune/launch.py)
     gpu = torch.cuda.is_available()
     parser.set_defaults(bf16=gpu and torch.cuda.is_bf16_supported(), dataloader_pin_memory=gpu, report_to="none",
-                        output_dir="", save_strategy="no")  # "": TrainingArguments would default None to trainer_output
+                        output_dir="", save_strategy="no",  # "": TrainingArguments would default None to trainer_output
+                        use_cpu=not has_accelerator())
     try:
         args, training_args, model_args, unknown = parser.parse_args_and_config(args=argv, return_remaining_strings=True)
     except FileNotFoundError as exc:
@@ -111,20 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     from astuner.store import StoreError
 
     try:
+        check_launcher_env()
         args, training_args, model_args = parse_args(argv)
         return run(args, training_args, model_args)
     except (StoreError, EmptyDatasetError, ValueError, FileNotFoundError) as exc:
-        print(f"finetune: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        if not isinstance(exc, LaunchError) or is_main_process():  # every rank refuses a launch alike: one says so
+            print(f"finetune: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return 2
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def say(*parts) -> None:
-    if is_main_process():
-        print(*parts, flush=True)
 
 
 def run(args: FinetuneArguments, training_args, model_args) -> int:
@@ -138,6 +122,8 @@ def run(args: FinetuneArguments, training_args, model_args) -> int:
     if output_dir is not None and output_dir.exists() and any(output_dir.iterdir()):
         raise ValueError(f"--output_dir {output_dir}: already exists and is not empty; pick a new folder (checkpoints are never overwritten)")
 
+    if args.export is None:
+        check_data_parallel(training_args)  # before any data or model is loaded
     con = open_store(args.db, read_only=True)
     try:
         selection = Selection(method=args.method, iterations=args.iterations or None, top_k=args.top_k, min_reward=args.min_reward,

@@ -15,12 +15,14 @@ import sys
 import time
 from pathlib import Path
 
+from transformers import TrainerCallback
 from trl import DPOTrainer, SFTTrainer, get_peft_config
 
 from astuner.faults import crash_point
 
 from finetune.data import DPO_COLUMNS, BuiltDataset, to_dataset
-from finetune.main import MANIFEST, FinetuneArguments, is_main_process, say
+from finetune.launch import all_ranks, check_wrapped, clear_work, is_main_process, output_lock, say
+from finetune.options import MANIFEST, FinetuneArguments
 
 MANIFEST_VERSION = 1
 
@@ -75,23 +77,59 @@ def length_report(built: BuiltDataset, max_length: int | None) -> str | None:
 
 def _resume_point(work: Path, dataset_sha: str, requested):
     """The last complete checkpoint-N of an unfinished run on the same data, else None (stale work is cleared).
-    Complete = has trainer_state.json, which the Trainer writes last; a kill mid-save leaves a folder without it."""
+    Complete = has trainer_state.json, which the Trainer writes last; a kill mid-save leaves a folder without it.
+    Rank 0 decides (and clears) for every rank; the run's lock files in `work` stay."""
     if requested:
         return requested
-    marker = work / "dataset.sha256"
-    if work.is_dir():
+    resume = None
+    if is_main_process():
+        marker = work / "dataset.sha256"
         same = marker.is_file() and marker.read_text().strip() == dataset_sha
         done = sorted((int(p.name.rpartition("-")[2]), p) for p in work.glob("checkpoint-*")
                       if p.name.rpartition("-")[2].isdigit() and (p / "trainer_state.json").is_file())
         if same and done:
             say(f"resuming the unfinished run in {work} from {done[-1][1].name}")
-            return str(done[-1][1])
-        if is_main_process():
-            shutil.rmtree(work)
-    if is_main_process():
-        work.mkdir(parents=True, exist_ok=True)
-        marker.write_text(dataset_sha + "\n")
-    return None
+            resume = str(done[-1][1])
+        else:
+            clear_work(work)
+            marker.write_text(dataset_sha + "\n")
+    return all_ranks(resume)[0]  # also a barrier: no rank starts while rank 0 clears
+
+
+class LaunchChecks(TrainerCallback):
+    """Before the first step, the model the Trainer steps is wrapped for data parallelism (the
+    wrapping happens inside train(), after on_train_begin). After each checkpoint-N, complete on
+    every rank, the crash point of the kill-and-resume tests."""
+
+    def __init__(self, trainer, world_size: int):
+        self.trainer, self.world_size, self.checked = trainer, world_size, False
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if not self.checked:
+            check_wrapped(self.trainer.model_wrapped, self.world_size)
+            self.checked = True
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.world_size > 1:  # every rank's part of checkpoint-N (its rng state; rank 0's weights and state) is on disk
+            self.trainer.accelerator.wait_for_everyone()
+        crash_point("finetune.checkpoint")
+
+
+def whole_run_metrics(metrics: dict, log_history: list[dict], resumed_from: int, global_step: int) -> dict:
+    """The Trainer's metrics of this train() call, with train_loss over the whole run: after a
+    resume, the losses logged before the checkpoint (from its log history) weighted by their steps,
+    plus this call's. Without a resume it is the Trainer's own train_loss."""
+    weighted, counted, previous = 0.0, 0, 0
+    for entry in log_history:
+        if "loss" in entry and entry.get("step", 0) <= resumed_from:
+            weighted += entry["loss"] * (entry["step"] - previous)
+            counted += entry["step"] - previous
+            previous = entry["step"]
+    out = dict(metrics)
+    if "train_loss" in metrics:
+        this_call = global_step - resumed_from
+        out["train_loss"] = (weighted + metrics["train_loss"] * this_call) / max(counted + this_call, 1)
+    return {**out, "train_steps": global_step, "resumed_from_step": resumed_from}
 
 
 def build_trainer(method: str, training_args, model_args, dataset, tokenizer):
@@ -107,16 +145,26 @@ def build_trainer(method: str, training_args, model_args, dataset, tokenizer):
 
 def train(args: FinetuneArguments, training_args, model_args, built: BuiltDataset, output_dir: Path) -> Path:
     from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     parent = model_args.model_name_or_path
     tokenizer = AutoTokenizer.from_pretrained(parent)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     check_vocabulary(built, tokenizer, parent)
-    dataset_sha = built.sha256()
     work = Path(f"{str(output_dir).rstrip('/')}.partial")
-    resume = _resume_point(work, dataset_sha, training_args.resume_from_checkpoint)
+    world_size = training_args.world_size  # main checked it: one data-parallel group of the launched size
+    with output_lock(work, output_dir, world_size):
+        dataset_sha = built.sha256()
+        resume = _resume_point(work, dataset_sha, training_args.resume_from_checkpoint)
+        _train(args, training_args, model_args, built, tokenizer, dataset_sha, output_dir, work, resume, world_size)
+    return output_dir
+
+
+def _train(args: FinetuneArguments, training_args, model_args, built: BuiltDataset, tokenizer, dataset_sha: str,
+           output_dir: Path, work: Path, resume: str | None, world_size: int) -> None:
+    from transformers.utils import logging as hf_logging
+
+    parent = model_args.model_name_or_path
     training_args.output_dir = str(work)
     if not is_main_process():
         hf_logging.set_verbosity_error()
@@ -126,11 +174,16 @@ def train(args: FinetuneArguments, training_args, model_args, built: BuiltDatase
         say(f"warning: {note}")
     started = time.time()
     trainer = build_trainer(built.method, training_args, model_args, training_dataset(built), tokenizer)
+    trainer.add_callback(LaunchChecks(trainer, world_size))
     n_train = len(trainer.train_dataset)
     if n_train == 0:
         raise ValueError(f"--max_length {training_args.max_length}: every example's prompt fills it, so no token is left to "
                          "train on; raise --max_length")
+    # read before training: save_total_limit may rotate the checkpoint away
+    state_file = Path(str(resume)) / "trainer_state.json"
+    resumed_from = json.loads(state_file.read_text())["global_step"] if resume and state_file.is_file() else 0
     result = trainer.train(resume_from_checkpoint=resume)
+    metrics = whole_run_metrics(result.metrics, trainer.state.log_history, resumed_from, trainer.state.global_step)
     trained = work / "trained"
     trainer.save_model(str(trained))  # every rank: ZeRO-3 gathers the weights here
     crash_point("finetune.saved")
@@ -154,7 +207,11 @@ def train(args: FinetuneArguments, training_args, model_args, built: BuiltDatase
             "dataset_sha256": dataset_sha,
             "counts": {**built.counts, "train_examples": n_train},
             "world_size": trainer.accelerator.num_processes,
-            "metrics": result.metrics,
+            "per_device_train_batch_size": training_args.per_device_train_batch_size,
+            "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
+            "global_batch_size": (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+                                  * trainer.accelerator.num_processes),
+            "metrics": metrics,
             "log_history": trainer.state.log_history,
             "train_seconds": round(time.time() - started, 3),
             "command": " ".join(sys.argv),
@@ -166,14 +223,13 @@ def train(args: FinetuneArguments, training_args, model_args, built: BuiltDatase
         os.replace(final, output_dir)
         crash_point("finetune.renamed")
         shutil.rmtree(work, ignore_errors=True)
-        loss = result.metrics.get("train_loss")
+        loss = metrics.get("train_loss")
         say(f"trained {built.method} on {n_train} examples in {result.metrics.get('train_runtime', 0):.1f} s"
             + (f", train_loss {loss:.4f}" if loss is not None else "") + f"; wrote {output_dir}")
         say(f"next: python -m collect --model {output_dir} ...")
     trainer.accelerator.wait_for_everyone()
     if hasattr(trainer, "end"):
         trainer.end()
-    return output_dir
 
 
 def _write_full_checkpoint(trained: Path, final: Path, parent: str, peft: bool, dtype, tokenizer) -> None:
