@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 import sys
 import time
-from agentscope.message import TextBlock, ToolUseBlock
+from agentscope.message import TextBlock, ThinkingBlock, ToolUseBlock
 from agentscope.model import ChatModelBase, ChatResponse
 from agentscope.model._model_usage import ChatUsage
 
-from astuner.chat import parse_tool_calls, render_prompt_ids
+from astuner.chat import FAMILY_CHOICES, detect_family, parse_completion, render_prompt_ids, special_tokens_of
 from astuner.engines import Engine, SamplingParams, derive_seed
 from astuner.trajectory import Completion, ModelCall, ToolCall, to_jsonable
 
@@ -48,8 +48,13 @@ class ModelTuner(ChatModelBase):
         engine: Engine,
         sampling: SamplingParams,
         trainable_targets: list[str] | None = None,
+        tool_format: str = "auto",
     ):
         super().__init__(model_name=engine.checkpoint, stream=False)
+        if tool_format not in FAMILY_CHOICES:
+            raise ValueError(f"--tool-format {tool_format!r}: choose one of {', '.join(FAMILY_CHOICES)}")
+        # "auto": the format of each engine's checkpoint, read from its chat template (astuner.chat)
+        self.tool_format = tool_format
         self.engine = engine
         self.sampling = sampling
         self.trainable_targets = None if trainable_targets is None else list(trainable_targets)
@@ -141,8 +146,15 @@ class ModelTuner(ChatModelBase):
         )
         started = time.monotonic()
         gen = await engine.generate(prompt_ids, params)
-        text, calls = parse_tool_calls(gen.text)
-        content = [TextBlock(type="text", text=text)] if text else []
+        # Parse from a decoding that keeps the control tokens ([TOOL_CALLS], <|python_tag|>): the
+        # recorded text (gen.text) drops them, as it always has.
+        family = detect_family(engine.tokenizer) if self.tool_format == "auto" else self.tool_format
+        tokenizer = engine.tokenizer
+        parsed = parse_completion(tokenizer.decode(gen.completion_token_ids, skip_special_tokens=False), family,
+                                  strip_tokens=special_tokens_of(tokenizer))
+        text, calls = parsed.text, parsed.calls
+        content = [ThinkingBlock(type="thinking", thinking=parsed.reasoning)] if parsed.reasoning else []
+        content += [TextBlock(type="text", text=text)] if text else []
         content += [ToolUseBlock(type="tool_use", id=c["id"], name=c["name"], input=c["input"]) for c in calls]
         response = ChatResponse(
             content=content,
@@ -157,7 +169,9 @@ class ModelTuner(ChatModelBase):
             completion=Completion(
                 text=gen.text,
                 tool_calls=[ToolCall(id=c["id"], name=c["name"], arguments=json.dumps(c["input"])) for c in calls],
+                reasoning=parsed.reasoning,
             ),
+            tool_format=family,
             prompt_token_ids=gen.prompt_token_ids,
             completion_token_ids=gen.completion_token_ids,
             completion_logprobs=gen.completion_logprobs,

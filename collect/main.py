@@ -76,6 +76,9 @@ class CollectConfig:
                   "{path: DIR, temperature, max_tokens, ...}, or an OpenAI-compatible endpoint {base_url: URL, model: NAME, "
                   "api_key_env: VAR}. Their calls are recorded with role = the name and trainable: false."},
     )
+    tool_format: str = field(default="auto", metadata={"help": "How engine completions write tool calls and thinking: auto (read from the "
+                             "checkpoint's chat template), hermes, qwen3, llama3 or mistral. Recorded per call as tool_format; "
+                             "see docs/model-families.md."})
     show_agent_output: bool = field(default=False, metadata={"help": "Let agents print their messages (off: the progress bar stays readable)."})
 
 
@@ -177,6 +180,7 @@ def run(cfg: CollectConfig) -> int:
     from astuner.tasks import NO_QUERY, QUERY_FIELDS, load_tasks
     from astuner.tiny import ensure_tiny_model
     from astuner.trajectory import Checkpoint, Sampling, TraceFormatError
+    from astuner.chat import FAMILY_CHOICES
     from astuner.workflow import load_workflow
 
     from collect.runner import RunSpec, UnregisteredTargetError, role_table, run_collect
@@ -192,6 +196,8 @@ def run(cfg: CollectConfig) -> int:
         raise ValueError(f"--timeout-s {cfg.timeout_s}: must be positive")
     if cfg.flush_interval_s < 0:
         raise ValueError(f"--flush-interval-s {cfg.flush_interval_s}: must be 0 or more")
+    if cfg.tool_format not in FAMILY_CHOICES:
+        raise ValueError(f"--tool-format {cfg.tool_format!r}: unknown format; choose one of {', '.join(FAMILY_CHOICES)}")
 
     shard = _shard(cfg.shard)
     if cfg.engine == "transformers":
@@ -257,6 +263,7 @@ def run(cfg: CollectConfig) -> int:
         iteration=cfg.iteration,
         timeout_s=cfg.timeout_s,
         auxiliary=backends,
+        tool_format=cfg.tool_format,
     )
     try:
         stats = asyncio.run(run_collect(spec, engine, todo, writer, cfg.concurrency, cfg.flush_interval_s))
