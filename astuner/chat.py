@@ -82,22 +82,39 @@ def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def render_prompt(tokenizer, messages: list[dict], tools: list[dict] | None) -> str:
+def template_kwargs_for(tokenizer, template_kwargs: dict | None = None) -> dict:
+    """The extra template variables of a call, completed so that a re-render gives the same prompt.
+
+    Templates that render today's date (Llama 3.x: `Today Date: ` via strftime_now) get a fixed
+    `date_string` (today's, unless given): recorded with the call, the same conversation renders
+    the same on any later day.
+    """
+    kwargs = dict(template_kwargs or {})
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else json.dumps(tokenizer.chat_template)
+    if "date_string" not in kwargs and "strftime_now" in (template or ""):
+        import datetime
+
+        kwargs["date_string"] = datetime.date.today().strftime("%d %b %Y")
+    return kwargs
+
+
+def render_prompt(tokenizer, messages: list[dict], tools: list[dict] | None, template_kwargs: dict | None = None) -> str:
     return tokenizer.apply_chat_template(
         normalize_messages(messages),
         tools=tools or None,
         add_generation_prompt=True,
         tokenize=False,
+        **(template_kwargs or {}),
     )
 
 
-def render_prompt_ids(tokenizer, messages: list[dict], tools: list[dict] | None) -> list[int]:
-    return render_prompts_ids(tokenizer, [(messages, tools)])[0]
+def render_prompt_ids(tokenizer, messages: list[dict], tools: list[dict] | None, template_kwargs: dict | None = None) -> list[int]:
+    return render_prompts_ids(tokenizer, [(messages, tools)], template_kwargs)[0]
 
 
-def render_prompts_ids(tokenizer, calls: list[tuple[list[dict], list[dict] | None]]) -> list[list[int]]:
-    """Batched render_prompt_ids: one tokenizer call for many (messages, tools) pairs."""
-    texts = [render_prompt(tokenizer, messages, tools) for messages, tools in calls]
+def render_prompts_ids(tokenizer, calls: list[tuple], template_kwargs: dict | None = None) -> list[list[int]]:
+    """Batched render_prompt_ids: one tokenizer call for many (messages, tools[, template_kwargs]) tuples."""
+    texts = [render_prompt(tokenizer, call[0], call[1], call[2] if len(call) > 2 else template_kwargs) for call in calls]
     # The template already wrote every special token; adding BOS/EOS would change the prompt.
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 

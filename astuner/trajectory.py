@@ -64,6 +64,9 @@ class ModelCall(_Record):
     error: str | None = Field(default=None, description="The exception of a call that raised; such a call is never trainable.")
     # Added within version 1 (optional): which tool-call/reasoning format parsed an engine call (astuner.chat.FAMILIES).
     tool_format: str | None = Field(default=None, description="Engine calls: hermes, qwen3, llama3 or mistral (--tool-format).")
+    template_kwargs: dict[str, Any] | None = Field(
+        default=None, description="Engine calls: extra chat-template variables the prompt was rendered with (--template-kwargs, "
+        "the fixed date_string of templates that render today's date).")
 
 
 class TaskRecord(_Record):

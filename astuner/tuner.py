@@ -18,7 +18,7 @@ from agentscope.message import TextBlock, ThinkingBlock, ToolUseBlock
 from agentscope.model import ChatModelBase, ChatResponse
 from agentscope.model._model_usage import ChatUsage
 
-from astuner.chat import FAMILY_CHOICES, detect_family, parse_completion, render_prompt_ids, special_tokens_of
+from astuner.chat import FAMILY_CHOICES, detect_family, parse_completion, render_prompt_ids, special_tokens_of, template_kwargs_for
 from astuner.engines import Engine, SamplingParams, derive_seed
 from astuner.trajectory import Completion, ModelCall, ToolCall, to_jsonable
 
@@ -49,12 +49,15 @@ class ModelTuner(ChatModelBase):
         sampling: SamplingParams,
         trainable_targets: list[str] | None = None,
         tool_format: str = "auto",
+        template_kwargs: dict | None = None,
     ):
         super().__init__(model_name=engine.checkpoint, stream=False)
         if tool_format not in FAMILY_CHOICES:
             raise ValueError(f"--tool-format {tool_format!r}: choose one of {', '.join(FAMILY_CHOICES)}")
         # "auto": the format of each engine's checkpoint, read from its chat template (astuner.chat)
         self.tool_format = tool_format
+        # extra chat-template variables (enable_thinking, date_string), recorded with every engine call
+        self.template_kwargs = dict(template_kwargs or {})
         self.engine = engine
         self.sampling = sampling
         self.trainable_targets = None if trainable_targets is None else list(trainable_targets)
@@ -137,7 +140,8 @@ class ModelTuner(ChatModelBase):
 
     async def _engine_call(self, messages, tools, index, engine=None, sampling=None):
         engine, sampling = engine or self.engine, sampling or self.sampling  # another engine: an auxiliary model
-        prompt_ids = render_prompt_ids(engine.tokenizer, messages, tools)
+        template_kwargs = template_kwargs_for(engine.tokenizer, self.template_kwargs)
+        prompt_ids = render_prompt_ids(engine.tokenizer, messages, tools, template_kwargs)
         params = SamplingParams(
             temperature=sampling.temperature,
             top_p=sampling.top_p,
@@ -172,6 +176,7 @@ class ModelTuner(ChatModelBase):
                 reasoning=parsed.reasoning,
             ),
             tool_format=family,
+            template_kwargs=template_kwargs or None,
             prompt_token_ids=gen.prompt_token_ids,
             completion_token_ids=gen.completion_token_ids,
             completion_logprobs=gen.completion_logprobs,

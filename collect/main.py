@@ -79,6 +79,9 @@ class CollectConfig:
     tool_format: str = field(default="auto", metadata={"help": "How engine completions write tool calls and thinking: auto (read from the "
                              "checkpoint's chat template), hermes, qwen3, llama3 or mistral. Recorded per call as tool_format; "
                              "see docs/model-families.md."})
+    template_kwargs: str | None = field(default=None, metadata={"help": "JSON of extra chat-template variables, e.g. "
+                                        "'{\"enable_thinking\": false}' (Qwen3) or '{\"date_string\": \"26 Jul 2024\"}' (Llama 3.x; "
+                                        "default: the day of the call). Recorded per call as template_kwargs."})
     show_agent_output: bool = field(default=False, metadata={"help": "Let agents print their messages (off: the progress bar stays readable)."})
 
 
@@ -198,6 +201,12 @@ def run(cfg: CollectConfig) -> int:
         raise ValueError(f"--flush-interval-s {cfg.flush_interval_s}: must be 0 or more")
     if cfg.tool_format not in FAMILY_CHOICES:
         raise ValueError(f"--tool-format {cfg.tool_format!r}: unknown format; choose one of {', '.join(FAMILY_CHOICES)}")
+    try:
+        template_kwargs = json.loads(cfg.template_kwargs) if cfg.template_kwargs else {}
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--template-kwargs {cfg.template_kwargs!r}: not JSON ({exc.msg}); e.g. '{{\"enable_thinking\": false}}'") from None
+    if not isinstance(template_kwargs, dict):
+        raise ValueError(f"--template-kwargs {cfg.template_kwargs!r}: must be a JSON object, e.g. '{{\"enable_thinking\": false}}'")
 
     shard = _shard(cfg.shard)
     if cfg.engine == "transformers":
@@ -264,6 +273,7 @@ def run(cfg: CollectConfig) -> int:
         timeout_s=cfg.timeout_s,
         auxiliary=backends,
         tool_format=cfg.tool_format,
+        template_kwargs=template_kwargs,
     )
     try:
         stats = asyncio.run(run_collect(spec, engine, todo, writer, cfg.concurrency, cfg.flush_interval_s))

@@ -29,6 +29,7 @@ class RunSpec:
     timeout_s: float = 600.0
     auxiliary: dict = field(default_factory=dict)  # name -> astuner.auxiliary.AuxiliaryBackend
     tool_format: str = "auto"  # astuner.chat.FAMILY_CHOICES
+    template_kwargs: dict = field(default_factory=dict)  # extra chat-template variables (--template-kwargs)
 
 
 class UnregisteredTargetError(ValueError):
@@ -86,7 +87,8 @@ async def run_one(spec: RunSpec, engine: Engine, task: Task, sample_index: int) 
     traj_id = trajectory_id(spec.run_id, task.task_id, sample_index)
     # keyed by (task, sample), not the run: the same --seed reproduces a run in another folder
     sampling = SamplingParams(**{**spec.sampling.model_dump(), "seed": derive_seed(spec.sampling.seed, f"{task.task_id}/{sample_index}")})
-    tuner = ModelTuner(engine, sampling, spec.trainable_targets, tool_format=spec.tool_format)
+    tuner = ModelTuner(engine, sampling, spec.trainable_targets, tool_format=spec.tool_format,
+                       template_kwargs=spec.template_kwargs)
     # what agentscope.tuner workflows get as auxiliary_models: recorded per call, never trainable
     tuner.auxiliary_models = {name: AuxiliaryModel(tuner, backend) for name, backend in spec.auxiliary.items()}
     status, error, tb, reward, metadata = "ok", None, None, None, {}
