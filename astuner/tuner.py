@@ -58,6 +58,8 @@ class ModelTuner(ChatModelBase):
         self.tool_format = tool_format
         # extra chat-template variables (enable_thinking, date_string), recorded with every engine call
         self.template_kwargs = dict(template_kwargs or {})
+        # this run's replies that had thinking: key of the reply -> reasoning (see _with_reasoning)
+        self._reasoning: dict[str, str] = {}
         self.engine = engine
         self.sampling = sampling
         self.trainable_targets = None if trainable_targets is None else list(trainable_targets)
@@ -117,7 +119,8 @@ class ModelTuner(ChatModelBase):
                 role=role,
                 agent_name=agent_name,
                 trainable=trainable,
-                messages=to_jsonable(messages),
+                # an engine call records the messages it rendered (with restored reasoning_content)
+                messages=to_jsonable(record.pop("rendered_messages", messages)),
                 tools=to_jsonable(tools) if tools else None,
                 tool_choice=tool_choice,
                 latency_s=round(time.monotonic() - started, 6),
@@ -138,9 +141,30 @@ class ModelTuner(ChatModelBase):
         store(trainable, record)
         return response
 
+    def _with_reasoning(self, messages: list[dict]) -> list[dict]:
+        """The messages with `reasoning_content` back on this run's own replies that had thinking.
+
+        AgentScope's formatters drop ThinkingBlocks, so without it a Qwen3 template renders the
+        earlier turn without its <think> block and the next prompt stops extending the sampled ids
+        (issue 15 item 4). These are the messages recorded and rendered: a re-render matches."""
+        if not self._reasoning:
+            return messages
+        out = []
+        for msg in messages:
+            if isinstance(msg, dict) and msg.get("role") == "assistant" and not msg.get("reasoning_content"):
+                from astuner.chat import text_of
+
+                ids = [c.get("id") or "" for c in msg.get("tool_calls") or []]
+                reasoning = self._reasoning.get(_reply_key(text_of(msg.get("content")), ids))
+                if reasoning:
+                    msg = {**msg, "reasoning_content": reasoning}
+            out.append(msg)
+        return out
+
     async def _engine_call(self, messages, tools, index, engine=None, sampling=None):
         engine, sampling = engine or self.engine, sampling or self.sampling  # another engine: an auxiliary model
         template_kwargs = template_kwargs_for(engine.tokenizer, self.template_kwargs)
+        messages = self._with_reasoning(messages)
         prompt_ids = render_prompt_ids(engine.tokenizer, messages, tools, template_kwargs)
         params = SamplingParams(
             temperature=sampling.temperature,
@@ -157,6 +181,8 @@ class ModelTuner(ChatModelBase):
         parsed = parse_completion(tokenizer.decode(gen.completion_token_ids, skip_special_tokens=False), family,
                                   strip_tokens=special_tokens_of(tokenizer))
         text, calls = parsed.text, parsed.calls
+        if parsed.reasoning:
+            self._reasoning[_reply_key(text, [c["id"] for c in calls])] = parsed.reasoning
         content = [ThinkingBlock(type="thinking", thinking=parsed.reasoning)] if parsed.reasoning else []
         content += [TextBlock(type="text", text=text)] if text else []
         content += [ToolUseBlock(type="tool_use", id=c["id"], name=c["name"], input=c["input"]) for c in calls]
@@ -177,6 +203,7 @@ class ModelTuner(ChatModelBase):
             ),
             tool_format=family,
             template_kwargs=template_kwargs or None,
+            rendered_messages=messages,
             prompt_token_ids=gen.prompt_token_ids,
             completion_token_ids=gen.completion_token_ids,
             completion_logprobs=gen.completion_logprobs,
@@ -209,6 +236,10 @@ class ModelTuner(ChatModelBase):
             completion_tokens=usage.output_tokens if usage else None,
         )
         return result, record
+
+
+def _reply_key(text: str, call_ids: list[str]) -> str:
+    return "ids:" + ",".join(call_ids) if call_ids else "text:" + text.strip()
 
 
 def _failed_call_record(exc: Exception, model) -> dict:
