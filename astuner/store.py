@@ -5,7 +5,9 @@ Tables
     runs          one row per collect run (from its collect.json) and per judge/finetune command.
     trajectories  one row per trajectory record (ids, task, status, workflow reward, metadata).
     calls         one row per model call (role, trainable, messages/tools as JSON text, token ids,
-                  logprobs, counts, latency, template_drift).
+                  logprobs, counts, latency, template_drift, and the drift
+                  measures of astuner/drift.py: extends_previous, divergence_at/_cause,
+                  rerender_drift_tokens).
     scores        one row per (trajectory, call_index, judger): call_index NULL = trajectory-level.
 
 Views (the contract with finetune and with users' SQL)
@@ -32,7 +34,7 @@ STORE_SCHEMA_VERSION = 1
 DEFAULT_SUCCESS_THRESHOLD = 1.0
 ROW_GROUP_SIZE = 16384
 
-_TABLES = """
+_TABLES_TEMPLATE = """
 CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
 CREATE TABLE runs (
     run_id VARCHAR PRIMARY KEY,
@@ -90,7 +92,7 @@ CREATE TABLE calls (
     completion_tokens INTEGER,
     latency_s DOUBLE,
     template_drift BOOLEAN,              -- trainable engine calls: re-rendering != prompt ids; NULL = not checked
-    PRIMARY KEY (trajectory_id, call_index)
+__DRIFT_COLUMNS__    PRIMARY KEY (trajectory_id, call_index)
 );
 CREATE TABLE scores (
     trajectory_id VARCHAR NOT NULL,
@@ -106,6 +108,21 @@ CREATE TABLE scores (
     run_id VARCHAR
 );
 """
+
+# Added within schema version 1 (issue 15): appended to calls, so an older store gains them on its
+# first writable open (one line on stderr), and positional INSERTs fit both. See astuner/drift.py.
+DRIFT_COLUMNS = {
+    "tool_format": "VARCHAR",            # hermes | qwen3 | llama3 | mistral: the parser of an engine call
+    "extends_previous": "BOOLEAN",       # engine calls: prompt starts with the same agent's previous prompt + completion ids; NULL = its first
+    "divergence_at": "INTEGER",          # not extending: first diverging position in prompt_token_ids
+    "divergence_cause": "VARCHAR",       # tools_changed | history_edited | prompt_rerendered | thinking_stripped | completion_rerendered
+    "rerender_drift_tokens": "INTEGER",  # of prompt + completion ids, how many a re-render from text would not reproduce; NULL = no tokenizer here
+    "drift_measured": "BOOLEAN",         # NULL = not measured yet (new, or left by a killed ingest)
+    "template_kwargs": "JSON",           # extra chat-template variables the prompt was rendered with (date_string, enable_thinking)
+}
+
+_TABLES = _TABLES_TEMPLATE.replace(
+    "__DRIFT_COLUMNS__", "".join(f"    {name} {kind},\n" for name, kind in DRIFT_COLUMNS.items()))
 
 _VIEWS = """
 CREATE OR REPLACE VIEW rewards AS
@@ -234,7 +251,23 @@ def open_store(path: str | os.PathLike, *, read_only: bool = False, create: bool
             f"{path} has store schema version {version}, this astuner uses {STORE_SCHEMA_VERSION}; "
             "ingest the traces into a new --db, or use the astuner that wrote it"
         )
+    if not read_only:
+        _add_drift_columns(con, path)
     return con
+
+
+def _add_drift_columns(con, path) -> None:
+    have = {row[0] for row in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_catalog = 'store' AND table_name = 'calls'").fetchall()}
+    missing = [name for name in DRIFT_COLUMNS if name not in have]
+    if not missing:
+        return
+    import sys
+
+    for name in missing:
+        con.execute(f"ALTER TABLE calls ADD COLUMN {name} {DRIFT_COLUMNS[name]}")
+    print(f"store {path}: added the drift columns {', '.join(missing)} to calls (ingest measures them on its next run)",
+          file=sys.stderr)
 
 
 def _create(con) -> None:

@@ -33,6 +33,8 @@ class ToolCall(_Record):
 class Completion(_Record):
     text: str
     tool_calls: list[ToolCall] = Field(default_factory=list)
+    # Added within version 1 (optional): the thinking the model wrote (Qwen3 <think>), given to the agent as a ThinkingBlock.
+    reasoning: str | None = Field(default=None, description="Reasoning parsed out of the completion, if any.")
 
 
 class ModelCall(_Record):
@@ -60,6 +62,11 @@ class ModelCall(_Record):
     latency_s: float
     # Added within version 1 (optional, so every earlier record still reads): a call that raised.
     error: str | None = Field(default=None, description="The exception of a call that raised; such a call is never trainable.")
+    # Added within version 1 (optional): which tool-call/reasoning format parsed an engine call (astuner.chat.FAMILIES).
+    tool_format: str | None = Field(default=None, description="Engine calls: hermes, qwen3, llama3 or mistral (--tool-format).")
+    template_kwargs: dict[str, Any] | None = Field(
+        default=None, description="Engine calls: extra chat-template variables the prompt was rendered with (--template-kwargs, "
+        "the fixed date_string of templates that render today's date).")
 
 
 class TaskRecord(_Record):

@@ -21,12 +21,12 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from agentscope.message import TextBlock, ToolUseBlock
+from agentscope.message import TextBlock, ThinkingBlock, ToolUseBlock
 from agentscope.model import ChatModelBase, ChatResponse
 from agentscope.model._model_usage import ChatUsage
 from pydantic import BaseModel
 
-from astuner.chat import parse_tool_calls, render_prompt_ids
+from astuner.chat import FAMILY_CHOICES, detect_family, parse_completion, render_prompt_ids, special_tokens_of, template_kwargs_for
 from astuner.engines import Engine, SamplingParams, derive_seed
 from astuner.trajectory import Completion, ModelCall, ToolCall, to_jsonable
 from astuner.tuner_config import ConfigTree, as_tree, build_tuner_config
@@ -62,8 +62,18 @@ class ModelTuner(ChatModelBase):
         trainable_targets: list[str] | None = None,
         config: ConfigTree | None = None,
         endpoint: OpenAIEndpoint | None = None,
+        tool_format: str = "auto",
+        template_kwargs: dict | None = None,
     ):
         super().__init__(model_name=engine.checkpoint, stream=False)
+        if tool_format not in FAMILY_CHOICES:
+            raise ValueError(f"--tool-format {tool_format!r}: choose one of {', '.join(FAMILY_CHOICES)}")
+        # "auto": the format of each engine's checkpoint, read from its chat template (astuner.chat)
+        self.tool_format = tool_format
+        # extra chat-template variables (enable_thinking, date_string), recorded with every engine call
+        self.template_kwargs = dict(template_kwargs or {})
+        # this run's replies that had thinking: key of the reply -> reasoning (see _with_reasoning)
+        self._reasoning: dict[str, str] = {}
         self.engine = engine
         self.sampling = sampling
         self.trainable_targets = None if trainable_targets is None else list(trainable_targets)
@@ -167,7 +177,8 @@ class ModelTuner(ChatModelBase):
                 role=role,
                 agent_name=agent_name,
                 trainable=trainable,
-                messages=to_jsonable(messages),
+                # an engine call records the messages it rendered (with restored reasoning_content)
+                messages=to_jsonable(record.pop("rendered_messages", messages)),
                 tools=to_jsonable(tools) if tools else None,
                 tool_choice=tool_choice,
                 latency_s=round(time.monotonic() - started, 6),
@@ -188,9 +199,31 @@ class ModelTuner(ChatModelBase):
         store(trainable, record)
         return response
 
+    def _with_reasoning(self, messages: list[dict]) -> list[dict]:
+        """The messages with `reasoning_content` back on this run's own replies that had thinking.
+
+        AgentScope's formatters drop ThinkingBlocks, so without it a Qwen3 template renders the
+        earlier turn without its <think> block and the next prompt stops extending the sampled ids
+        (issue 15 item 4). These are the messages recorded and rendered: a re-render matches."""
+        if not self._reasoning:
+            return messages
+        out = []
+        for msg in messages:
+            if isinstance(msg, dict) and msg.get("role") == "assistant" and not msg.get("reasoning_content"):
+                from astuner.chat import text_of
+
+                ids = [c.get("id") or "" for c in msg.get("tool_calls") or []]
+                reasoning = self._reasoning.get(_reply_key(text_of(msg.get("content")), ids))
+                if reasoning:
+                    msg = {**msg, "reasoning_content": reasoning}
+            out.append(msg)
+        return out
+
     async def _engine_call(self, messages, tools, index, engine=None, sampling=None):
         engine, sampling = engine or self.engine, sampling or self.sampling  # another engine: an auxiliary model
-        prompt_ids = render_prompt_ids(engine.tokenizer, messages, tools)
+        template_kwargs = template_kwargs_for(engine.tokenizer, self.template_kwargs)
+        messages = self._with_reasoning(messages)
+        prompt_ids = render_prompt_ids(engine.tokenizer, messages, tools, template_kwargs)
         params = SamplingParams(
             temperature=sampling.temperature,
             top_p=sampling.top_p,
@@ -199,8 +232,17 @@ class ModelTuner(ChatModelBase):
         )
         started = time.monotonic()
         gen = await engine.generate(prompt_ids, params)
-        text, calls = parse_tool_calls(gen.text)
-        content = [TextBlock(type="text", text=text)] if text else []
+        # Parse from a decoding that keeps the control tokens ([TOOL_CALLS], <|python_tag|>): the
+        # recorded text (gen.text) drops them, as it always has.
+        family = detect_family(engine.tokenizer) if self.tool_format == "auto" else self.tool_format
+        tokenizer = engine.tokenizer
+        parsed = parse_completion(tokenizer.decode(gen.completion_token_ids, skip_special_tokens=False), family,
+                                  strip_tokens=special_tokens_of(tokenizer))
+        text, calls = parsed.text, parsed.calls
+        if parsed.reasoning:
+            self._reasoning[_reply_key(text, [c["id"] for c in calls])] = parsed.reasoning
+        content = [ThinkingBlock(type="thinking", thinking=parsed.reasoning)] if parsed.reasoning else []
+        content += [TextBlock(type="text", text=text)] if text else []
         content += [ToolUseBlock(type="tool_use", id=c["id"], name=c["name"], input=c["input"]) for c in calls]
         response = ChatResponse(
             content=content,
@@ -215,7 +257,11 @@ class ModelTuner(ChatModelBase):
             completion=Completion(
                 text=gen.text,
                 tool_calls=[ToolCall(id=c["id"], name=c["name"], arguments=json.dumps(c["input"])) for c in calls],
+                reasoning=parsed.reasoning,
             ),
+            tool_format=family,
+            template_kwargs=template_kwargs or None,
+            rendered_messages=messages,
             prompt_token_ids=gen.prompt_token_ids,
             completion_token_ids=gen.completion_token_ids,
             completion_logprobs=gen.completion_logprobs,
@@ -248,6 +294,10 @@ class ModelTuner(ChatModelBase):
             completion_tokens=usage.output_tokens if usage else None,
         )
         return result, record
+
+
+def _reply_key(text: str, call_ids: list[str]) -> str:
+    return "ids:" + ",".join(call_ids) if call_ids else "text:" + text.strip()
 
 
 def _failed_call_record(exc: Exception, model) -> dict:

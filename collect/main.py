@@ -76,6 +76,12 @@ class CollectConfig:
                   "{path: DIR, temperature, max_tokens, ...}, or an OpenAI-compatible endpoint {base_url: URL, model: NAME, "
                   "api_key_env: VAR}. Their calls are recorded with role = the name and trainable: false."},
     )
+    tool_format: str = field(default="auto", metadata={"help": "How engine completions write tool calls and thinking: auto (read from the "
+                             "checkpoint's chat template), hermes, qwen3, llama3 or mistral. Recorded per call as tool_format; "
+                             "see docs/model-families.md."})
+    template_kwargs: str | None = field(default=None, metadata={"help": "JSON of extra chat-template variables, e.g. "
+                                        "'{\"enable_thinking\": false}' (Qwen3) or '{\"date_string\": \"26 Jul 2024\"}' (Llama 3.x; "
+                                        "default: the day of the call). Recorded per call as template_kwargs."})
     show_agent_output: bool = field(default=False, metadata={"help": "Let agents print their messages (off: the progress bar stays readable)."})
     tuner_config: str | None = field(
         default=None,
@@ -203,6 +209,7 @@ def run(cfg: CollectConfig) -> int:
     from astuner.tiny import ensure_tiny_model
     from astuner.trajectory import Checkpoint, Sampling, TraceFormatError
     from astuner.tuner_config import build_tuner_config
+    from astuner.chat import FAMILY_CHOICES
     from astuner.workflow import load_workflow
 
     from collect.runner import RunSpec, UnregisteredTargetError, role_table, run_collect
@@ -218,6 +225,14 @@ def run(cfg: CollectConfig) -> int:
         raise ValueError(f"--timeout-s {cfg.timeout_s}: must be positive")
     if cfg.flush_interval_s < 0:
         raise ValueError(f"--flush-interval-s {cfg.flush_interval_s}: must be 0 or more")
+    if cfg.tool_format not in FAMILY_CHOICES:
+        raise ValueError(f"--tool-format {cfg.tool_format!r}: unknown format; choose one of {', '.join(FAMILY_CHOICES)}")
+    try:
+        template_kwargs = json.loads(cfg.template_kwargs) if cfg.template_kwargs else {}
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--template-kwargs {cfg.template_kwargs!r}: not JSON ({exc.msg}); e.g. '{{\"enable_thinking\": false}}'") from None
+    if not isinstance(template_kwargs, dict):
+        raise ValueError(f"--template-kwargs {cfg.template_kwargs!r}: must be a JSON object, e.g. '{{\"enable_thinking\": false}}'")
 
     shard = _shard(cfg.shard)
     if cfg.engine == "transformers":
@@ -288,6 +303,8 @@ def run(cfg: CollectConfig) -> int:
         auxiliary=backends,
         override_targets=override_targets,
         tuner_config=tuner_config,
+        tool_format=cfg.tool_format,
+        template_kwargs=template_kwargs,
     )
     try:
         stats = asyncio.run(run_collect(spec, engine, todo, writer, cfg.concurrency, cfg.flush_interval_s))

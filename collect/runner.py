@@ -32,6 +32,8 @@ class RunSpec:
     auxiliary: dict = field(default_factory=dict)  # name -> astuner.auxiliary.AuxiliaryBackend
     override_targets: bool = True  # False: the workflow keeps its own trainable_targets ('*', or none given)
     tuner_config: dict | None = None  # model_tuner.config (astuner/tuner_config.py); None: the defaults
+    tool_format: str = "auto"  # astuner.chat.FAMILY_CHOICES
+    template_kwargs: dict = field(default_factory=dict)  # extra chat-template variables (--template-kwargs)
 
 
 class UnregisteredTargetError(ValueError):
@@ -100,7 +102,8 @@ async def run_one(spec: RunSpec, engine: Engine, task: Task, sample_index: int,
     # keyed by (task, sample), not the run: the same --seed reproduces a run in another folder
     sampling = SamplingParams(**{**spec.sampling.model_dump(), "seed": derive_seed(spec.sampling.seed, f"{task.task_id}/{sample_index}")})
     config = as_tree(spec.tuner_config if spec.tuner_config is not None else build_tuner_config())
-    tuner = ModelTuner(engine, sampling, spec.trainable_targets, config=config, endpoint=endpoint)
+    tuner = ModelTuner(engine, sampling, spec.trainable_targets, config=config, endpoint=endpoint,
+                       tool_format=spec.tool_format, template_kwargs=spec.template_kwargs)
     # what agentscope.tuner workflows get as auxiliary_models: recorded per call, never trainable
     tuner.auxiliary_models = {name: AuxiliaryModel(tuner, backend) for name, backend in spec.auxiliary.items()}
     status, error, tb, reward, metadata = "ok", None, None, None, {}

@@ -5,7 +5,8 @@ cannot read, or whose rows miss required fields or carry another schema version,
 line by line with the trajectory model so every bad line is named by file:line and skipped
 (or, with --strict, fails the ingest). Rows are keyed by trajectory_id, so ingesting the same
 files again adds nothing. Trainable engine calls not checked yet (new ones, or ones a killed
-ingest left) then get `template_drift`.
+ingest left) then get `template_drift`, and every engine call the drift measures of
+astuner/drift.py (does it extend its agent's previous call; what a re-render would change).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ _CALL = (
     'STRUCT("index" INTEGER, role VARCHAR, agent_name VARCHAR, trainable BOOLEAN, model VARCHAR, messages JSON, '
     "tools JSON, tool_choice VARCHAR, completion STRUCT(text VARCHAR, tool_calls JSON), prompt_token_ids INTEGER[], "
     "completion_token_ids INTEGER[], completion_logprobs DOUBLE[], finish_reason VARCHAR, prompt_tokens INTEGER, "
-    "completion_tokens INTEGER, latency_s DOUBLE)[]"
+    "completion_tokens INTEGER, latency_s DOUBLE, tool_format VARCHAR, template_kwargs JSON)[]"
 )
 READ_COLUMNS = {
     "schema_version": "INTEGER", "trajectory_id": "VARCHAR", "run_id": "VARCHAR", "workflow": "VARCHAR",
@@ -62,7 +63,8 @@ _INSERT_CALLS = """
 INSERT INTO calls
 SELECT trajectory_id, c."index", c.role, c.agent_name, c.trainable, c.model, c.messages, c.tools, c.tool_choice,
        c.completion.text, c.completion.tool_calls, c.prompt_token_ids, c.completion_token_ids, c.completion_logprobs,
-       c.finish_reason, c.prompt_tokens, c.completion_tokens, c.latency_s, NULL
+       c.finish_reason, c.prompt_tokens, c.completion_tokens, c.latency_s, NULL,
+       c.tool_format, NULL, NULL, NULL, NULL, NULL, c.template_kwargs
 FROM (SELECT s.trajectory_id, unnest(s.calls) AS c FROM staged s JOIN new_ids n
       ON s.trajectory_id = n.trajectory_id AND s.rowid = n.row_id)
 """
@@ -84,6 +86,11 @@ class IngestResult:
     drift_found: int = 0
     drift_unchecked: int = 0
     drift_unchecked_why: str = "checkpoint folder not found here"  # the first reason
+    measured_pairs: int = 0        # engine calls with an earlier call of the same agent
+    extending: int = 0
+    causes: dict = field(default_factory=dict)
+    rerender_tokens: int = 0       # prompt + completion ids of the calls re-rendered
+    rerender_changed: int = 0
     seconds: float = 0.0
 
     def summary(self) -> str:
@@ -95,6 +102,13 @@ class IngestResult:
             f"template drift: {self.drift_found} drifted of {self.drift_checked} trainable engine calls checked"
             + (f"; {self.drift_unchecked} not checked ({self.drift_unchecked_why})" if self.drift_unchecked else ""),
         ]
+        if self.measured_pairs or self.rerender_tokens:
+            causes = ", ".join(f"{k} {v}" for k, v in sorted(self.causes.items(), key=lambda kv: -kv[1]))
+            share = self.rerender_changed / self.rerender_tokens if self.rerender_tokens else 0.0
+            lines.append(f"extension: {self.extending} of {self.measured_pairs} engine calls extend their agent's previous "
+                         f"prompt + completion" + (f" (not: {causes})" if causes else "")
+                         + f"; re-render drift: {self.rerender_changed} of {self.rerender_tokens} tokens ({share:.1%}) "
+                         "would differ if the conversation were re-rendered from text")
         return "\n".join(lines)
 
 
@@ -246,6 +260,7 @@ def ingest(con, paths: list[str], *, strict: bool = False, check_template: bool 
     crash_point("ingest.committed")  # before the template drift check
     if check_template:
         check_template_drift(con, result, progress)
+        measure_drift(con, result, progress)
     con.execute("DROP TABLE new_ids")
     result.seconds = time.perf_counter() - started
     con.execute(
@@ -277,7 +292,7 @@ def check_template_drift(con, result: IngestResult, progress: bool = True, chunk
             result.drift_unchecked += count
             continue
         query = con.execute(
-            """SELECT c.trajectory_id, c.call_index, c.messages, c.tools, c.prompt_token_ids
+            """SELECT c.trajectory_id, c.call_index, c.messages, c.tools, c.prompt_token_ids, c.template_kwargs
                FROM calls c JOIN trajectories t USING (trajectory_id)
                WHERE c.trainable AND c.prompt_token_ids IS NOT NULL AND c.template_drift IS NULL
                  AND t.checkpoint_path IS NOT DISTINCT FROM ?""",
@@ -286,7 +301,8 @@ def check_template_drift(con, result: IngestResult, progress: bool = True, chunk
         ids, indexes, drift = [], [], []
         with tqdm(total=count, desc="template drift", unit="call", disable=not progress) as bar:
             while rows := query.fetchmany(chunk):
-                rendered = render_prompts_ids(tokenizer, [(json.loads(r[2]), json.loads(r[3]) if r[3] else None) for r in rows])
+                rendered = render_prompts_ids(tokenizer, [(json.loads(r[2]), json.loads(r[3]) if r[3] else None,
+                                                         json.loads(r[5]) if r[5] else None) for r in rows])
                 for row, again in zip(rows, rendered):
                     ids.append(row[0])
                     indexes.append(row[1])
@@ -301,6 +317,62 @@ def check_template_drift(con, result: IngestResult, progress: bool = True, chunk
         )
         con.unregister("drift_rows")
         crash_point("ingest.drift_written")
+
+
+def measure_drift(con, result: IngestResult, progress: bool = True) -> None:
+    """The drift measures of astuner/drift.py for every engine call not measured yet (drift_measured NULL):
+    extension against the same agent's (and role's) previous engine call of its trajectory, and the
+    re-render drift through the checkpoint's tokenizer (NULL where it is not here)."""
+    import pyarrow as pa
+    from tqdm.auto import tqdm
+
+    from astuner.drift import extension, rerender_drift_tokens
+
+    rows = con.execute(
+        """SELECT c.trajectory_id, c.call_index, coalesce(c.agent_name, ''), c.role, c.messages, c.tools,
+                  c.completion_text, c.prompt_token_ids, c.completion_token_ids, t.checkpoint_path, c.template_kwargs
+           FROM calls c JOIN trajectories t USING (trajectory_id)
+           WHERE c.prompt_token_ids IS NOT NULL AND c.completion_token_ids IS NOT NULL AND c.trajectory_id IN
+                 (SELECT trajectory_id FROM calls WHERE prompt_token_ids IS NOT NULL AND drift_measured IS NULL)
+           ORDER BY c.trajectory_id, c.call_index"""
+    ).fetchall()
+    if not rows:
+        return
+    tokenizers: dict = {}
+    previous: dict = {}
+    out = {k: [] for k in ("trajectory_id", "call_index", "extends", "at", "cause", "rerender")}
+    for row in tqdm(rows, desc="drift measures", unit="call", disable=not progress):
+        trajectory_id, index, agent, role, messages, tools, text, prompt, completion, checkpoint, kwargs = row
+        call = {"messages": json.loads(messages), "tools": json.loads(tools) if tools else None, "completion_text": text,
+                "prompt_token_ids": prompt, "completion_token_ids": completion,
+                "template_kwargs": json.loads(kwargs) if kwargs else None}
+        key = (trajectory_id, agent, role)
+        extends, at, cause = (None, None, None) if key not in previous else extension(previous[key], call)
+        previous[key] = call
+        if checkpoint not in tokenizers:
+            tokenizers[checkpoint] = _load_tokenizer(checkpoint)[0]
+        tokenizer = tokenizers[checkpoint]
+        rerender = rerender_drift_tokens(tokenizer, call) if tokenizer is not None else None
+        for name, value in zip(out, (trajectory_id, index, extends, at, cause, rerender)):
+            out[name].append(value)
+        if extends is not None:
+            result.measured_pairs += 1
+            result.extending += extends
+            if cause:
+                result.causes[cause] = result.causes.get(cause, 0) + 1
+        if rerender is not None:
+            result.rerender_tokens += len(prompt) + len(completion)
+            result.rerender_changed += rerender
+    table = pa.table({"trajectory_id": pa.array(out["trajectory_id"], pa.string()), "call_index": pa.array(out["call_index"], pa.int32()),
+                      "extends": pa.array(out["extends"], pa.bool_()), "at": pa.array(out["at"], pa.int32()),
+                      "cause": pa.array(out["cause"], pa.string()), "rerender": pa.array(out["rerender"], pa.int32())})
+    con.register("drift_measures", table)
+    con.execute(
+        """UPDATE calls SET extends_previous = d.extends, divergence_at = d.at, divergence_cause = d.cause,
+                  rerender_drift_tokens = d.rerender, drift_measured = true
+           FROM drift_measures d WHERE calls.trajectory_id = d.trajectory_id AND calls.call_index = d.call_index"""
+    )
+    con.unregister("drift_measures")
 
 
 def _load_tokenizer(checkpoint: str | None):

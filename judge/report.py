@@ -117,6 +117,22 @@ def _trajectory_html(row, scores, calls, open_: bool = False) -> str:
     return "".join(out)
 
 
+def _drift_rates(con) -> list:
+    """Per (checkpoint, role): the drift measures of astuner/drift.py (a store from before them: none)."""
+    have = {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'calls'").fetchall()}
+    if "drift_measured" not in have:
+        return []
+    return con.execute(
+        """SELECT t.checkpoint_path, c.role, any_value(c.tool_format), count(*), count(c.extends_previous),
+                  avg(c.extends_previous::INTEGER), mode(c.divergence_cause),
+                  sum(c.rerender_drift_tokens) / nullif(sum(len(c.prompt_token_ids) + len(c.completion_token_ids))
+                      FILTER (c.rerender_drift_tokens IS NOT NULL), 0)
+           FROM calls c JOIN trajectories t USING (trajectory_id)
+           WHERE c.prompt_token_ids IS NOT NULL AND c.completion_token_ids IS NOT NULL
+           GROUP BY ALL ORDER BY 1, 2"""
+    ).fetchall()
+
+
 def write_report(con, out: str | Path, *, db_name: str = "", max_trajectories: int = 200) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -155,6 +171,7 @@ def write_report(con, out: str | Path, *, db_name: str = "", max_trajectories: i
     ).fetchall():
         calls.setdefault(tid, []).append(rest)
 
+    drift = _drift_rates(con)
     shown = f"the first {len(traj_rows)} of {totals[0]}" if totals[0] > len(traj_rows) else f"all {totals[0]}"
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>astuner report: {_esc(db_name)}</title>"
@@ -167,6 +184,11 @@ def write_report(con, out: str | Path, *, db_name: str = "", max_trajectories: i
         "".join(f"<img src='{name}' alt='{name}'>" for name in PLOTS),
         "<h2>Judgers</h2>",
         _table(["judger", "version", "weight", "scores", "applied", "errors", "mean value"], judgers),
+        "<h2>Drift per checkpoint and role</h2><p class='muted'>extension: the call's prompt starts with its agent's "
+        "previous prompt + sampled ids (calls can merge); re-render drift: share of prompt + sampled tokens a re-render "
+        "from text would change (what a trainer that rebuilds the conversation trains on wrongly). docs/model-families.md</p>",
+        _table(["checkpoint", "role", "format", "engine calls", "with a previous call", "extension rate", "main cause",
+                "re-render drift"], drift),
         "<h2>Tasks</h2>",
         _table(["task", "iteration", "n", "scored", "mean reward", "max reward", "success rate"], tasks),
         f"<h2>Trajectories ({shown})</h2>",

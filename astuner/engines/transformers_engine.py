@@ -8,6 +8,7 @@ loop over a KV cache so that per-request seeds hold whatever the batch compositi
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +43,12 @@ class TransformersEngine(Engine):
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids)
         self.max_context = getattr(self.model.config, "max_position_embeddings", None)
+        # Checkpoints pad their embedding rows (Qwen: 151,936 rows for 151,665 tokens); a row past the
+        # tokenizer is no token at all, so sampling never picks one (finetune would refuse the store).
+        self.vocab_size = len(self.tokenizer)
+        # Prefill asks only for the last position's logits ([batch, 1, vocab], not [batch, prompt, vocab]):
+        # with a 152k vocabulary the full tensor is ~10 GB for 16 prompts of 1,024 tokens.
+        self._logits_to_keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s
         self._pending: list[tuple[list[int], SamplingParams, asyncio.Future]] = []
@@ -143,6 +150,7 @@ class TransformersEngine(Engine):
         out_lps: list[list[float]] = [[] for _ in range(batch)]
         finish = [None] * batch
         past = None
+        keep = {"logits_to_keep": 1} if self._logits_to_keep else {}
         with torch.inference_mode():
             for _ in range(max(limits)):
                 out = self.model(
@@ -151,11 +159,18 @@ class TransformersEngine(Engine):
                     position_ids=positions,
                     past_key_values=past,
                     use_cache=True,
+                    **keep,
                 )
                 past = out.past_key_values
                 logits = out.logits[:, -1, :].float()
+                del out  # without logits_to_keep this frees the whole prefill's logits before sampling
+                # The logprob stays the model's own (all rows), what a forward pass in finetune reproduces;
+                # only the sampling excludes the padded rows, like top-p excludes the tail.
+                logprobs_all = torch.log_softmax(logits, dim=-1)
+                if logits.shape[-1] > self.vocab_size:
+                    logits[:, self.vocab_size :] = float("-inf")
                 next_ids = self._sample(logits, temps, top_ps, greedy, generators, unseeded)
-                logprobs = torch.log_softmax(logits, dim=-1).gather(1, next_ids[:, None])[:, 0]
+                logprobs = logprobs_all.gather(1, next_ids[:, None])[:, 0]
                 hit_eos = torch.isin(next_ids, eos) & stop_on_eos
                 ids_list, lps_list, eos_list = next_ids.tolist(), logprobs.tolist(), hit_eos.tolist()
                 for i in range(batch):
