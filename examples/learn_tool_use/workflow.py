@@ -7,8 +7,9 @@ Each task has its own secret table (key digit -> code digit, a random permutatio
 task row, never shown to the model). The question names a key ("Code of box 7?"); the only way
 to the answer is the `code` tool: call 1 must be `code(key=7)` (the argument comes from the
 question), the agent runs it, and call 2 must answer with the code the tool returned (the result
-is used in a later turn). Two model calls through AgentScope's ReActAgent, with
-DashScopeChatFormatter and the checkpoint's ChatML-with-tools template.
+is used in a later turn). Two model calls through AgentScope's ReActAgent and
+DashScopeChatFormatter; the tool is named in the system prompt, not in the template's tools block
+(ToolsInSystemPrompt: the tiny model cannot look past ~330 tokens of schema).
 
 Reward, from the final answer: 1.0 if it is the key's code; otherwise partial credit 0.5 for
 either half done right (the tool called with the question's key, or the answer copied from what
@@ -26,13 +27,14 @@ from agentscope.agent import ReActAgent
 from agentscope.formatter import DashScopeChatFormatter
 from agentscope.memory import InMemoryMemory
 from agentscope.message import Msg, TextBlock
+from agentscope.model import ChatModelBase
 from agentscope.tool import Toolkit, ToolResponse
 
 from astuner import ModelTuner, Workflow, WorkflowOutput, WorkflowTask
 
 # Short and constant: every prompt token is one more place for the 2-layer model's attention to
 # look instead of the key; the key is the question's last token, at a fixed distance from the reply.
-SYS_PROMPT = "Call code, then answer with its result."
+SYS_PROMPT = "Call the tool code(key), then reply with its result."
 MAX_ITERS = 2  # call 1: the tool; call 2: the answer (a third call would be AgentScope's summary)
 
 
@@ -55,8 +57,22 @@ def make_toolkit(table: dict, log: list) -> Toolkit:
     return toolkit
 
 
+class ToolsInSystemPrompt(ChatModelBase):
+    """Calls `model` with tools=None: the system prompt names the tool instead of the template's
+    tools block. That block is ~330 tokens of JSON schema and instructions; behind it, the
+    2-layer tiny model's attention could not find the key (no learning in 120 steps, README).
+    The agent's toolkit is unchanged: tool calls in the completion are parsed and run as usual."""
+
+    def __init__(self, model):
+        super().__init__(model_name=getattr(model, "model_name", "model"), stream=False)
+        self.model = model
+
+    async def __call__(self, messages, tools=None, tool_choice=None, **kwargs):
+        return await self.model(messages, tools=None, tool_choice=tool_choice, **kwargs)
+
+
 def make_agent(model, toolkit: Toolkit) -> ReActAgent:
-    agent = ReActAgent(name="assistant", sys_prompt=SYS_PROMPT, model=model, formatter=DashScopeChatFormatter(),
+    agent = ReActAgent(name="assistant", sys_prompt=SYS_PROMPT, model=ToolsInSystemPrompt(model), formatter=DashScopeChatFormatter(),
                        toolkit=toolkit, memory=InMemoryMemory(), max_iters=MAX_ITERS)
     agent.set_console_output_enabled(False)
     return agent
