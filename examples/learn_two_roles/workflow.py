@@ -11,8 +11,8 @@ otherwise) are recorded trainable, and finetune learns from nothing else.
 
 Per role, a score (in the trajectory's metadata, and per call through judger.py:role_reward):
 - speaker: 1.0 iff it wrote the task's digit as its word ("Write as a word: 7" -> "seven");
-- listener: 1.0 iff it wrote the digit of the word it heard ("Write as a digit: seven" -> "7"),
-  whatever the speaker said (0.0 if that was no number word).
+- listener: 1.0 iff it wrote the digit of the word it heard ("Write as a digit: seven" -> "7"); it
+  hears the speaker's reply if that is a number word, else the task's word (heard_word).
 The workflow reward is the mean score of the trained roles, so it depends on the trained role only.
 
 CKPT: the warm-up checkpoint (warmup.py: both reply formats, random answers) or a later one.
@@ -38,12 +38,17 @@ def reply_text(response) -> str:
     return "".join(block.get("text", "") for block in response.content if block.get("type") == "text").strip()
 
 
-def role_scores(digit: int, said: str, heard_back: str) -> dict[str, float]:
-    heard = said.lower()
-    return {
-        "speaker": 1.0 if heard == WORDS[digit] else 0.0,
-        "listener": 1.0 if heard in WORDS and heard_back == str(WORDS.index(heard)) else 0.0,
-    }
+def heard_word(digit: int, said: str) -> str:
+    """What the listener hears: the speaker's reply if it is a number word, else the task's word.
+    Both roles run on one set of parameters, so training the listener (replies: digits) pulls the
+    untrained speaker to digits too; without this fallback the listener would then hear no word
+    and score 0 whatever it learned (the first listener run did: train reward 0.000 at iteration 1)."""
+    return said.lower() if said.lower() in WORDS else WORDS[digit]
+
+
+def role_scores(digit: int, said: str, heard: str, heard_back: str) -> dict[str, float]:
+    return {"speaker": 1.0 if said.lower() == WORDS[digit] else 0.0,
+            "listener": 1.0 if heard_back == str(WORDS.index(heard)) else 0.0}
 
 
 class SpeakerListener(Workflow):
@@ -57,11 +62,13 @@ class SpeakerListener(Workflow):
         speaker = model_tuner.as_agentscope_model(agent_name="speaker", target_tag="speaker")
         listener = model_tuner.as_agentscope_model(agent_name="listener", target_tag="listener")
 
+        digit = int(row["digit"])
         said = reply_text(await speaker(await format_messages(task.task.main_query)))
-        heard_back = reply_text(await listener(await format_messages(row["listener_prompt"].format(word=said))))
+        heard = heard_word(digit, said)
+        heard_back = reply_text(await listener(await format_messages(row["listener_prompt"].format(word=heard))))
 
-        scores = role_scores(int(row["digit"]), said, heard_back)
+        scores = role_scores(digit, said, heard, heard_back)
         targets = [r for r in (model_tuner.trainable_targets or ROLES) if r in scores]
         reward = sum(scores[r] for r in targets) / len(targets) if targets else 0.0
-        return WorkflowOutput(reward=reward, metadata={"said": said, "heard_back": heard_back, "role_scores": scores,
+        return WorkflowOutput(reward=reward, metadata={"said": said, "heard": heard, "heard_back": heard_back, "role_scores": scores,
                                                        "trained_roles": targets})
