@@ -1,0 +1,53 @@
+"""Write tasks.jsonl (train) and eval_tasks.jsonl (held out) for the tool-use example.
+
+    python examples/learn_tool_use/make_tasks.py
+
+Every task names a key digit and carries its own table (key -> code, a random permutation of the
+ten digits, seeded per task), which only the `code` tool reads. Train and held-out tasks use
+disjoint phrasings and their own tables: the held-out reward measures whether the agent learned
+to call the tool with the question's key and to answer with the result, not any table.
+"""
+
+import json
+import random
+from pathlib import Path
+
+# Every phrasing ends with the key, so it sits at the same distance from the reply in every prompt.
+TRAIN_PHRASINGS = [
+    "Code of box {k}",
+    "Look up key {k}",
+    "What is stored under {k}",
+    "Find the code for {k}",
+    "Which code is in box {k}",
+    "Get me the code of {k}",
+    "The code under key {k}",
+    "Open box {k}",
+]
+EVAL_PHRASINGS = [
+    "Tell me the code of {k}",
+    "What code has key {k}",
+    "Read box {k}",
+    "Code for key {k}",
+]
+
+
+def rows(split: str, phrasings: list[str], seed: int):
+    rng = random.Random(seed)
+    for p, phrasing in enumerate(phrasings):
+        for k in range(10):
+            codes = list(range(10))
+            rng.shuffle(codes)
+            yield {"task_id": f"{split}-p{p}-k{k}", "question": phrasing.format(k=k), "key": k,
+                   "table": {str(key): code for key, code in enumerate(codes)}}
+
+
+def main() -> None:
+    here = Path(__file__).parent
+    for name, split, phrasings, seed in (("tasks.jsonl", "train", TRAIN_PHRASINGS, 0), ("eval_tasks.jsonl", "eval", EVAL_PHRASINGS, 1)):
+        with open(here / name, "w") as f:
+            for row in rows(split, phrasings, seed):
+                f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()

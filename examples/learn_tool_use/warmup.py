@@ -1,0 +1,144 @@
+"""Warm-up for the tool-use example: teach the tiny model the FORMAT of a tool-using episode,
+not the answers.
+
+    HF_HUB_OFFLINE=1 python examples/learn_tool_use/warmup.py --out runs/tool/warmup
+
+The embedded tiny model is random-init. This script drives the example's own ReActAgent with a
+scripted model to get the exact messages collect would send (system prompt, tools, the question,
+the tool call, the tool's result), renders them with astuner.chat.render_prompt_ids, and trains
+on whole two-call episodes: call 1 `<tool_call>{"name": "code", "arguments": {"key": R}}</tool_call>`,
+the tool's reply V, call 2 the answer W, where R, V and W are three independent random digits,
+drawn afresh at every step. The loss is on the two completions only. So the model learns to call
+`code` with some digit, then to answer with some digit and stop, but neither digit depends on
+the question or on the tool's reply: iteration 0 of the loop starts near chance, and using the
+question's key and the tool's result is learned from rewards alone.
+
+The call-1 completion is exactly the tokens the template re-renders for that turn in call 2's
+prompt, so successive calls of a collected episode extend each other and finetune merges them
+into one sequence. Written to OUT.partial, then renamed. Same seed, same checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from warmup_lib import save_checkpoint, seconds_since, train_masked  # noqa: E402
+from workflow import make_agent, make_toolkit  # noqa: E402  (the workflow's own agent)
+
+DIGITS = [str(d) for d in range(10)]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--model", default=None, help="starting checkpoint (default: the embedded tiny model)")
+    p.add_argument("--tasks", default=str(HERE / "tasks.jsonl"), help="tasks whose questions to train on")
+    p.add_argument("--steps", type=int, default=200, help="AdamW steps (linear decay to 0)")
+    p.add_argument("--batch_size", type=int, default=32, help="random episodes per step")
+    p.add_argument("--learning_rate", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0, help="seeds torch and the random digits")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads; 1 is fastest for this tiny model on a busy machine")
+    return p.parse_args(argv)
+
+
+async def agent_calls(question: str, key: int, code: int) -> list[tuple[list[dict], list[dict]]]:
+    """(messages, tools) of both calls of one episode, as the workflow's agent sends them."""
+    from agentscope.message import Msg, TextBlock, ToolUseBlock
+    from agentscope.model import ChatModelBase, ChatResponse
+
+    class Scripted(ChatModelBase):
+        def __init__(self):
+            super().__init__(model_name="warmup-script", stream=False)
+            self.calls, self.script = [], [[ToolUseBlock(type="tool_use", id="warmup", name="code", input={"key": key})],
+                                           [TextBlock(type="text", text="0")]]
+
+        async def __call__(self, messages, tools=None, tool_choice=None, **kwargs):
+            self.calls.append((messages, tools))
+            return ChatResponse(content=self.script.pop(0))
+
+    model = Scripted()
+    await make_agent(model, make_toolkit({str(key): code}, [])).reply(Msg("user", question, role="user"))
+    return model.calls
+
+
+class Episodes:
+    """Token pieces of an episode: prompt(question) + call1(key) + gap(code) + answer + <|im_end|>.
+
+    The pieces after the question do not depend on it, so they are rendered once per digit and
+    checked against full renders of other questions."""
+
+    def __init__(self, tokenizer, questions: list[str]):
+        from astuner.chat import render_prompt_ids
+
+        self.end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.digit_ids = [tokenizer(d, add_special_tokens=False)["input_ids"] for d in DIGITS]
+        assert all(len(ids) == 1 for ids in self.digit_ids), "each digit must be one token"
+        self.prompts, self.call1, self.gap = [], {}, {}
+        for question in questions:
+            (m1, t1), _ = asyncio.run(agent_calls(question, 0, 0))
+            self.prompts.append(render_prompt_ids(tokenizer, m1, t1))
+        (m1, t1), _ = asyncio.run(agent_calls(questions[0], 0, 0))
+        base = render_prompt_ids(tokenizer, m1, t1)
+        for d in range(10):
+            (_, _), (m2, t2) = asyncio.run(agent_calls(questions[0], d, d))
+            rest = render_prompt_ids(tokenizer, m2, t2)[len(base):]
+            cut = rest.index(self.end_id) + 1  # call 1's completion ends with <|im_end|>, as the engine samples it
+            self.call1[d], self.gap[d] = rest[:cut], rest[cut:]
+        self.check(tokenizer, questions)
+
+    def check(self, tokenizer, questions: list[str]) -> None:
+        """The pieces joined equal call 2's full render, for every question and some digit pairs."""
+        from astuner.chat import render_prompt_ids
+
+        for i, question in enumerate(questions):
+            key, code = i % 10, (3 * i + 1) % 10
+            (_, _), (m2, t2) = asyncio.run(agent_calls(question, key, code))
+            joined = self.prompts[i] + self.call1[key] + self._gap(key, code)
+            assert render_prompt_ids(tokenizer, m2, t2) == joined, f"episode pieces do not match the render of {question!r}"
+
+    def _gap(self, key: int, code: int) -> list[int]:
+        # the gap rendered with code `key`: swap its code digit (one token) for `code`'s
+        gap = list(self.gap[key])
+        gap[gap.index(self.digit_ids[key][0])] = self.digit_ids[code][0]
+        return gap
+
+    def sample(self, rng) -> tuple[list[int], list[int]]:
+        prompt = rng.choice(self.prompts)
+        key, code, answer = rng.randrange(10), rng.randrange(10), rng.randrange(10)
+        call1, gap, call2 = self.call1[key], self._gap(key, code), self.digit_ids[answer] + [self.end_id]
+        ids = prompt + call1 + gap + call2
+        mask = [0] * len(prompt) + [1] * len(call1) + [0] * len(gap) + [1] * len(call2)
+        return ids, mask
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    from transformers import AutoTokenizer
+
+    from astuner.tiny import ensure_tiny_model
+
+    out = Path(args.out)
+    if (out / "config.json").is_file():
+        print(f"warmup: {out} exists; nothing to do")
+        return
+    base = Path(args.model) if args.model else ensure_tiny_model()
+    started = time.time()
+    questions = [json.loads(line)["question"] for line in open(args.tasks) if line.strip()]
+    episodes = Episodes(AutoTokenizer.from_pretrained(base), questions)
+    model, tokenizer, loss = train_masked(base, episodes.sample, steps=args.steps, batch_size=args.batch_size,
+                                          learning_rate=args.learning_rate, seed=args.seed, threads=args.threads)
+    save_checkpoint(model, tokenizer, base, out, {**vars(args), "final_loss": loss, "seconds": seconds_since(started)})
+    print(f"warmup: wrote {out} in {time.time() - started:.1f} s (final loss {loss:.4f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""The learning examples, shortened to one collect -> judge -> finetune round on a few tasks
+(their full 3-iteration runs and tables are in their READMEs): the mechanics they depend on.
+
+- learn_tool_use: a two-call ReAct episode (tool call, tool result, answer) is one SFT sequence
+  whose loss covers exactly the two completions, never the tool result or the prompts; finetune's
+  `merged_calls` counts those sequences; DPO pairs share their prompt ids.
+- learn_two_roles: only the trained role's calls are trainable and reach the data; per-role
+  rewards; --trainable-targets switches the role with no code change.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import assert_token_exact, load, rows
+
+from collect.main import main as collect
+from judge.main import main as judge
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+TOOL, TWO = EXAMPLES / "learn_tool_use", EXAMPLES / "learn_two_roles"
+
+
+def export(db, path, *extra):
+    from datasets import load_dataset
+
+    from finetune.main import main as finetune
+
+    assert finetune(["--db", str(db), "--export", str(path), *extra]) == 0
+    return load_dataset("parquet", data_files=str(path), split="train")
+
+
+@pytest.fixture(scope="module")
+def tool_warmup(tiny_model, tmp_path_factory):
+    """A shorter warm-up (the example's is 300 steps): enough for well-formed episodes at a low temperature."""
+    out = tmp_path_factory.mktemp("tool") / "warmup"
+    cmd = [sys.executable, str(TOOL / "warmup.py"), "--out", str(out), "--model", str(tiny_model), "--steps", "100"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out
+
+
+def test_tool_use_episode_is_one_sequence_with_two_trained_spans(tool_warmup, tokenizer, tmp_path, capsys):
+    out = tmp_path / "c"
+    assert collect(["--workflow", f"{TOOL / 'workflow.py'}:LookupAgent", "--tasks", str(TOOL / "tasks.jsonl"), "--model",
+                    str(tool_warmup), "--limit", "6", "--samples-per-task", "4", "--max-tokens", "32", "--temperature", "0.3",
+                    "--seed", "0", "--out", str(out)]) == 0
+    trajectories = load(out)
+    assert len(trajectories) == 24 and all(t.status == "ok" for t in trajectories)
+    assert assert_token_exact(trajectories, tokenizer) > 24
+    episodes = [t for t in trajectories if len(t.calls) == 2 and t.metadata["tool_called"]]
+    assert episodes, [t.calls[0].completion.text for t in trajectories][:4]
+    for t in trajectories:  # the reward follows the rule in workflow.score
+        meta, row = t.metadata, t.task.metadata
+        right = str(row["table"][str(row["key"])])
+        assert t.reward == (1.0 if meta["final_answer"] == right else 0.5 if (
+            any(str(c["key"]) == str(row["key"]) for c in meta["lookups"])
+            or any(meta["final_answer"] == str(c["code"]) for c in meta["lookups"])) else 0.0)
+
+    db = tmp_path / "store.duckdb"
+    assert judge(["ingest", str(out / "traces"), "--db", str(db)]) == 0
+    assert judge(["score", "--db", str(db), "--judger", "workflow"]) == 0
+    sft = export(db, tmp_path / "sft.parquet", "--min_reward", "0", "--top_k", "4")
+    assert "merged into an earlier sequence" in capsys.readouterr().out
+    by_id = {t.trajectory_id: t for t in trajectories}
+    merged = [r for r in sft if len(r["call_indices"]) == 2]
+    assert merged, "no two-call episode extended its first call's ids"
+    response_id = tokenizer.convert_tokens_to_ids("<tool_response>")
+    for r in merged:
+        first, second = by_id[r["trajectory_id"]].calls
+        assert r["input_ids"] == second.prompt_token_ids + second.completion_token_ids
+        start = len(first.prompt_token_ids)
+        expected = [0] * start + [1] * len(first.completion_token_ids)
+        expected += [0] * (len(second.prompt_token_ids) - len(expected)) + [1] * len(second.completion_token_ids)
+        assert r["completion_mask"] == expected  # the prompts, the tool result and the headers carry no loss
+        gap = r["input_ids"][start + len(first.completion_token_ids): len(second.prompt_token_ids)]
+        assert response_id in gap and str(first.completion.tool_calls[0].name) == "code"
+    # finetune's own count: merged calls = sequences made of two calls (no run here has three mergeable calls)
+    assert sum(len(r["call_indices"]) - 1 for r in sft) == len(merged)
+
+    dpo = export(db, tmp_path / "dpo.parquet", "--method", "dpo", "--pairing", "all")
+    for pair in dpo:
+        chosen, rejected = (by_id[pair[f"{side}_trajectory_id"]].calls[pair[f"{side}_call_index"]] for side in ("chosen", "rejected"))
+        assert pair["prompt_ids"] == chosen.prompt_token_ids == rejected.prompt_token_ids
+        assert pair["chosen_reward"] > pair["rejected_reward"]
+
+
+def two_roles(tmp_path, tiny_model, name, *extra):
+    out = tmp_path / name
+    assert collect(["--workflow", f"{TWO / 'workflow.py'}:SpeakerListener", "--tasks", str(TWO / "tasks.jsonl"), "--model",
+                    str(tiny_model), "--limit", "4", "--samples-per-task", "2", "--max-tokens", "6", "--seed", "0",
+                    "--out", str(out), *extra]) == 0
+    db = tmp_path / f"{name}.duckdb"
+    assert judge(["ingest", str(out / "traces"), "--db", str(db)]) == 0
+    assert judge(["score", "--db", str(db), "--judger", "workflow", "--judger", f"{TWO / 'judger.py'}:role_reward"]) == 0
+    return load(out), db
+
+
+def test_two_roles_only_the_trained_role_is_trained_and_the_target_switches(tiny_model, tmp_path):
+    from astuner.loop import read_recipe
+
+    for target, other, extra in (("speaker", "listener", ()), ("listener", "speaker", ("--trainable-targets", "listener"))):
+        trajectories, db = two_roles(tmp_path, tiny_model, target, *extra)
+        assert len(trajectories) == 8
+        for t in trajectories:
+            assert t.status == "ok" and [c.role for c in t.calls] == ["speaker", "listener"]
+            assert [c.trainable for c in t.calls] == [target == "speaker", target == "listener"]
+            assert all(c.completion_token_ids for c in t.calls)  # both served by the one checkpoint
+            assert t.reward == t.metadata["role_scores"][target]  # the reward is the trained role's
+        # per-role rewards: each call scored with its own role's score
+        per_call = rows(db, "SELECT c.role, s.value, t.metadata FROM scores s JOIN calls c USING (trajectory_id, call_index) "
+                            "JOIN trajectories t USING (trajectory_id) WHERE s.call_index IS NOT NULL")
+        assert len(per_call) == 16 and all(v == json.loads(m)["role_scores"][role] for role, v, m in per_call)
+        # nothing of the other role is trained on: not a row, not a token
+        sft = export(db, tmp_path / f"{target}.parquet", "--min_reward", "0", "--top_k", "2")
+        assert len(sft) == 8 and {r["role"] for r in sft} == {target}
+        by_id = {t.trajectory_id: t for t in trajectories}
+        for r in sft:
+            [index] = r["call_indices"]
+            call = by_id[r["trajectory_id"]].calls[index]
+            assert call.role == target and r["input_ids"] == call.prompt_token_ids + call.completion_token_ids
+            assert sum(r["completion_mask"]) == len(call.completion_token_ids)
+        assert rows(db, "SELECT count(*) FROM sft_candidates WHERE role = ?", (other,)) == [(0,)]
+    # the loop passes --trainable-targets to both collect stages: the same recipe, the other role
+    recipe = read_recipe(TWO / "sft.yaml", trainable_targets="listener")
+    assert recipe.stage_config("collect")["trainable_targets"] == "listener" == recipe.stage_config("eval")["trainable_targets"]
