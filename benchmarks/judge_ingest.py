@@ -70,7 +70,7 @@ def write_traces(folder: Path, n: int, calls: int, prompt_len: int, completion_l
 def bench_ingest(args) -> None:
     from astuner.store import open_store
     from astuner.tiny import ensure_tiny_model
-    from judge.ingest import IngestResult, check_template_drift, ingest
+    from judge.ingest import IngestResult, check_template_drift, ingest, measure_drift
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -93,20 +93,34 @@ def bench_ingest(args) -> None:
         checkpoint = str(ensure_tiny_model())
         sample = min(args.drift_sample, n_calls)
         con.execute("UPDATE trajectories SET checkpoint_path = ?", [checkpoint])
-        # Warm-up on one trajectory: imports and tokenizer loading are not per-call costs.
-        con.execute("CREATE TEMP TABLE new_ids AS SELECT trajectory_id, 0 AS row_id FROM trajectories ORDER BY trajectory_id DESC LIMIT 1")
+        # Both checks take every call not yet checked in the store: mark all as checked, then
+        # unmark one trajectory (the warm-up: imports and tokenizer loading are not per-call costs),
+        # then the sample, and time each check on the sample alone.
+        con.execute("UPDATE calls SET template_drift = false, drift_measured = true")
+
+        def unmark(limit: int) -> None:
+            con.execute(f"UPDATE calls SET template_drift = NULL, drift_measured = NULL WHERE trajectory_id IN "
+                        f"(SELECT trajectory_id FROM trajectories ORDER BY trajectory_id LIMIT {limit})")
+
+        unmark(1)
         check_template_drift(con, IngestResult(), progress=False)
-        con.execute(f"CREATE OR REPLACE TEMP TABLE new_ids AS SELECT trajectory_id, 0 AS row_id FROM trajectories "
-                    f"ORDER BY trajectory_id LIMIT {max(1, sample // args.calls)}")
+        measure_drift(con, IngestResult(), progress=False)
+        unmark(max(1, sample // args.calls))
         drift = IngestResult()
         t0 = time.perf_counter()
         check_template_drift(con, drift, progress=False)
         seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        measure_drift(con, IngestResult(), progress=False)
+        measure_seconds = time.perf_counter() - t0
         con.close()
         print(f"template-drift check: {drift.drift_checked:,} calls in {seconds:.2f}s = {drift.drift_checked / seconds:,.0f} calls/s "
               f"(one chat-template render + tokenization per trainable call; skip with --no_check_template)")
+        print(f"drift measures (extension + re-render): {drift.drift_checked:,} calls in {measure_seconds:.2f}s = "
+              f"{drift.drift_checked / measure_seconds:,.0f} calls/s (every engine call; skipped with --no_check_template too)")
+        seconds += measure_seconds
         full = result.seconds + n_calls / (drift.drift_checked / seconds)
-        print(f"ingest with the drift check, all {n_calls:,} calls trainable: ~{full:.1f}s = {n_calls / full:,.0f} calls/s")
+        print(f"ingest with both checks, all {n_calls:,} calls trainable: ~{full:.1f}s = {n_calls / full:,.0f} calls/s")
 
 
 def bench_query(args) -> None:
