@@ -140,7 +140,7 @@ class ModelTuner(ChatModelBase):
         if debug_model is not None and not isinstance(debug_model, str):
             self.register_model(target_tag, default_model=debug_model)
         access = self.as_oai_baseurl_apikey(agent_name, target_tag)
-        client = _TunerOpenAI(base_url=access.base_url, api_key=access.api_key, max_retries=0)
+        client = _openai_client_class()(base_url=access.base_url, api_key=access.api_key, max_retries=0)
         self._clients.append(client)
         return client
 
@@ -358,9 +358,6 @@ def _openai_client_class():
 
     return TunerOpenAI
 
-
-def _TunerOpenAI(**kwargs):
-    return _openai_client_class()(**kwargs)
 
 
 class _ChatWithDefaultModel:
