@@ -127,6 +127,7 @@ class AuxiliaryBackend:
     engine: Any = None
     sampling: Any = None  # SamplingParams overriding the run's temperature/top_p/max_tokens (not its seed)
     model: Any = None
+    spec: Any = None  # the AuxiliarySpec it was built from (collect's worker processes rebuild endpoint models from it)
 
 
 def load_backends(specs: dict[str, AuxiliarySpec], main_engine, main_path: Path, sampling, device: str | None) -> dict:
@@ -136,14 +137,14 @@ def load_backends(specs: dict[str, AuxiliarySpec], main_engine, main_path: Path,
     backends, engines = {}, {str(main_path.resolve()): main_engine}
     for name, spec in specs.items():
         if spec.base_url is not None:
-            backends[name] = AuxiliaryBackend(name, model=endpoint_model(spec))
+            backends[name] = AuxiliaryBackend(name, model=endpoint_model(spec), spec=spec)
             continue
         key = str(Path(spec.path).resolve())
         if key not in engines:
             kwargs = {"device": spec.device or device} if spec.engine == "transformers" else {}
             engines[key] = load_engine(spec.engine, spec.path, option=f"{OPTION}: {name!r}: path", **kwargs)
         params = SamplingParams(**{k: getattr(spec, k) if getattr(spec, k) is not None else getattr(sampling, k) for k in _SAMPLING_KEYS})
-        backends[name] = AuxiliaryBackend(name, engine=engines[key], sampling=params)
+        backends[name] = AuxiliaryBackend(name, engine=engines[key], sampling=params, spec=spec)
     return backends
 
 

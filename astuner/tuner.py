@@ -83,6 +83,7 @@ class ModelTuner(ChatModelBase):
         self._defaults: dict[str, ChatModelBase | None] = {}
         self._endpoint = endpoint
         self._clients: list = []  # OpenAI clients handed out, closed with the run
+        self.on_call = None  # called with each ModelCall as it is recorded (collect's workers stream them)
 
     # ----- the reference API -------------------------------------------------------
     def register_model(self, role: str, default_model: ChatModelBase | None = None) -> ChatModelBase:
@@ -184,6 +185,8 @@ class ModelTuner(ChatModelBase):
                 latency_s=round(time.monotonic() - started, 6),
                 **record,
             )
+            if self.on_call is not None:
+                self.on_call(self.calls[index])
 
         try:
             if default_model is None:

@@ -4,7 +4,7 @@
     python benchmarks/collect_throughput.py --model CKPT --tasks 256 --max-tokens 256
 
 collect: N one-call ReActAgent workflows, C at a time, through ModelTuner (prompt rendering,
-batching, tool-call parsing, recording, trace writing). raw: the same engine's generate_batch
+batching, tool-call parsing, recording, trace writing), in --workers processes (0: in this one). raw: the same engine's generate_batch
 on exactly the prompt ids collect recorded, generating exactly as many tokens per request,
 in one batch. Prints completion tokens/s of each and collect/raw (target >= 0.9 on CPU).
 """
@@ -48,21 +48,24 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=None, help="collect's --workers (default: collect's default; 0: one process)")
     args = parser.parse_args()
 
     from astuner.engines import SamplingParams, load_engine
     from astuner.tiny import ensure_tiny_model
     from astuner.trajectory import Checkpoint, Sampling
     from astuner.workflow import Task
+    from collect.pool import default_workers, run_collect_pool
     from collect.runner import RunSpec, run_collect
     from collect.writer import TraceWriter
 
     model = Path(args.model) if args.model else ensure_tiny_model()
+    workers = default_workers() if args.workers is None else args.workers
     engine = load_engine(args.engine, model, **({"max_batch_size": args.concurrency} if args.engine == "transformers" else {}))
     tasks = [Task(task_id=f"b{i}", main_query=f"Question {i}: what is {i} times {i + 3}?") for i in range(args.tasks)]
 
     def collect_once(seed: int):
-        spec = RunSpec(run_id=f"bench-{seed}", workflow_cls=OneReply, workflow_ref="benchmark:OneReply",
+        spec = RunSpec(run_id=f"bench-{seed}", workflow_cls=OneReply, workflow_ref=f"{Path(__file__).resolve()}:OneReply",
                        checkpoint=Checkpoint(path=str(model), sha256="-"),
                        sampling=Sampling(max_tokens=args.max_tokens, seed=seed), trainable_targets=None)
         with tempfile.TemporaryDirectory() as tmp:
@@ -71,7 +74,11 @@ def main() -> None:
             writer_add = writer.add
             writer.add = lambda traj: (captured.append(traj), writer_add(traj))
             t0 = time.perf_counter()
-            stats = asyncio.run(run_collect(spec, engine, [(t, 0) for t in tasks], writer, args.concurrency, progress=False))
+            todo = [(t, 0) for t in tasks]
+            if workers == 0:
+                stats = asyncio.run(run_collect(spec, engine, todo, writer, args.concurrency, progress=False))
+            else:
+                stats = asyncio.run(run_collect_pool(spec, engine, todo, writer, args.concurrency, workers, progress=False))
             seconds = time.perf_counter() - t0
         assert stats.ok == len(tasks), f"{stats.error} errors"
         calls = [c for traj in captured for c in traj.calls]
@@ -99,7 +106,8 @@ def main() -> None:
     engine.close()
 
     print()
-    print(f"engine={args.engine} model={model.name} tasks={args.tasks} concurrency={args.concurrency} max_tokens={args.max_tokens}")
+    print(f"engine={args.engine} model={model.name} tasks={args.tasks} concurrency={args.concurrency} max_tokens={args.max_tokens} "
+          f"workers={workers}")
     print("| path    | tokens/s (median) |")
     print("|---------|-------------------|")
     print(f"| collect | {statistics.median(collect_rates):17.0f} |")

@@ -54,7 +54,20 @@ class CollectConfig:
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
     max_tokens: int = field(default=256, metadata={"help": "Max new tokens per model call."})
     seed: int | None = field(default=None, metadata={"help": "Base seed; each run and call derives its own, so results do not depend on batching."})
-    timeout_s: float = field(default=600.0, metadata={"help": "Per-run wall-clock limit; a run past it is recorded as status=timeout."})
+    timeout_s: float = field(default=600.0, metadata={"help": "Per-run wall-clock limit; a run past it is recorded as status=timeout, "
+                             "within about a second of it even if its code blocks (its worker process is stopped; see --workers)."})
+    workers: int | None = field(
+        default=None,
+        metadata={"help": "Worker processes that run the workflows, each with its own event loop and a share of --concurrency; "
+                  "model calls of all of them reach the one engine here and are batched together. A run that blocks, "
+                  "crashes its process or passes --max-run-memory-mb costs only itself. Default: one per core, at most 8. "
+                  "0: every run in this process, as one event loop (no isolation; breakpoints work)."},
+    )
+    max_run_memory_mb: float | None = field(
+        default=None,
+        metadata={"help": "Memory a run may add to its worker process (resident size over the worker's size at start, "
+                  "per run it holds); a run past it is recorded as status=error. Needs --workers 1 or more."},
+    )
     flush_interval_s: float = field(default=2.0, metadata={"help": "Seconds between trace part files: a killed collect loses at most "
                                     "this much finished work, which the next run collects again (0: a part file per run)."})
     iteration: int = field(default=0, metadata={"help": "Iteration number recorded in every trajectory."})
@@ -212,6 +225,7 @@ def run(cfg: CollectConfig) -> int:
     from astuner.chat import FAMILY_CHOICES
     from astuner.workflow import load_workflow
 
+    from collect.pool import default_workers, run_collect_pool, start_fork_server
     from collect.runner import RunSpec, UnregisteredTargetError, role_table, run_collect
     from collect.writer import TraceWriter
 
@@ -223,6 +237,13 @@ def run(cfg: CollectConfig) -> int:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
     if cfg.timeout_s <= 0:
         raise ValueError(f"--timeout-s {cfg.timeout_s}: must be positive")
+    if cfg.workers is not None and cfg.workers < 0:
+        raise ValueError(f"--workers {cfg.workers}: must be 0 (runs in this process) or more")
+    if cfg.max_run_memory_mb is not None:
+        if cfg.max_run_memory_mb <= 0:
+            raise ValueError(f"--max-run-memory-mb {cfg.max_run_memory_mb:g}: must be positive")
+        if cfg.workers == 0:
+            raise ValueError("--max-run-memory-mb needs worker processes: drop --workers 0 or give --workers 1 or more")
     if cfg.flush_interval_s < 0:
         raise ValueError(f"--flush-interval-s {cfg.flush_interval_s}: must be 0 or more")
     if cfg.tool_format not in FAMILY_CHOICES:
@@ -285,6 +306,9 @@ def run(cfg: CollectConfig) -> int:
     if not todo:
         return 0
 
+    workers = default_workers() if cfg.workers is None else cfg.workers
+    if workers:
+        start_fork_server()  # its imports overlap the engine's loading
     engine = load_engine(cfg.engine, model_path, **engine_kwargs)
     try:
         backends = load_backends(auxiliary, engine, model_path, sampling, cfg.device)
@@ -307,7 +331,11 @@ def run(cfg: CollectConfig) -> int:
         template_kwargs=template_kwargs,
     )
     try:
-        stats = asyncio.run(run_collect(spec, engine, todo, writer, cfg.concurrency, cfg.flush_interval_s))
+        if workers == 0:
+            stats = asyncio.run(run_collect(spec, engine, todo, writer, cfg.concurrency, cfg.flush_interval_s))
+        else:
+            stats = asyncio.run(run_collect_pool(spec, engine, todo, writer, cfg.concurrency, workers, cfg.flush_interval_s,
+                                                 memory_limit_mb=cfg.max_run_memory_mb))
     except UnregisteredTargetError as exc:
         _forget_run(out, created, out_existed)
         named = (f"--trainable-targets {cfg.trainable_targets}" if cfg.trainable_targets is not None
@@ -320,9 +348,14 @@ def run(cfg: CollectConfig) -> int:
     print(
         f"collect: {stats.runs} runs in {stats.seconds:.1f}s: ok {stats.ok}, error {stats.error}, "
         f"timeout {stats.timeout}; {stats.calls} model calls ({stats.trainable_calls} trainable), "
-        f"{stats.completion_tokens} completion tokens, {stats.tokens_per_s:.0f} tok/s",
+        f"{stats.completion_tokens} completion tokens, {stats.tokens_per_s:.0f} tok/s"
+        f"{f'; {stats.workers} worker processes' if stats.workers else ''}",
         file=sys.stderr,
     )
+    if stats.worker_crashes or stats.worker_kills:
+        print(f"collect: worker processes: {stats.worker_crashes} died by themselves, {stats.worker_kills} stopped by collect "
+              f"(a run past --timeout-s or --max-run-memory-mb); {stats.rerun} runs they held were started again "
+              f"(none lost: every run is recorded once)", file=sys.stderr)
     if stats.by_role:
         print(role_table(stats), file=sys.stderr)
     if stats.failed_calls:

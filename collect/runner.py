@@ -34,6 +34,11 @@ class RunSpec:
     tuner_config: dict | None = None  # model_tuner.config (astuner/tuner_config.py); None: the defaults
     tool_format: str = "auto"  # astuner.chat.FAMILY_CHOICES
     template_kwargs: dict = field(default_factory=dict)  # extra chat-template variables (--template-kwargs)
+    workflow_name: str | None = None  # the recorded workflow name; None: the class's (set where the class is not at hand)
+
+    def __post_init__(self):
+        if self.workflow_name is None and self.workflow_cls is not None:
+            self.workflow_name = getattr(self.workflow_cls, "name", self.workflow_cls.__name__)
 
 
 class UnregisteredTargetError(ValueError):
@@ -61,6 +66,10 @@ class CollectStats:
     first_failure: Trajectory | None = None  # the first run recorded with status error or timeout
     failed_calls: int = 0  # model calls that raised (recorded with their error), in runs of any status
     first_failed_call: str | None = None
+    workers: int = 0  # worker processes (0: the runs ran in collect's own process)
+    worker_crashes: int = 0  # worker processes that died by themselves (abort, segfault, OOM kill)
+    worker_kills: int = 0  # worker processes collect stopped: a run past --timeout-s or --max-run-memory-mb
+    rerun: int = 0  # runs started again because their worker was stopped or died while holding them
 
     @property
     def runs(self) -> int:
@@ -97,13 +106,15 @@ def _check_output(out, owner: str = "Workflow") -> tuple[float | None, dict]:
 
 
 async def run_one(spec: RunSpec, engine: Engine, task: Task, sample_index: int,
-                  endpoint: OpenAIEndpoint | None = None) -> tuple[Trajectory, set[str]]:
-    traj_id = trajectory_id(spec.run_id, task.task_id, sample_index)
+                  endpoint: OpenAIEndpoint | None = None, on_call=None) -> tuple[Trajectory, set[str]]:
+    """One workflow run. `on_call(call)` sees each model call as it is recorded (a worker process
+    streams them to collect, so a run it has to stop keeps the calls it had made)."""
     # keyed by (task, sample), not the run: the same --seed reproduces a run in another folder
     sampling = SamplingParams(**{**spec.sampling.model_dump(), "seed": derive_seed(spec.sampling.seed, f"{task.task_id}/{sample_index}")})
     config = as_tree(spec.tuner_config if spec.tuner_config is not None else build_tuner_config())
     tuner = ModelTuner(engine, sampling, spec.trainable_targets, config=config, endpoint=endpoint,
                        tool_format=spec.tool_format, template_kwargs=spec.template_kwargs)
+    tuner.on_call = on_call
     # what agentscope.tuner workflows get as auxiliary_models: recorded per call, never trainable
     tuner.auxiliary_models = {name: AuxiliaryModel(tuner, backend) for name, backend in spec.auxiliary.items()}
     status, error, tb, reward, metadata = "ok", None, None, None, {}
@@ -116,6 +127,8 @@ async def run_one(spec: RunSpec, engine: Engine, task: Task, sample_index: int,
             workflow.trainable_targets = list(workflow.trainable_targets)
         async with asyncio.timeout(spec.timeout_s) as deadline:
             out = await workflow.execute(WorkflowTask(task, sample_index, spec.iteration), tuner)
+        if deadline.expired():  # the cancellation was swallowed (AgentScope's agents catch it as an interrupt)
+            raise TimeoutError
         reward, metadata = _check_output(out, spec.workflow_cls.__name__)
     except TimeoutError:
         if deadline is not None and deadline.expired():
@@ -125,17 +138,27 @@ async def run_one(spec: RunSpec, engine: Engine, task: Task, sample_index: int,
     except (Exception, SystemExit) as exc:  # a workflow's sys.exit() ends its run, not the collect
         status, error, tb = "error", f"{type(exc).__name__}: {exc}", traceback.format_exc()
     await tuner.aclose()  # the run's OpenAI clients and endpoint keys
-    finished = time.time()
+    # a call cancelled by the timeout left its reserved slot empty (one that raised is recorded with its error)
+    calls = [c for c in tuner.calls if c is not None]
+    return make_trajectory(spec, engine.name, task, sample_index, status, error, tb, reward, metadata, started, calls), \
+        set(tuner.registered_roles)
+
+
+def make_trajectory(spec: RunSpec, engine_name: str, task: Task, sample_index: int, status: str, error: str | None,
+                    tb: str | None, reward: float | None, metadata: dict, started: float, calls: list,
+                    finished: float | None = None) -> Trajectory:
+    """The record of one run: by run_one, or by collect for a run whose worker process it had to stop."""
+    finished = time.time() if finished is None else finished
     return Trajectory(
-        trajectory_id=traj_id,
+        trajectory_id=trajectory_id(spec.run_id, task.task_id, sample_index),
         run_id=spec.run_id,
-        workflow=getattr(spec.workflow_cls, "name", spec.workflow_cls.__name__),
+        workflow=spec.workflow_name or getattr(spec.workflow_cls, "name", spec.workflow_cls.__name__),
         workflow_ref=spec.workflow_ref,
         task=TaskRecord(task_id=task.task_id, main_query=task.main_query, metadata=to_jsonable(task.metadata)),
         sample_index=sample_index,
         iteration=spec.iteration,
         checkpoint=spec.checkpoint,
-        engine=engine.name,
+        engine=engine_name,
         sampling=spec.sampling,
         trainable_targets=spec.trainable_targets,
         status=status,
@@ -146,40 +169,33 @@ async def run_one(spec: RunSpec, engine: Engine, task: Task, sample_index: int,
         started_at=started,
         finished_at=finished,
         duration_s=round(finished - started, 6),
-        # a call cancelled by the timeout left its reserved slot empty (one that raised is recorded with its error)
-        calls=[c for c in tuner.calls if c is not None],
-    ), set(tuner.registered_roles)
+        calls=calls,
+    )
 
 
-async def run_collect(
-    spec: RunSpec,
-    engine: Engine,
-    todo: list[tuple[Task, int]],
-    writer: TraceWriter,
-    concurrency: int,
-    flush_interval_s: float = 2.0,
-    progress: bool = True,
-) -> CollectStats:
-    from tqdm.auto import tqdm
+class Recorder:
+    """Where finished runs go, whoever ran them (this process or a worker): the trace writer,
+    the stats, the progress bar and the trainable-targets check."""
 
-    stats = CollectStats()
-    queue: asyncio.Queue = asyncio.Queue()
-    for item in todo:
-        queue.put_nowait(item)
-    bar = tqdm(total=len(todo), desc="collect", unit="run", disable=not progress, dynamic_ncols=True)
-    endpoint = OpenAIEndpoint()  # listens only once a workflow asks for it (as_oai_baseurl_apikey)
-    started = time.monotonic()
-    last_flush = time.monotonic()
-    # Named targets are checked once, when the first run finishes ok; nothing is flushed before,
-    # so runs collected under a misspelt role are discarded rather than written.
-    targets_unchecked = spec.trainable_targets is not None
-    refused: UnregisteredTargetError | None = None
+    def __init__(self, spec: RunSpec, writer: TraceWriter, total: int, flush_interval_s: float = 2.0, progress: bool = True):
+        from tqdm.auto import tqdm
 
-    def record(traj: Trajectory, roles: set) -> None:
-        nonlocal last_flush, targets_unchecked, refused
-        if refused is not None:  # other workers finishing before the error reaches gather: keep nothing
+        self.spec, self.writer, self.flush_interval_s = spec, writer, flush_interval_s
+        self.stats = CollectStats()
+        self.bar = tqdm(total=total, desc="collect", unit="run", disable=not progress, dynamic_ncols=True)
+        self.started = self.oldest_unflushed = time.monotonic()
+        # Named targets are checked once, when the first run finishes ok; nothing is flushed before,
+        # so runs collected under a misspelt role are discarded rather than written.
+        self.targets_unchecked = spec.trainable_targets is not None
+        self.refused: UnregisteredTargetError | None = None
+
+    def record(self, traj: Trajectory, roles: set) -> None:
+        stats = self.stats
+        if self.refused is not None:  # other runs finishing before the error reaches the caller: keep nothing
             return
-        writer.add(traj)
+        self.writer.add(traj)
+        if self.writer.pending == 1:
+            self.oldest_unflushed = time.monotonic()
         crash_point("collect.recorded")  # finished but only in the buffer
         setattr(stats, traj.status, getattr(stats, traj.status) + 1)
         stats.calls += len(traj.calls)
@@ -200,21 +216,45 @@ async def run_collect(
             row[4].add(call.agent_name or "-")
         if traj.status != "ok" and stats.first_failure is None:
             stats.first_failure = traj
-        if targets_unchecked and traj.status == "ok":
-            targets_unchecked = False
+        if self.targets_unchecked and traj.status == "ok":
+            self.targets_unchecked = False
             known = stats.roles_seen
-            missing = [t for t in spec.trainable_targets if t not in known]
+            missing = [t for t in self.spec.trainable_targets if t not in known]
             if missing:
-                refused = UnregisteredTargetError(missing, sorted(known))
-                raise refused
-        stats.seconds = time.monotonic() - started
+                self.refused = UnregisteredTargetError(missing, sorted(known))
+                raise self.refused
+        stats.seconds = time.monotonic() - self.started
         # Flush in batches: one part file per interval keeps the file count low while a
         # kill loses at most the last interval of finished runs.
-        if not targets_unchecked and time.monotonic() - last_flush >= flush_interval_s:
-            writer.flush()
-            last_flush = time.monotonic()
-        bar.update(1)
-        bar.set_postfix(failed=stats.error + stats.timeout, tok_s=f"{stats.tokens_per_s:.0f}", refresh=False)
+        if not self.targets_unchecked and time.monotonic() - self.oldest_unflushed >= self.flush_interval_s:
+            self.writer.flush()
+        self.bar.update(1)
+        self.bar.set_postfix(failed=stats.error + stats.timeout, tok_s=f"{stats.tokens_per_s:.0f}", refresh=False)
+
+    def close(self, refused: bool = False) -> CollectStats:
+        if refused:
+            self.writer.discard()  # collected under targets that name no role: keep none of it
+        self.writer.flush()
+        self.bar.close()
+        self.stats.seconds = time.monotonic() - self.started
+        return self.stats
+
+
+async def run_collect(
+    spec: RunSpec,
+    engine: Engine,
+    todo: list[tuple[Task, int]],
+    writer: TraceWriter,
+    concurrency: int,
+    flush_interval_s: float = 2.0,
+    progress: bool = True,
+) -> CollectStats:
+    """Every run in this process, on this event loop (--workers 0: no isolation; breakpoints work)."""
+    recorder = Recorder(spec, writer, len(todo), flush_interval_s, progress)
+    queue: asyncio.Queue = asyncio.Queue()
+    for item in todo:
+        queue.put_nowait(item)
+    endpoint = OpenAIEndpoint()  # listens only once a workflow asks for it (as_oai_baseurl_apikey)
 
     async def worker() -> None:
         while True:
@@ -222,21 +262,20 @@ async def run_collect(
                 task, sample_index = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            record(*await run_one(spec, engine, task, sample_index, endpoint))
+            recorder.record(*await run_one(spec, engine, task, sample_index, endpoint))
 
     workers = [asyncio.ensure_future(worker()) for _ in range(max(1, min(concurrency, len(todo))))]
+    refused = False
     try:
         await asyncio.gather(*workers)
     except UnregisteredTargetError:
+        refused = True
         for w in workers:
             w.cancel()
-        writer.discard()  # collected under targets that name no role: keep none of it
         raise
     finally:
         await endpoint.close()
-        writer.flush()
-        bar.close()
-    stats.seconds = time.monotonic() - started
+        stats = recorder.close(refused)
     return stats
 
 

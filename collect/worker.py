@@ -1,0 +1,210 @@
+"""A collect worker process: runs workflows on its own event loop; model calls go to collect's engine.
+
+Started by collect/pool.py (multiprocessing, forkserver). It talks to collect over one duplex
+multiprocessing Pipe of pickled tuples (lists of ints and floats pickle exactly, so the ids
+and logprobs that come back are the engine's):
+
+    collect -> worker   ("run", key, task, sample_index)   ("gen", request, Generation | None, exception | None)
+                        ("stop",)
+    worker -> collect   ("ready",)  ("init_error", text)   ("started", key, wall_time)
+                        ("gen", request, engine_key, prompt_ids, SamplingParams)
+                        ("call", key, ModelCall)            ("done", key, Trajectory without its calls, roles)
+
+A watchdog thread writes, every WATCH_S, which run the event loop is executing (and since when)
+into shared memory: when a run holds the loop past its deadline (time.sleep, a busy loop),
+collect knows which one to record as the timeout before it stops this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import faulthandler
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+# Imported here, not in main(): the fork server preloads this module, so every worker starts with them
+from transformers import AutoTokenizer
+
+from astuner.auxiliary import AuxiliaryBackend, endpoint_model
+from astuner.engines import Engine, Generation, SamplingParams
+from astuner.openai_endpoint import OpenAIEndpoint
+from astuner.workflow import load_workflow
+from collect.runner import run_one
+
+WATCH_S = 0.05
+IDLE = -1.0  # the loop is waiting, not running any run's code
+RUN_KEY: contextvars.ContextVar[int | None] = contextvars.ContextVar("astuner_collect_run", default=None)
+
+
+@dataclass
+class EngineRef:
+    """What a worker needs to stand in for one of collect's engines."""
+
+    key: int
+    name: str
+    checkpoint: str
+
+
+@dataclass
+class WorkerSetup:
+    spec: object  # collect.runner.RunSpec without workflow_cls (loaded here from workflow_ref) and auxiliary
+    engines: list[EngineRef]
+    auxiliary: list[tuple]  # (name, engine key or None, SamplingParams or None, AuxiliarySpec or None)
+    environ: dict = field(default_factory=dict)  # collect's, at start: the fork server's is older
+    sys_path: list = field(default_factory=list)
+    cwd: str | None = None  # collect's: the fork server's may be another (relative task and workflow paths)
+    crash_file: str | None = None  # faulthandler writes a fatal signal's Python traceback here
+
+
+class RemoteEngine(Engine):
+    """The worker's view of an engine in collect: renders with a tokenizer of its own (the same
+    files), samples through collect, so concurrent calls of every worker batch together."""
+
+    def __init__(self, ref: EngineRef, tokenizer, worker: Worker):
+        self.name, self.checkpoint, self.tokenizer = ref.name, ref.checkpoint, tokenizer
+        self.key, self._worker = ref.key, worker
+
+    async def generate(self, prompt_token_ids: list[int], sampling: SamplingParams) -> Generation:
+        return await self._worker.request(self.key, list(prompt_token_ids), sampling)
+
+    def generate_batch(self, prompts, sampling):
+        raise NotImplementedError("a worker's engine serves one request at a time (collect batches them)")
+
+
+class Worker:
+    def __init__(self, conn, status, setup: WorkerSetup):
+        self.conn, self.status, self.setup = conn, status, setup
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.inbox: asyncio.Queue | None = None
+        self._send_lock = threading.Lock()
+        self._requests: dict[int, asyncio.Future] = {}
+        self._next_request = 0
+        self._runs: dict[int, asyncio.Task] = {}
+        self._task_keys: dict = {}  # asyncio.Task -> run key, for the watchdog (child tasks inherit their run's)
+        self._stopping = False
+
+    # ----- plumbing ---------------------------------------------------------------------
+    def send(self, message: tuple) -> None:
+        with self._send_lock:
+            self.conn.send(message)
+
+    async def request(self, engine_key: int, prompt_ids: list[int], sampling: SamplingParams) -> Generation:
+        self._next_request += 1
+        request = self._next_request
+        future = self.loop.create_future()
+        self._requests[request] = future
+        try:
+            self.send(("gen", request, engine_key, prompt_ids, sampling))
+            return await future
+        finally:
+            self._requests.pop(request, None)
+
+    def _read(self) -> None:
+        """Reader thread: collect's messages into the loop; collect gone (EOF): this process ends."""
+        while True:
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):
+                os._exit(1)  # no collect to report to: never outlive it
+            self.loop.call_soon_threadsafe(self._on_message, message)
+
+    def _on_message(self, message: tuple) -> None:
+        kind = message[0]
+        if kind == "gen":
+            _, request, generation, error = message
+            future = self._requests.get(request)
+            if future is not None and not future.done():
+                future.set_exception(error) if error is not None else future.set_result(generation)
+        else:
+            self.inbox.put_nowait(message)
+
+    def _task_factory(self, loop, coro, **kwargs):
+        task = asyncio.Task(coro, loop=loop, **kwargs)
+        key = RUN_KEY.get()  # the creating code's run: a run's own child tasks are blamed on it
+        if key is not None:
+            self._task_keys[task] = key
+            task.add_done_callback(self._task_keys.pop)
+        return task
+
+    def _watch(self) -> None:
+        """Watchdog thread: [run key executing or IDLE, since (monotonic), last beat] into shared memory."""
+        current, since = IDLE, time.monotonic()
+        while True:
+            task = asyncio.current_task(self.loop)
+            key = float(self._task_keys.get(task, IDLE)) if task is not None else IDLE
+            now = time.monotonic()
+            if key != current:
+                current, since = key, now
+            self.status[0], self.status[1], self.status[2] = current, since, now
+            time.sleep(WATCH_S)
+
+    # ----- runs -------------------------------------------------------------------------
+    async def main(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.loop.set_task_factory(self._task_factory)
+        self.inbox = asyncio.Queue()
+        threading.Thread(target=self._read, name="collect-reader", daemon=True).start()
+        spec = self.setup.spec
+        try:
+            spec.workflow_cls = load_workflow(spec.workflow_ref)
+            tokenizers: dict[str, object] = {}
+            engines = {}
+            for ref in self.setup.engines:
+                if ref.checkpoint not in tokenizers:
+                    tokenizers[ref.checkpoint] = AutoTokenizer.from_pretrained(ref.checkpoint)
+                engines[ref.key] = RemoteEngine(ref, tokenizers[ref.checkpoint], self)
+            spec.auxiliary = {name: AuxiliaryBackend(name, model=endpoint_model(aux)) if key is None
+                              else AuxiliaryBackend(name, engine=engines[key], sampling=sampling)
+                              for name, key, sampling, aux in self.setup.auxiliary}
+        except BaseException as exc:  # collect loaded the same workflow: this is rare, and fatal to the collect
+            self.send(("init_error", f"{type(exc).__name__}: {exc}".splitlines()[0][:500]))
+            return
+        threading.Thread(target=self._watch, name="collect-watchdog", daemon=True).start()
+        endpoint = OpenAIEndpoint()
+        self.send(("ready",))
+        try:
+            while not (self._stopping and not self._runs):
+                message = await self.inbox.get()
+                if message[0] == "run":
+                    _, key, task, sample_index = message
+                    self._runs[key] = self._start(spec, engines[0], endpoint, key, task, sample_index)
+                elif message[0] == "stop":
+                    self._stopping = True
+                elif message[0] == "finished":
+                    self._runs.pop(message[1], None)
+        finally:
+            await endpoint.close()
+
+    def _start(self, spec, engine, endpoint, key: int, task, sample_index: int) -> asyncio.Task:
+        async def run() -> None:
+            self.send(("started", key, time.time()))
+            traj, roles = await run_one(spec, engine, task, sample_index, endpoint,
+                                        on_call=lambda call: self.send(("call", key, call)))
+            # its calls went one by one, as they were made: collect puts them back (sent once, not twice)
+            self.send(("done", key, traj.model_copy(update={"calls": []}), roles))
+            self.inbox.put_nowait(("finished", key))
+
+        token = RUN_KEY.set(key)
+        try:
+            return self.loop.create_task(run())
+        finally:
+            RUN_KEY.reset(token)
+
+
+def worker_main(conn, status, setup: WorkerSetup) -> None:
+    """The process's entry point (multiprocessing target)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is collect's to handle: it stops the workers
+    os.environ.clear()
+    os.environ.update(setup.environ)
+    sys.path[:] = setup.sys_path
+    if setup.cwd:
+        os.chdir(setup.cwd)
+    if setup.crash_file:
+        faulthandler.enable(file=open(setup.crash_file, "w"), all_threads=False)
+    asyncio.run(Worker(conn, status, setup).main())
+    conn.close()
