@@ -70,26 +70,151 @@ def extension(previous: dict[str, Any], current: dict[str, Any]) -> tuple[bool, 
     return False, at, cause
 
 
-def rerender_drift_tokens(tokenizer, call: dict[str, Any], family: str | None = None) -> int:
-    """How many of the call's prompt + sampled completion ids a re-render of its messages + parsed reply
-    through the chat template would not reproduce (0: a trainer re-rendering the text trains on what was sampled)."""
-    from astuner.chat import detect_family, normalize_messages, parse_completion, special_tokens_of
+# apply_chat_template's own parameters that change how it tokenizes: a call whose template_kwargs
+# carry one of them is re-rendered the per-call way (tokenize=True), so its value stays what it was.
+_TOKENIZE_PARAMS = frozenset({"tokenize", "padding", "truncation", "max_length", "return_tensors", "return_dict",
+                              "return_assistant_tokens_mask", "tokenizer_kwargs", "sanitize_control_tokens"})
 
-    family = family or detect_family(tokenizer)
-    completion = list(call["completion_token_ids"])
-    parsed = parse_completion(tokenizer.decode(completion, skip_special_tokens=False), family, special_tokens_of(tokenizer))
+
+def _reply_of(tokenizer, completion: list[int], family: str, strip_tokens: list[str]) -> dict[str, Any]:
+    """The assistant message a trainer re-rendering from text would write for the sampled completion."""
+    from astuner.chat import parse_completion
+
+    parsed = parse_completion(tokenizer.decode(completion, skip_special_tokens=False), family, strip_tokens)
     reply: dict[str, Any] = {"role": "assistant", "content": parsed.text}
     if parsed.calls:
         reply["tool_calls"] = [{"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["input"]}}
                                for c in parsed.calls]
     if parsed.reasoning:
         reply["reasoning_content"] = parsed.reasoning
-    sampled = list(call["prompt_token_ids"]) + completion
+    return reply
+
+
+def rerender_drift_tokens(tokenizer, call: dict[str, Any], family: str | None = None) -> int:
+    """How many of the call's prompt + sampled completion ids a re-render of its messages + parsed reply
+    through the chat template would not reproduce (0: a trainer re-rendering the text trains on what was sampled)."""
+    return rerender_drift_tokens_batch(tokenizer, [call], family)[0]
+
+
+def rerender_drift_tokens_batch(tokenizer, calls: list[dict[str, Any]], family: str | None = None,
+                                strip_tokens: list[str] | None = None) -> list[int]:
+    """rerender_drift_tokens of many calls of one tokenizer: the texts are rendered one by one (each call has
+    its own tools and template variables) and tokenized in one batch, and the diff is skipped where the
+    re-render reproduces the sampled ids exactly. Values are the per-call ones, token for token:
+    apply_chat_template(tokenize=True) is this same render + tokenizer(text, add_special_tokens=False)."""
+    from astuner.chat import detect_family, normalize_messages, special_tokens_of
+
+    family = family or detect_family(tokenizer)
+    strip_tokens = special_tokens_of(tokenizer) if strip_tokens is None else strip_tokens
+    sampled = [list(c["prompt_token_ids"]) + list(c["completion_token_ids"]) for c in calls]
+    again: list[list[int] | None] = [None] * len(calls)  # None: the template refused this call's history
+    texts: dict[int, str] = {}
+    for n, call in enumerate(calls):
+        reply = _reply_of(tokenizer, list(call["completion_token_ids"]), family, strip_tokens)
+        try:  # as wide as the per-call path's was: messages it cannot normalize count as a refusal too
+            conversation = normalize_messages(list(call["messages"]) + [reply])
+            kwargs = call.get("template_kwargs") or {}
+            if _TOKENIZE_PARAMS.intersection(kwargs):
+                again[n] = list(tokenizer.apply_chat_template(conversation, tools=call.get("tools") or None, tokenize=True,
+                                                              return_dict=False, **kwargs))
+            else:
+                texts[n] = tokenizer.apply_chat_template(conversation, tools=call.get("tools") or None, tokenize=False,
+                                                         return_dict=False, **kwargs)
+        except Exception:  # the template refuses the re-rendered history: nothing of it is reproduced
+            pass
+    if texts:
+        try:
+            # the arguments apply_chat_template(tokenize=True) tokenizes with
+            ids = tokenizer(list(texts.values()), add_special_tokens=False, padding=False, truncation=False)["input_ids"]
+        except Exception:  # one text the tokenizer refuses: find it, as the per-call path would
+            ids = []
+            for text in texts.values():
+                try:
+                    ids.append(tokenizer(text, add_special_tokens=False, padding=False, truncation=False)["input_ids"])
+                except Exception:
+                    ids.append(None)
+        for n, row in zip(texts, ids):
+            again[n] = list(row) if row is not None else None
+    return [len(s) if a is None else len(s) - matched_tokens(a, s) for a, s in zip(again, sampled)]
+
+
+# Above this many equal (i, j) pairs the run arrays of matched_tokens would pass ~100 MB: difflib instead
+# (the same value, in O(len) memory, slowly).
+MAX_PAIRS = 4_000_000
+
+
+def matched_tokens(a: list[int], b: list[int]) -> int:
+    """sum(block.size for block in difflib.SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks()),
+    computed on arrays: the same value, several times faster.
+
+    difflib takes the longest matching block of the whole range (ties: smallest i, then smallest j) and
+    recurses on the ranges left and right of it. A matching block inside a range is a diagonal run of equal
+    tokens (a[i + t] == b[i + d + t]) clipped to that range, so all maximal runs are found once, and each
+    range's longest block is an argmax over the clipped runs that intersect it.
+    """
+    if a == b:
+        return len(a)  # the common case: the re-render reproduces the sampled ids
+    if not a or not b:
+        return 0
+    import numpy as np
+
     try:
-        again = tokenizer.apply_chat_template(normalize_messages(list(call["messages"]) + [reply]), tools=call.get("tools") or None,
-                                              tokenize=True, return_dict=False, **(call.get("template_kwargs") or {}))
-        again = list(again)
-    except Exception:  # the template refuses the re-rendered history: nothing of it is reproduced
-        return len(sampled)
-    matcher = difflib.SequenceMatcher(None, again, sampled, autojunk=False)
-    return len(sampled) - sum(block.size for block in matcher.get_matching_blocks())
+        runs = _diagonal_runs(np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64))
+    except (TypeError, ValueError, OverflowError):  # not plain ids (a NULL in a list): difflib compares anything
+        runs = None
+    if runs is None:
+        matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
+        return sum(block.size for block in matcher.get_matching_blocks())
+    total = 0
+    stack = [(0, len(a), 0, len(b), *runs)]
+    while stack:
+        alo, ahi, blo, bhi, start, diag, end = stack.pop()
+        lo = np.maximum(np.maximum(start, alo), blo - diag)  # the run clipped to the range, in a's positions
+        k = np.minimum(np.minimum(end, ahi), bhi - diag) - lo
+        inside = k > 0
+        if not inside.any():
+            continue
+        start, diag, end, lo, k = start[inside], diag[inside], end[inside], lo[inside], k[inside]
+        size = int(k.max())
+        best = np.flatnonzero(k == size)
+        if len(best) > 1:  # difflib's tie-break: the smallest i, then the smallest j
+            best = best[np.lexsort((lo[best] + diag[best], lo[best]))]
+        i = int(lo[best[0]])
+        j = i + int(diag[best[0]])
+        total += size
+        # A run in both the left and the right range would be longer than this block inside this range:
+        # each run of `inside` goes to at most one side.
+        if alo < i and blo < j:
+            stack.append((alo, i, blo, j, start, diag, end))
+        if i + size < ahi and j + size < bhi:
+            stack.append((i + size, ahi, j + size, bhi, start, diag, end))
+    return total
+
+
+def _diagonal_runs(a, b):
+    """(start in a, diagonal j - i, end in a) of every maximal run of equal tokens, or None past MAX_PAIRS pairs."""
+    import numpy as np
+
+    n, m = len(a), len(b)
+    order = np.argsort(b, kind="stable")
+    sorted_b = b[order]
+    lo = np.searchsorted(sorted_b, a, "left")
+    count = np.searchsorted(sorted_b, a, "right") - lo
+    pairs = int(count.sum())
+    if pairs > MAX_PAIRS:
+        return None
+    empty = np.zeros(0, dtype=np.int64)
+    if not pairs:
+        return empty, empty, empty
+    # every (i, j) with a[i] == b[j], by i then j
+    i = np.repeat(np.arange(n, dtype=np.int64), count)
+    j = order[np.arange(pairs) - np.repeat(np.cumsum(count) - count - lo, count)]
+    diag = j - i + (n - 1)  # >= 0
+    # by diagonal, then i (a stable sort keeps i's order); 16-bit keys sort in linear time
+    by_diag = np.argsort(diag.astype(np.uint16) if n + m < 65536 else diag, kind="stable")
+    i, diag = i[by_diag], diag[by_diag]
+    new_run = np.ones(pairs, dtype=bool)
+    new_run[1:] = (diag[1:] != diag[:-1]) | (i[1:] != i[:-1] + 1)
+    firsts = np.flatnonzero(new_run)
+    lengths = np.diff(np.append(firsts, pairs))
+    return i[firsts], diag[firsts] - (n - 1), i[firsts] + lengths
