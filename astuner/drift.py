@@ -169,6 +169,9 @@ def matched_tokens(a: list[int], b: list[int]) -> int:
     stack = [(0, len(a), 0, len(b), *runs)]
     while stack:
         alo, ahi, blo, bhi, start, diag, end = stack.pop()
+        if len(start) <= _FEW_RUNS:  # past here numpy's per-call cost outweighs its speed per run
+            total += _matched_in_range(alo, ahi, blo, bhi, list(zip(start.tolist(), diag.tolist(), end.tolist())))
+            continue
         lo = np.maximum(np.maximum(start, alo), blo - diag)  # the run clipped to the range, in a's positions
         k = np.minimum(np.minimum(end, ahi), bhi - diag) - lo
         inside = k > 0
@@ -188,6 +191,42 @@ def matched_tokens(a: list[int], b: list[int]) -> int:
             stack.append((alo, i, blo, j, start, diag, end))
         if i + size < ahi and j + size < bhi:
             stack.append((i + size, ahi, j + size, bhi, start, diag, end))
+    return total
+
+
+_FEW_RUNS = 128
+
+
+def _matched_in_range(alo: int, ahi: int, blo: int, bhi: int, runs: list[tuple[int, int, int]]) -> int:
+    """matched_tokens' recursion in plain Python, for ranges holding few runs (start, diagonal, end)."""
+    total = 0
+    stack = [(alo, ahi, blo, bhi, runs)]
+    while stack:
+        alo, ahi, blo, bhi, runs = stack.pop()
+        size = i = j = 0
+        inside = []
+        for run in runs:
+            start, diag, end = run
+            # max() / min() spelled out: this loop is the hot one
+            lo = start if start > alo else alo
+            if blo - diag > lo:
+                lo = blo - diag
+            hi = end if end < ahi else ahi
+            if bhi - diag < hi:
+                hi = bhi - diag
+            k = hi - lo
+            if k <= 0:
+                continue
+            inside.append(run)
+            if k > size or (k == size and (lo < i or (lo == i and lo + diag < j))):
+                size, i, j = k, lo, lo + diag
+        if not size:
+            continue
+        total += size
+        if alo < i and blo < j:
+            stack.append((alo, i, blo, j, inside))
+        if i + size < ahi and j + size < bhi:
+            stack.append((i + size, ahi, j + size, bhi, inside))
     return total
 
 
