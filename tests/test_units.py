@@ -179,3 +179,35 @@ def test_reference_import_name():
     assert (Workflow, WorkflowTask, WorkflowOutput, ModelTuner) == (
         astuner.Workflow, astuner.WorkflowTask, astuner.WorkflowOutput, astuner.ModelTuner)
     assert "ModelTuner" in agentscope_tuner.__all__
+
+
+@pytest.mark.parametrize("few_runs", [0, 128, 10**9])
+def test_matched_tokens_is_difflibs_count(monkeypatch, few_runs):
+    """matched_tokens (runs on arrays, plain Python for few runs) counts what difflib's matching blocks cover,
+    on the cases that stress its tie-breaks: tiny alphabets, repeats, near-copies, empty sides."""
+    import difflib
+    import random
+
+    import astuner.drift as drift
+
+    monkeypatch.setattr(drift, "_FEW_RUNS", few_runs)
+    rng = random.Random(7)
+    cases = [([], []), ([1], []), ([], [1]), ([1, 2, 3], [1, 2, 3]), ([1, 1, 1, 1], [1, 1]), ([1, 2] * 20, [2, 1] * 20)]
+    for _ in range(400):
+        alphabet = rng.choice([2, 3, 5, 40, 600])
+        a = [rng.randrange(alphabet) for _ in range(rng.randrange(120))]
+        b = list(a)
+        if rng.random() < 0.5:
+            for _ in range(rng.randrange(1, 6)):  # a near-copy: the drift a re-render makes
+                at = rng.randrange(len(b) + 1)
+                b[at:at + rng.randrange(3)] = [rng.randrange(alphabet) for _ in range(rng.randrange(3))]
+        else:
+            b = [rng.randrange(alphabet) for _ in range(rng.randrange(120))]
+        cases.append((a, b))
+    for a, b in cases:
+        expected = sum(m.size for m in difflib.SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks())
+        assert drift.matched_tokens(a, b) == expected, (a, b)
+    # past MAX_PAIRS it is difflib itself (bounded memory); ids that are not ints too
+    monkeypatch.setattr(drift, "MAX_PAIRS", 0)
+    assert drift.matched_tokens([1, 2, 3, 4], [1, 3, 4]) == 3
+    assert drift.matched_tokens([1, None, 3], [1, None, 3, 4]) == 3
