@@ -152,10 +152,13 @@ def matched_tokens(a: list[int], b: list[int]) -> int:
     tokens (a[i + t] == b[i + d + t]) clipped to that range, so all maximal runs are found once, and each
     range's longest block is an argmax over the clipped runs that intersect it.
     """
-    if a == b:
-        return len(a)  # the common case: the re-render reproduces the sampled ids
-    if not a or not b:
-        return 0
+    # The common case: the re-render reproduces the sampled ids, often plus the template's end of turn
+    # ("<|im_end|>" sampled, "<|im_end|>\n" rendered). One side inside the other is a block as long as the
+    # shorter side: difflib's first block, and nothing is left beside it on the shorter side.
+    if b == a[: len(b)]:
+        return len(b)
+    if a == b[: len(a)]:
+        return len(a)
     import numpy as np
 
     try:
