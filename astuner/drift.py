@@ -47,6 +47,13 @@ def _message_key(message: dict) -> str:
     return json.dumps(normalize_messages([message])[0], sort_keys=True, default=str)
 
 
+def _history_kept(earlier: list[dict], later: list[dict]) -> bool:
+    """`earlier`'s messages, normalized, are the first of `later`'s (compared pair by pair, up to the first change)."""
+    if len(later) < len(earlier):
+        return False
+    return all(_message_key(a) == _message_key(b) for a, b in zip(earlier, later))
+
+
 def extension(previous: dict[str, Any], current: dict[str, Any]) -> tuple[bool, int | None, str | None]:
     """(extends, first diverging position in current's prompt, cause) of two calls of one agent.
 
@@ -59,7 +66,7 @@ def extension(previous: dict[str, Any], current: dict[str, Any]) -> tuple[bool, 
         return True, None, None
     if (previous.get("tools") or None) != (current.get("tools") or None):
         cause = "tools_changed"
-    elif [_message_key(m) for m in previous["messages"]] != [_message_key(m) for m in current["messages"][: len(previous["messages"])]]:
+    elif not _history_kept(previous["messages"], current["messages"]):
         cause = "history_edited"
     elif at < len(previous["prompt_token_ids"]):
         cause = "prompt_rerendered"

@@ -387,6 +387,8 @@ def measure_drift(con, result: IngestResult, progress: bool = True, chunk: int =
                 "extends": pa.array(out["extends"], pa.bool_()), "at": pa.array(out["at"], pa.int32()),
                 "cause": pa.array(out["cause"], pa.string()), "rerender": pa.array(out["rerender"], pa.int32())}))
             bar.update(len(rows))
+    if not tables:
+        return
     # Written once, after the read: a statement on `con` would end the query being fetched. The columnar
     # chunks hold ~30 bytes a call.
     con.register("drift_measures", pa.concat_tables(tables))

@@ -192,7 +192,8 @@ def test_matched_tokens_is_difflibs_count(monkeypatch, few_runs):
 
     monkeypatch.setattr(drift, "_FEW_RUNS", few_runs)
     rng = random.Random(7)
-    cases = [([], []), ([1], []), ([], [1]), ([1, 2, 3], [1, 2, 3]), ([1, 2, 3, 9], [1, 2, 3]), ([1, 2], [1, 2, 9, 1, 2]), ([1, 1, 1, 1], [1, 1]), ([1, 2] * 20, [2, 1] * 20)]
+    cases = [([], []), ([1], []), ([], [1]), ([1, 2, 3], [1, 2, 3]), ([1, 2, 3, 9], [1, 2, 3]), ([1, 2], [1, 2, 9, 1, 2]),
+             ([1, 1, 1, 1], [1, 1]), ([1, 2] * 20, [2, 1] * 20)]
     for _ in range(400):
         alphabet = rng.choice([2, 3, 5, 40, 600])
         a = [rng.randrange(alphabet) for _ in range(rng.randrange(120))]
