@@ -107,7 +107,7 @@ def rerender_drift_tokens_batch(tokenizer, calls: list[dict[str, Any]], family: 
                                 strip_tokens: list[str] | None = None) -> list[int]:
     """rerender_drift_tokens of many calls of one tokenizer: the texts are rendered one by one (each call has
     its own tools and template variables) and tokenized in one batch, and the diff is skipped where the
-    re-render reproduces the sampled ids exactly. Values are the per-call ones, token for token:
+    re-render starts with the sampled ids. Values are the per-call ones, token for token:
     apply_chat_template(tokenize=True) is this same render + tokenizer(text, add_special_tokens=False)."""
     from astuner.chat import detect_family, normalize_messages, special_tokens_of
 
@@ -145,9 +145,9 @@ def rerender_drift_tokens_batch(tokenizer, calls: list[dict[str, Any]], family: 
     return [len(s) if a is None else len(s) - matched_tokens(a, s) for a, s in zip(again, sampled)]
 
 
-# Above this many equal (i, j) pairs the run arrays of matched_tokens would pass ~100 MB: difflib instead
-# (the same value, in O(len) memory, slowly).
-MAX_PAIRS = 4_000_000
+# Above this many equal (i, j) pairs the arrays of matched_tokens would pass ~100 MB (about six int64 values
+# a pair): difflib instead (the same value, in O(len) memory, slowly).
+MAX_PAIRS = 2_000_000
 
 
 def matched_tokens(a: list[int], b: list[int]) -> int:
@@ -160,7 +160,7 @@ def matched_tokens(a: list[int], b: list[int]) -> int:
     range's longest block is an argmax over the clipped runs that intersect it.
     """
     # The common case: the re-render reproduces the sampled ids, often plus the template's end of turn
-    # ("<|im_end|>" sampled, "<|im_end|>\n" rendered). One side inside the other is a block as long as the
+    # ("<|im_end|>" sampled, "<|im_end|>\n" rendered). One side a prefix of the other is a block as long as the
     # shorter side: difflib's first block, and nothing is left beside it on the shorter side.
     if b == a[: len(b)]:
         return len(b)
