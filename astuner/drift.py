@@ -169,12 +169,17 @@ def matched_tokens(a: list[int], b: list[int]) -> int:
     import numpy as np
 
     try:
-        runs = _diagonal_runs(np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64))
+        a_ids, b_ids = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
     except (TypeError, ValueError, OverflowError):  # not plain ids (a NULL in a list): difflib compares anything
-        runs = None
-    if runs is None:
-        matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
-        return sum(block.size for block in matcher.get_matching_blocks())
+        return _difflib_matched(a, b)
+    runs = _diagonal_runs(a_ids, b_ids)
+    if runs is None:  # long sequences of common tokens: too many pairs to hold
+        block = _longest_block_by_anchors(a_ids, b_ids)
+        if block is None:
+            return _difflib_matched(a, b)
+        # difflib's recursion on a range depends only on the tokens in it: the two sides are sub-problems
+        i, j, size = block
+        return size + matched_tokens(a[:i], b[:j]) + matched_tokens(a[i + size:], b[j + size:])
     total = 0
     stack = [(0, len(a), 0, len(b), *runs)]
     while stack:
@@ -205,6 +210,59 @@ def matched_tokens(a: list[int], b: list[int]) -> int:
 
 
 _FEW_RUNS = 128
+_MAX_ANCHOR_PAIRS = 20_000
+
+
+def _difflib_matched(a, b) -> int:
+    return sum(block.size for block in difflib.SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks())
+
+
+def _longest_block_by_anchors(a, b) -> tuple[int, int, int] | None:
+    """difflib's first block (longest; ties: smallest i, then j) of two arrays too long to pair every token,
+    when they share a prefix or suffix of L tokens (a drifted re-render does): the block is at least L long,
+    so it covers one of a's positions 0, L, 2L, ...; only those positions are paired with b and extended.
+    None where the pairs would still be too many."""
+    import numpy as np
+
+    n, m = len(a), len(b)
+    shorter = min(n, m)
+    differ = np.flatnonzero(a[:shorter] != b[:shorter])
+    prefix = int(differ[0]) if len(differ) else shorter
+    differ = np.flatnonzero(a[n - shorter:][::-1] != b[m - shorter:][::-1])
+    step = max(prefix, int(differ[0]) if len(differ) else shorter)
+    if step < 1:
+        return None
+    anchors = np.arange(0, n, step)
+    order = np.argsort(b, kind="stable")  # b's positions of each token, ascending
+    sorted_b = b[order]
+    lo = np.searchsorted(sorted_b, a[anchors], "left")
+    hi = np.searchsorted(sorted_b, a[anchors], "right")
+    if int((hi - lo).sum()) > _MAX_ANCHOR_PAIRS:
+        return None
+    best = (0, 0, 0)  # (i, j, size)
+    for i, first, last in zip(anchors.tolist(), lo.tolist(), hi.tolist()):
+        for j in order[first:last].tolist():
+            back = _equal_run(a[:i][::-1], b[:j][::-1])
+            size = back + _equal_run(a[i:], b[j:])
+            start_i, start_j = i - back, j - back
+            if size > best[2] or (size == best[2] and (start_i, start_j) < best[:2]):
+                best = (start_i, start_j, size)
+    return best
+
+
+def _equal_run(x, y) -> int:
+    """How many leading elements of arrays x and y are equal (a short look first: most pairs differ soon)."""
+    import numpy as np
+
+    limit = min(len(x), len(y))
+    for width in (16, limit):
+        width = min(width, limit)
+        differ = np.flatnonzero(x[:width] != y[:width])
+        if len(differ):
+            return int(differ[0])
+        if width == limit:
+            break
+    return limit
 
 
 def _matched_in_range(alo: int, ahi: int, blo: int, bhi: int, runs: list[tuple[int, int, int]]) -> int:

@@ -212,3 +212,28 @@ def test_matched_tokens_is_difflibs_count(monkeypatch, few_runs):
     monkeypatch.setattr(drift, "MAX_PAIRS", 0)
     assert drift.matched_tokens([1, 2, 3, 4], [1, 3, 4]) == 3
     assert drift.matched_tokens([1, None, 3], [1, None, 3, 4]) == 3
+
+
+def test_matched_tokens_past_max_pairs_is_still_difflibs_count(monkeypatch):
+    """Sequences with too many equal pairs to hold: difflib's first block from a's positions every L tokens
+    (L: the shared prefix or suffix), the sides as sub-problems, or difflib itself; the count never changes."""
+    import difflib
+    import random
+
+    import astuner.drift as drift
+
+    rng = random.Random(11)
+    cases = []
+    for _ in range(300):
+        alphabet = rng.choice([2, 3, 8, 50])
+        a = [rng.randrange(alphabet) for _ in range(rng.randrange(1, 150))]
+        b = list(a)
+        for _ in range(rng.randrange(1, 5)):  # a drifted re-render: a few ids changed, dropped or added
+            at = rng.randrange(len(b) + 1)
+            b[at:at + rng.randrange(3)] = [rng.randrange(alphabet) for _ in range(rng.randrange(3))]
+        cases.append((a, b) if rng.random() < 0.5 else (b, a))
+    for max_pairs in (0, 50):
+        monkeypatch.setattr(drift, "MAX_PAIRS", max_pairs)
+        for a, b in cases:
+            expected = sum(m.size for m in difflib.SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks())
+            assert drift.matched_tokens(a, b) == expected, (max_pairs, a, b)
