@@ -181,59 +181,34 @@ def test_reference_import_name():
     assert "ModelTuner" in agentscope_tuner.__all__
 
 
-@pytest.mark.parametrize("few_runs", [0, 128, 10**9])
-def test_matched_tokens_is_difflibs_count(monkeypatch, few_runs):
-    """matched_tokens (runs on arrays, plain Python for few runs) counts what difflib's matching blocks cover,
-    on the cases that stress its tie-breaks: tiny alphabets, repeats, near-copies, empty sides."""
+def test_matched_tokens_is_difflibs_count():
+    """matched_tokens (difflib, with a shortcut where one side is a prefix of the other) counts what difflib's
+    matching blocks cover: prefix cases, empty sides, tiny alphabets, near-copies."""
     import difflib
     import random
 
-    import astuner.drift as drift
+    from astuner.drift import matched_tokens
 
-    monkeypatch.setattr(drift, "_FEW_RUNS", few_runs)
     rng = random.Random(7)
-    cases = [([], []), ([1], []), ([], [1]), ([1, 2, 3], [1, 2, 3]), ([1, 2, 3, 9], [1, 2, 3]), ([1, 2], [1, 2, 9, 1, 2]),
-             ([1, 1, 1, 1], [1, 1]), ([1, 2] * 20, [2, 1] * 20)]
-    for _ in range(400):
-        alphabet = rng.choice([2, 3, 5, 40, 600])
+    cases = [([], []), ([1], []), ([], [1]), ([1, 2, 3], [1, 2, 3]), ([1, 2, 3, 9], [1, 2, 3]), ([1, 2, 3], [1, 2, 3, 9, 8]),
+             ([1, 2], [1, 2, 9, 1, 2]), ([1, 1, 1, 1], [1, 1]), ([1, 2] * 20, [2, 1] * 20), ([1, None, 3], [1, None, 3, 4])]
+    for _ in range(200):
+        alphabet = rng.choice([2, 3, 40, 600])
         a = [rng.randrange(alphabet) for _ in range(rng.randrange(120))]
         b = list(a)
-        if rng.random() < 0.5:
-            for _ in range(rng.randrange(1, 6)):  # a near-copy: the drift a re-render makes
+        roll = rng.random()
+        if roll < 0.3:  # the re-render adds or drops the template's end of turn: one side a prefix of the other
+            if rng.random() < 0.5:
+                b += [rng.randrange(alphabet) for _ in range(rng.randrange(3))]
+            else:
+                b = b[: rng.randrange(len(b) + 1)]
+        elif roll < 0.7:  # a near-copy: the drift a re-render makes
+            for _ in range(rng.randrange(1, 6)):
                 at = rng.randrange(len(b) + 1)
                 b[at:at + rng.randrange(3)] = [rng.randrange(alphabet) for _ in range(rng.randrange(3))]
         else:
             b = [rng.randrange(alphabet) for _ in range(rng.randrange(120))]
-        cases.append((a, b))
+        cases.append((a, b) if rng.random() < 0.5 else (b, a))
     for a, b in cases:
         expected = sum(m.size for m in difflib.SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks())
-        assert drift.matched_tokens(a, b) == expected, (a, b)
-    # past MAX_PAIRS it is difflib itself (bounded memory); ids that are not ints too
-    monkeypatch.setattr(drift, "MAX_PAIRS", 0)
-    assert drift.matched_tokens([1, 2, 3, 4], [1, 3, 4]) == 3
-    assert drift.matched_tokens([1, None, 3], [1, None, 3, 4]) == 3
-
-
-def test_matched_tokens_past_max_pairs_is_still_difflibs_count(monkeypatch):
-    """Sequences with too many equal pairs to hold: difflib's first block from a's positions every L tokens
-    (L: the shared prefix or suffix), the sides as sub-problems, or difflib itself; the count never changes."""
-    import difflib
-    import random
-
-    import astuner.drift as drift
-
-    rng = random.Random(11)
-    cases = []
-    for _ in range(300):
-        alphabet = rng.choice([2, 3, 8, 50])
-        a = [rng.randrange(alphabet) for _ in range(rng.randrange(1, 150))]
-        b = list(a)
-        for _ in range(rng.randrange(1, 5)):  # a drifted re-render: a few ids changed, dropped or added
-            at = rng.randrange(len(b) + 1)
-            b[at:at + rng.randrange(3)] = [rng.randrange(alphabet) for _ in range(rng.randrange(3))]
-        cases.append((a, b) if rng.random() < 0.5 else (b, a))
-    for max_pairs in (0, 50):
-        monkeypatch.setattr(drift, "MAX_PAIRS", max_pairs)
-        for a, b in cases:
-            expected = sum(m.size for m in difflib.SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks())
-            assert drift.matched_tokens(a, b) == expected, (max_pairs, a, b)
+        assert matched_tokens(a, b) == expected, (a, b)
