@@ -47,6 +47,13 @@ def _message_key(message: dict) -> str:
     return json.dumps(normalize_messages([message])[0], sort_keys=True, default=str)
 
 
+def _history_kept(earlier: list[dict], later: list[dict]) -> bool:
+    """`earlier`'s messages, normalized, are the first of `later`'s (compared pair by pair, up to the first change)."""
+    if len(later) < len(earlier):
+        return False
+    return all(_message_key(a) == _message_key(b) for a, b in zip(earlier, later))
+
+
 def extension(previous: dict[str, Any], current: dict[str, Any]) -> tuple[bool, int | None, str | None]:
     """(extends, first diverging position in current's prompt, cause) of two calls of one agent.
 
@@ -59,7 +66,7 @@ def extension(previous: dict[str, Any], current: dict[str, Any]) -> tuple[bool, 
         return True, None, None
     if (previous.get("tools") or None) != (current.get("tools") or None):
         cause = "tools_changed"
-    elif [_message_key(m) for m in previous["messages"]] != [_message_key(m) for m in current["messages"][: len(previous["messages"])]]:
+    elif not _history_kept(previous["messages"], current["messages"]):
         cause = "history_edited"
     elif at < len(previous["prompt_token_ids"]):
         cause = "prompt_rerendered"
@@ -70,26 +77,81 @@ def extension(previous: dict[str, Any], current: dict[str, Any]) -> tuple[bool, 
     return False, at, cause
 
 
-def rerender_drift_tokens(tokenizer, call: dict[str, Any], family: str | None = None) -> int:
-    """How many of the call's prompt + sampled completion ids a re-render of its messages + parsed reply
-    through the chat template would not reproduce (0: a trainer re-rendering the text trains on what was sampled)."""
-    from astuner.chat import detect_family, normalize_messages, parse_completion, special_tokens_of
+# apply_chat_template's own parameters that change how it tokenizes: a call whose template_kwargs
+# carry one of them is re-rendered the per-call way (tokenize=True), so its value stays what it was.
+_TOKENIZE_PARAMS = frozenset({"tokenize", "padding", "truncation", "max_length", "return_tensors", "return_dict",
+                              "return_assistant_tokens_mask", "tokenizer_kwargs", "sanitize_control_tokens"})
 
-    family = family or detect_family(tokenizer)
-    completion = list(call["completion_token_ids"])
-    parsed = parse_completion(tokenizer.decode(completion, skip_special_tokens=False), family, special_tokens_of(tokenizer))
+
+def _reply_of(tokenizer, completion: list[int], family: str, strip_tokens: list[str]) -> dict[str, Any]:
+    """The assistant message a trainer re-rendering from text would write for the sampled completion."""
+    from astuner.chat import parse_completion
+
+    parsed = parse_completion(tokenizer.decode(completion, skip_special_tokens=False), family, strip_tokens)
     reply: dict[str, Any] = {"role": "assistant", "content": parsed.text}
     if parsed.calls:
         reply["tool_calls"] = [{"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["input"]}}
                                for c in parsed.calls]
     if parsed.reasoning:
         reply["reasoning_content"] = parsed.reasoning
-    sampled = list(call["prompt_token_ids"]) + completion
-    try:
-        again = tokenizer.apply_chat_template(normalize_messages(list(call["messages"]) + [reply]), tools=call.get("tools") or None,
-                                              tokenize=True, return_dict=False, **(call.get("template_kwargs") or {}))
-        again = list(again)
-    except Exception:  # the template refuses the re-rendered history: nothing of it is reproduced
-        return len(sampled)
-    matcher = difflib.SequenceMatcher(None, again, sampled, autojunk=False)
-    return len(sampled) - sum(block.size for block in matcher.get_matching_blocks())
+    return reply
+
+
+def rerender_drift_tokens(tokenizer, call: dict[str, Any], family: str | None = None) -> int:
+    """How many of the call's prompt + sampled completion ids a re-render of its messages + parsed reply
+    through the chat template would not reproduce (0: a trainer re-rendering the text trains on what was sampled)."""
+    return rerender_drift_tokens_batch(tokenizer, [call], family)[0]
+
+
+def rerender_drift_tokens_batch(tokenizer, calls: list[dict[str, Any]], family: str | None = None,
+                                strip_tokens: list[str] | None = None) -> list[int]:
+    """rerender_drift_tokens of many calls of one tokenizer: the texts are rendered one by one (each call has
+    its own tools and template variables) and tokenized in one batch, and the diff is skipped where the
+    re-render starts with the sampled ids. Values are the per-call ones, token for token:
+    apply_chat_template(tokenize=True) is this same render + tokenizer(text, add_special_tokens=False)."""
+    from astuner.chat import detect_family, normalize_messages, special_tokens_of
+
+    family = family or detect_family(tokenizer)
+    strip_tokens = special_tokens_of(tokenizer) if strip_tokens is None else strip_tokens
+    sampled = [list(c["prompt_token_ids"]) + list(c["completion_token_ids"]) for c in calls]
+    again: list[list[int] | None] = [None] * len(calls)  # None: the template refused this call's history
+    texts: dict[int, str] = {}
+    for n, call in enumerate(calls):
+        reply = _reply_of(tokenizer, list(call["completion_token_ids"]), family, strip_tokens)
+        try:  # as wide as the per-call path's was: messages it cannot normalize count as a refusal too
+            conversation = normalize_messages(list(call["messages"]) + [reply])
+            kwargs = call.get("template_kwargs") or {}
+            if _TOKENIZE_PARAMS.intersection(kwargs):
+                again[n] = list(tokenizer.apply_chat_template(conversation, tools=call.get("tools") or None, tokenize=True,
+                                                              return_dict=False, **kwargs))
+            else:
+                texts[n] = tokenizer.apply_chat_template(conversation, tools=call.get("tools") or None, tokenize=False,
+                                                         return_dict=False, **kwargs)
+        except Exception:  # the template refuses the re-rendered history: nothing of it is reproduced
+            pass
+    if texts:
+        try:
+            # the arguments apply_chat_template(tokenize=True) tokenizes with
+            ids = tokenizer(list(texts.values()), add_special_tokens=False, padding=False, truncation=False)["input_ids"]
+        except Exception:  # one text the tokenizer refuses: find it, as the per-call path would
+            ids = []
+            for text in texts.values():
+                try:
+                    ids.append(tokenizer(text, add_special_tokens=False, padding=False, truncation=False)["input_ids"])
+                except Exception:
+                    ids.append(None)
+        for n, row in zip(texts, ids):
+            again[n] = list(row) if row is not None else None
+    return [len(s) if a is None else len(s) - matched_tokens(a, s) for a, s in zip(again, sampled)]
+
+
+def matched_tokens(a: list[int], b: list[int]) -> int:
+    """How many tokens difflib's matching blocks of a and b cover (autojunk off: every id counts, however common)."""
+    # The common case: the re-render reproduces the sampled ids, often plus the template's end of turn
+    # ("<|im_end|>" sampled, "<|im_end|>\n" rendered). One side a prefix of the other is a block as long as the
+    # shorter side: difflib's first block, and nothing is left beside it on the shorter side.
+    if b == a[: len(b)]:
+        return len(b)
+    if a == b[: len(a)]:
+        return len(a)
+    return sum(block.size for block in difflib.SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks())

@@ -319,54 +319,79 @@ def check_template_drift(con, result: IngestResult, progress: bool = True, chunk
         crash_point("ingest.drift_written")
 
 
-def measure_drift(con, result: IngestResult, progress: bool = True) -> None:
+def measure_drift(con, result: IngestResult, progress: bool = True, chunk: int = 512) -> None:
     """The drift measures of astuner/drift.py for every engine call not measured yet (drift_measured NULL):
     extension against the same agent's (and role's) previous engine call of its trajectory, and the
-    re-render drift through the checkpoint's tokenizer (NULL where it is not here)."""
+    re-render drift through the checkpoint's tokenizer (NULL where it is not here).
+
+    Rows come `chunk` at a time in trajectory order, so only one trajectory's previous calls and one chunk
+    of conversations are held; each chunk's re-renders go through the tokenizer as one batch per checkpoint."""
     import pyarrow as pa
     from tqdm.auto import tqdm
 
-    from astuner.drift import extension, rerender_drift_tokens
+    from astuner.chat import detect_family, special_tokens_of
+    from astuner.drift import extension, rerender_drift_tokens_batch
 
-    rows = con.execute(
-        """SELECT c.trajectory_id, c.call_index, coalesce(c.agent_name, ''), c.role, c.messages, c.tools,
-                  c.completion_text, c.prompt_token_ids, c.completion_token_ids, t.checkpoint_path, c.template_kwargs
-           FROM calls c JOIN trajectories t USING (trajectory_id)
-           WHERE c.prompt_token_ids IS NOT NULL AND c.completion_token_ids IS NOT NULL AND c.trajectory_id IN
-                 (SELECT trajectory_id FROM calls WHERE prompt_token_ids IS NOT NULL AND drift_measured IS NULL)
-           ORDER BY c.trajectory_id, c.call_index"""
-    ).fetchall()
-    if not rows:
+    where = """c.prompt_token_ids IS NOT NULL AND c.completion_token_ids IS NOT NULL AND c.trajectory_id IN
+               (SELECT trajectory_id FROM calls WHERE prompt_token_ids IS NOT NULL AND drift_measured IS NULL)"""
+    total = con.execute(f"SELECT count(*) FROM calls c WHERE {where}").fetchall()[0][0]
+    if not total:
         return
+    query = con.execute(
+        f"""SELECT c.trajectory_id, c.call_index, coalesce(c.agent_name, ''), c.role, c.messages, c.tools,
+                   c.completion_text, c.prompt_token_ids, c.completion_token_ids, t.checkpoint_path, c.template_kwargs
+            FROM calls c JOIN trajectories t USING (trajectory_id) WHERE {where}
+            ORDER BY c.trajectory_id, c.call_index"""
+    )
+    # checkpoint -> (tokenizer, family, special tokens), or None where its tokenizer is not here
     tokenizers: dict = {}
-    previous: dict = {}
-    out = {k: [] for k in ("trajectory_id", "call_index", "extends", "at", "cause", "rerender")}
-    for row in tqdm(rows, desc="drift measures", unit="call", disable=not progress):
-        trajectory_id, index, agent, role, messages, tools, text, prompt, completion, checkpoint, kwargs = row
-        call = {"messages": json.loads(messages), "tools": json.loads(tools) if tools else None, "completion_text": text,
-                "prompt_token_ids": prompt, "completion_token_ids": completion,
-                "template_kwargs": json.loads(kwargs) if kwargs else None}
-        key = (trajectory_id, agent, role)
-        extends, at, cause = (None, None, None) if key not in previous else extension(previous[key], call)
-        previous[key] = call
-        if checkpoint not in tokenizers:
-            tokenizers[checkpoint] = _load_tokenizer(checkpoint)[0]
-        tokenizer = tokenizers[checkpoint]
-        rerender = rerender_drift_tokens(tokenizer, call) if tokenizer is not None else None
-        for name, value in zip(out, (trajectory_id, index, extends, at, cause, rerender)):
-            out[name].append(value)
-        if extends is not None:
-            result.measured_pairs += 1
-            result.extending += extends
-            if cause:
-                result.causes[cause] = result.causes.get(cause, 0) + 1
-        if rerender is not None:
-            result.rerender_tokens += len(prompt) + len(completion)
-            result.rerender_changed += rerender
-    table = pa.table({"trajectory_id": pa.array(out["trajectory_id"], pa.string()), "call_index": pa.array(out["call_index"], pa.int32()),
-                      "extends": pa.array(out["extends"], pa.bool_()), "at": pa.array(out["at"], pa.int32()),
-                      "cause": pa.array(out["cause"], pa.string()), "rerender": pa.array(out["rerender"], pa.int32())})
-    con.register("drift_measures", table)
+    previous: dict = {}  # (agent, role) -> that agent's previous call, in the current trajectory only
+    trajectory = None
+    tables = []
+    with tqdm(total=total, desc="drift measures", unit="call", disable=not progress) as bar:
+        while rows := query.fetchmany(chunk):
+            out = {k: [] for k in ("trajectory_id", "call_index", "extends", "at", "cause", "rerender")}
+            by_checkpoint: dict = {}  # checkpoint -> positions in this chunk
+            for row in rows:
+                trajectory_id, index, agent, role, messages, tools, text, prompt, completion, checkpoint, kwargs = row
+                call = {"messages": json.loads(messages), "tools": json.loads(tools) if tools else None,
+                        "completion_text": text, "prompt_token_ids": prompt, "completion_token_ids": completion,
+                        "template_kwargs": json.loads(kwargs) if kwargs else None}
+                if trajectory_id != trajectory:  # rows come in trajectory order: the last one's calls are done
+                    trajectory, previous = trajectory_id, {}
+                key = (agent, role)
+                extends, at, cause = (None, None, None) if key not in previous else extension(previous[key], call)
+                previous[key] = call
+                if checkpoint not in tokenizers:
+                    tokenizer = _load_tokenizer(checkpoint)[0]
+                    tokenizers[checkpoint] = None if tokenizer is None else (
+                        tokenizer, detect_family(tokenizer), special_tokens_of(tokenizer))
+                if tokenizers[checkpoint] is not None:
+                    by_checkpoint.setdefault(checkpoint, []).append((len(out["rerender"]), call))
+                for name, value in zip(out, (trajectory_id, index, extends, at, cause, None)):
+                    out[name].append(value)
+                if extends is not None:
+                    result.measured_pairs += 1
+                    result.extending += extends
+                    if cause:
+                        result.causes[cause] = result.causes.get(cause, 0) + 1
+            for checkpoint, positioned in by_checkpoint.items():
+                tokenizer, family, specials = tokenizers[checkpoint]
+                calls = [call for _, call in positioned]
+                for (position, call), rerender in zip(positioned, rerender_drift_tokens_batch(tokenizer, calls, family, specials)):
+                    out["rerender"][position] = rerender
+                    result.rerender_tokens += len(call["prompt_token_ids"]) + len(call["completion_token_ids"])
+                    result.rerender_changed += rerender
+            tables.append(pa.table({
+                "trajectory_id": pa.array(out["trajectory_id"], pa.string()), "call_index": pa.array(out["call_index"], pa.int32()),
+                "extends": pa.array(out["extends"], pa.bool_()), "at": pa.array(out["at"], pa.int32()),
+                "cause": pa.array(out["cause"], pa.string()), "rerender": pa.array(out["rerender"], pa.int32())}))
+            bar.update(len(rows))
+    if not tables:
+        return
+    # Written once, after the read: a statement on `con` would end the query being fetched. The columnar
+    # chunks hold ~30 bytes a call.
+    con.register("drift_measures", pa.concat_tables(tables))
     con.execute(
         """UPDATE calls SET extends_previous = d.extends, divergence_at = d.at, divergence_cause = d.cause,
                   rerender_drift_tokens = d.rerender, drift_measured = true

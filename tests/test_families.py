@@ -308,6 +308,92 @@ def test_ingest_measures_family_drift(tmp_path, family_tokenizer, family_dir, ca
     assert "Drift per checkpoint and role" in page and "completion_rerendered" in page and "prompt_rerendered" in page
 
 
+def _rerender_drift_per_call(tokenizer, call):
+    """The oracle: rerender_drift_tokens as it was before batching (one apply_chat_template(tokenize=True)
+    per call, then difflib), kept verbatim so the batched path is held to its values."""
+    import difflib
+
+    from astuner.chat import detect_family, normalize_messages, parse_completion, special_tokens_of
+
+    completion = list(call["completion_token_ids"])
+    parsed = parse_completion(tokenizer.decode(completion, skip_special_tokens=False), detect_family(tokenizer),
+                              special_tokens_of(tokenizer))
+    reply = {"role": "assistant", "content": parsed.text}
+    if parsed.calls:
+        reply["tool_calls"] = [{"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["input"]}}
+                               for c in parsed.calls]
+    if parsed.reasoning:
+        reply["reasoning_content"] = parsed.reasoning
+    sampled = list(call["prompt_token_ids"]) + completion
+    try:
+        again = list(tokenizer.apply_chat_template(normalize_messages(list(call["messages"]) + [reply]),
+                                                   tools=call.get("tools") or None, tokenize=True, return_dict=False,
+                                                   **(call.get("template_kwargs") or {})))
+    except Exception:
+        return len(sampled)
+    matcher = difflib.SequenceMatcher(None, again, sampled, autojunk=False)
+    return len(sampled) - sum(block.size for block in matcher.get_matching_blocks())
+
+
+def test_batched_rerender_drift_equals_the_per_call_values(family_tokenizer, family_dir):
+    """measure_drift's batched path (one tokenizer batch per chunk and checkpoint, the array diff, the skip
+    when the re-render is exact) gives every call the per-call value, drifted calls included."""
+    from astuner.drift import rerender_drift_tokens, rerender_drift_tokens_batch
+
+    drifted_somewhere = exact_somewhere = False
+    for family in FAMILIES:
+        tok = family_tokenizer(family)
+        base = [c.model_dump() for c in _scripted_react(family, tok, family_dir(family))[0]]
+        calls = list(base)
+        for c in base:
+            prompt, completion = list(c["prompt_token_ids"]), list(c["completion_token_ids"])
+            middle = len(prompt) // 2
+            calls += [
+                {**c, "prompt_token_ids": prompt[:middle] + [prompt[middle] + 1] + prompt[middle + 1:]},  # one id off
+                {**c, "prompt_token_ids": prompt[:middle] + prompt[middle + 3:]},                        # ids missing
+                {**c, "completion_token_ids": completion[::-1]},                                         # reply scrambled
+                {**c, "prompt_token_ids": prompt * 2},                                                   # repeats: ties
+                {**c, "template_kwargs": {**(c.get("template_kwargs") or {}), "truncation": True, "max_length": 16}},
+                {**c, "messages": [{"content": "no role"}]},                                             # refused
+            ]
+        expected = [_rerender_drift_per_call(tok, c) for c in calls]
+        assert rerender_drift_tokens_batch(tok, calls) == expected, family
+        assert [rerender_drift_tokens(tok, c) for c in calls] == expected, family
+        assert expected[-1] == len(calls[-1]["prompt_token_ids"]) + len(calls[-1]["completion_token_ids"])
+        drifted_somewhere |= any(0 < d < len(c["prompt_token_ids"]) for d, c in zip(expected, calls))
+        exact_somewhere |= 0 in expected
+    assert drifted_somewhere and exact_somewhere
+
+
+def test_measure_drift_in_chunks_equals_one_chunk(tmp_path, family_tokenizer, family_dir):
+    """Chunk boundaries (fetchmany) change nothing: not the extension against the agent's previous call,
+    not the re-render drift."""
+    from helpers import make_traj, write
+
+    from astuner.store import open_store
+    from judge.ingest import IngestResult, ingest, measure_drift
+
+    trajectories = []
+    for family in FAMILIES:
+        records = [c.model_dump() for c in _scripted_react(family, family_tokenizer(family), family_dir(family))[0]]
+        trajectories.append(make_traj(f"t-{family}", 0, calls=records, checkpoint=str(family_dir(family))))
+    con = open_store(tmp_path / "s.duckdb")
+    try:
+        ingest(con, [str(write(tmp_path / "traces" / "part.jsonl", trajectories))], check_template=False, progress=False)
+        columns = "SELECT trajectory_id, call_index, extends_previous, divergence_at, divergence_cause, rerender_drift_tokens " \
+                  "FROM calls ORDER BY 1, 2"
+        got = {}
+        for chunk in (512, 3, 1):
+            con.execute("UPDATE calls SET extends_previous = NULL, divergence_at = NULL, divergence_cause = NULL, "
+                        "rerender_drift_tokens = NULL, drift_measured = NULL")
+            measure_drift(con, IngestResult(), progress=False, chunk=chunk)
+            got[chunk] = con.execute(columns).fetchall()
+    finally:
+        con.close()
+    assert len(got[512]) == 8 and any(r[5] for r in got[512]) and any(r[2] is False for r in got[512])
+    assert got[3] == got[512] and got[1] == got[512]
+
+
 def test_store_from_before_the_drift_columns_gains_them(tmp_path, capsys):
     from astuner.store import DRIFT_COLUMNS, open_store
 

@@ -179,3 +179,36 @@ def test_reference_import_name():
     assert (Workflow, WorkflowTask, WorkflowOutput, ModelTuner) == (
         astuner.Workflow, astuner.WorkflowTask, astuner.WorkflowOutput, astuner.ModelTuner)
     assert "ModelTuner" in agentscope_tuner.__all__
+
+
+def test_matched_tokens_is_difflibs_count():
+    """matched_tokens (difflib, with a shortcut where one side is a prefix of the other) counts what difflib's
+    matching blocks cover: prefix cases, empty sides, tiny alphabets, near-copies."""
+    import difflib
+    import random
+
+    from astuner.drift import matched_tokens
+
+    rng = random.Random(7)
+    cases = [([], []), ([1], []), ([], [1]), ([1, 2, 3], [1, 2, 3]), ([1, 2, 3, 9], [1, 2, 3]), ([1, 2, 3], [1, 2, 3, 9, 8]),
+             ([1, 2], [1, 2, 9, 1, 2]), ([1, 1, 1, 1], [1, 1]), ([1, 2] * 20, [2, 1] * 20), ([1, None, 3], [1, None, 3, 4])]
+    for _ in range(200):
+        alphabet = rng.choice([2, 3, 40, 600])
+        a = [rng.randrange(alphabet) for _ in range(rng.randrange(120))]
+        b = list(a)
+        roll = rng.random()
+        if roll < 0.3:  # the re-render adds or drops the template's end of turn: one side a prefix of the other
+            if rng.random() < 0.5:
+                b += [rng.randrange(alphabet) for _ in range(rng.randrange(3))]
+            else:
+                b = b[: rng.randrange(len(b) + 1)]
+        elif roll < 0.7:  # a near-copy: the drift a re-render makes
+            for _ in range(rng.randrange(1, 6)):
+                at = rng.randrange(len(b) + 1)
+                b[at:at + rng.randrange(3)] = [rng.randrange(alphabet) for _ in range(rng.randrange(3))]
+        else:
+            b = [rng.randrange(alphabet) for _ in range(rng.randrange(120))]
+        cases.append((a, b) if rng.random() < 0.5 else (b, a))
+    for a, b in cases:
+        expected = sum(m.size for m in difflib.SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks())
+        assert matched_tokens(a, b) == expected, (a, b)
