@@ -2,9 +2,9 @@
 
 AgentJet workflows that are not AgentScope code talk to the model through the OpenAI SDK
 (`tuner.as_raw_openai_sdk_client()`) or any client given `tuner.as_oai_baseurl_apikey()`.
-collect starts one endpoint, on the first such call, and closes it when the collect ends:
-aiohttp in a daemon thread of collect's own process (no child process, so a kill -9 of collect
-takes the socket with it). Each (run, role, agent) gets its own API key; a request is answered
+Each process that runs workflows (each of collect's workers, or collect itself with --workers 0)
+starts one endpoint, on the first such call, and closes it when it ends: aiohttp in a daemon
+thread of that process (no child process of its own, so a kill -9 takes the socket with it). Each (run, role, agent) gets its own API key; a request is answered
 through that run's ModelTuner, on collect's event loop, so it is recorded in the run's
 trajectory exactly as an AgentScope call is: prompt ids = render_prompt_ids(messages, tools),
 completion ids and logprobs from the engine. A finished run's keys are revoked. Sampling is

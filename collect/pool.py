@@ -204,10 +204,11 @@ class WorkerPool:
                 self._fail(ValueError(f"--workflow {self.spec.workflow_ref}: a worker process could not set it up: {message[1]}"))
                 return
             elif kind == "started":
-                run = handle.runs[message[1]]
-                run.started_wall, run.started_mono = message[2], time.monotonic()
+                if (run := handle.runs.get(message[1])) is not None:
+                    run.started_wall, run.started_mono = message[2], time.monotonic()
             elif kind == "call":
-                handle.runs[message[1]].calls[message[2].index] = message[2]
+                if (run := handle.runs.get(message[1])) is not None:
+                    run.calls[message[2].index] = message[2]
             elif kind == "gen":
                 asyncio.ensure_future(self._generate(handle, process, *message[1:]))
             elif kind == "done":
