@@ -44,6 +44,7 @@ GRACE_S = 1.0  # past its deadline this long (and not ended by its own timeout):
 TICK_S = 0.1
 STALE_S = 0.5  # the watchdog has not beaten this long: native code holds the GIL, who is running is unknown
 MEMORY_CHECK_S = 0.5
+HELD_S = 0.3  # a run executing this long without yielding: its worker gets no new runs until it yields
 MAX_REQUEUES = 3  # a run whose worker was stopped this often while it waited in it is recorded, not run again
 # imported once by the fork server, so a worker (also a replacement) starts in well under a second
 PRELOAD = ["collect.worker", "agentscope.agent", "agentscope.formatter", "agentscope.tool"]
@@ -130,7 +131,6 @@ class WorkerPool:
         self.handles = [WorkerHandle(i, concurrency // workers + (i < concurrency % workers)) for i in range(workers)]
         self.pending: deque[Run] = deque()
         self.solo: deque[Run] = deque()
-        self.draining: WorkerHandle | None = None  # takes no new runs until empty, then the solo runs one by one
         self.loop: asyncio.AbstractEventLoop | None = None
         self.finished: asyncio.Future | None = None
         self.closing = False
@@ -258,20 +258,18 @@ class WorkerPool:
 
     # ----- scheduling -------------------------------------------------------------------
     def _dispatch(self) -> None:
+        """Fill the workers. A solo run goes only to an empty worker, which then takes nothing else until it
+        ends (a replacement worker starts empty, so they begin at once; the rest run when workers empty)."""
         if self.closing or self.finished is None or self.finished.done():
             return
-        live = [h for h in self.handles if h.ready and not h.dead]
-        if self.solo and (self.draining is None or self.draining.dead):
-            self.draining = min(live, key=lambda h: len(h.runs)) if live else None
-        for handle in live:
-            if handle is self.draining:
-                if handle.runs:
-                    continue
-                if self.solo:
-                    self._send(handle, self.solo.popleft())
-                    continue
-                self.draining = None
-            if any(r.solo for r in handle.runs.values()):
+        now = time.monotonic()
+        for handle in self.handles:
+            if not handle.ready or handle.dead or any(r.solo for r in handle.runs.values()):
+                continue
+            if handle.status[0] >= 0 and now - handle.status[1] > HELD_S:
+                continue  # one run has held its loop a while: a run sent there now would only wait behind it
+            if not handle.runs and self.solo:
+                self._send(handle, self.solo.popleft())
                 continue
             while len(handle.runs) < handle.capacity and self.pending:
                 self._send(handle, self.pending.popleft())
