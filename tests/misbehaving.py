@@ -3,6 +3,7 @@ sleep, a busy loop, a native abort, a leak. The task's query says which; any oth
 
 import asyncio
 import os
+import signal
 import time
 
 from astuner import Workflow, WorkflowOutput
@@ -29,6 +30,12 @@ class Misbehaves(Workflow):
                 pass
         elif what == "abort":
             os.abort()  # a native crash (SIGABRT), as a segfaulting extension would
+        elif what == "segfault":  # a crashing extension
+            import ctypes
+
+            ctypes.string_at(0)
+        elif what == "killed":  # the OOM killer's SIGKILL
+            os.kill(os.getpid(), signal.SIGKILL)
         elif what == "swallow":  # code that takes the timeout's cancellation for an interrupt and carries on
             try:
                 await asyncio.sleep(HOLD_S)

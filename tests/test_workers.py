@@ -67,15 +67,15 @@ def test_blocking_spinning_and_aborting_runs_cost_only_themselves(tmp_path, toke
     assert collect.seconds < 50  # it did not wait for the 60 s sleep or busy loop
 
 
-def test_a_run_that_crashes_every_time_is_recorded_once_and_resume_skips_it(tmp_path, capsys):
-    tasks = tasks_file(tmp_path / "tasks.jsonl", 5, {2: "abort"})
-    out = collect(tmp_path, tasks, "--workers", "1")
-    [crashed] = [t for t in load(out) if t.status != "ok"]
-    assert crashed.task.task_id == "t02" and "SIGABRT" in crashed.error
-    assert len(load(out)) == 6
-    capsys.readouterr()
-    collect(tmp_path, tasks, "--workers", "1")  # the rerun: the crash is a recorded run, not a missing one
-    assert "0 to go" in capsys.readouterr().err and len(load(out)) == 6
+def test_runs_that_crash_their_worker_every_time_are_recorded_once_and_resume_skips_them(tmp_path, capsys):
+    tasks = tasks_file(tmp_path / "tasks.jsonl", 6, {1: "abort", 4: "segfault", 6: "killed"})
+    out = collect(tmp_path, tasks, "--workers", "2")
+    crashed = {t.task.task_id: t.error for t in load(out) if t.status != "ok"}
+    assert sorted(crashed) == ["t01", "t04", "t06"] and len(load(out)) == 9, crashed
+    assert "SIGABRT" in crashed["t01"] and "SIGSEGV" in crashed["t04"] and "SIGKILL" in crashed["t06"]
+    assert "died by themselves" in capsys.readouterr().err
+    collect(tmp_path, tasks, "--workers", "2")  # the rerun: a crash is a recorded run, not a missing one
+    assert "0 to go" in capsys.readouterr().err and len(load(out)) == 9
 
 
 @pytest.mark.parametrize("workers", ["0", "2"])
