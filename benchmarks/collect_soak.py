@@ -219,13 +219,19 @@ def memory_at(check: SoakCheck, position: int) -> tuple[int, dict] | None:
 
 
 def rss_slope(check: SoakCheck, start: int) -> float | None:
-    """Least-squares slope of VmRSS (KiB) over completed runs, from `start` on (one process only)."""
-    pts = [(p, m["rss_kib"]) for p, s, m in check.timeline if s == "ok" and p >= start and m.get("rss_kib")]
-    if len(pts) < 2 or len({m.get("pid") for p, s, m in check.timeline if s == "ok" and p >= start}) != 1:
-        return None
-    mx, my = sum(p for p, _ in pts) / len(pts), sum(r for _, r in pts) / len(pts)
-    var = sum((p - mx) ** 2 for p, _ in pts)
-    return sum((p - mx) * (r - my) for p, r in pts) / var if var else None
+    """Least-squares slope of VmRSS (KiB) over completed runs, from `start` on: the steepest of the
+    processes that ran them (collect's workers, each of which records its own)."""
+    by_pid: dict = {}
+    for p, s, m in check.timeline:
+        if s == "ok" and p >= start and m.get("rss_kib"):
+            by_pid.setdefault(m.get("pid"), []).append((p, m["rss_kib"]))
+    slopes = []
+    for pts in by_pid.values():
+        mx, my = sum(p for p, _ in pts) / len(pts), sum(r for _, r in pts) / len(pts)
+        var = sum((p - mx) ** 2 for p, _ in pts)
+        if len(pts) >= 2 and var:
+            slopes.append(sum((p - mx) * (r - my) for p, r in pts) / var)
+    return max(slopes) if slopes else None
 
 
 def mib(kib: int | None) -> str:
