@@ -307,6 +307,8 @@ def results(recipe: Recipe, iterations: int, progress: dict) -> list[dict]:
             "train_reward": train_reward,
             "samples": samples,
             "train_examples": trained.get("counts", {}).get("samples"),
+            # SFT: trained sequences made of several calls of one agent (an episode's calls merged)
+            "merged_sequences": trained.get("counts", {}).get("merged_sequences"),
             "train_loss": (trained.get("metrics") or {}).get("train_loss"),
             "seconds": round(seconds),
         })

@@ -4,11 +4,13 @@
     python examples/learning_table.py runs/two/speaker --roles # + held-out reward per role
 
 Reads RUN_DIR/progress.json, the stores (read-only) and each iter-K/checkpoint/finetune.json, as
-`python -m astuner iterate` wrote them; runs nothing. Columns beyond the loop's table:
-`merged` is finetune's count of calls appended to an earlier sequence of their agent (an SFT
-sequence of 2 calls is one merged call; "-" for DPO, whose pairs are single calls); with
---roles, `held_out_<role>` is the mean call-level score (judger.py:role_reward) of each role on
-the held-out split, and `trained` names the roles whose calls were trainable that iteration.
+`python -m astuner iterate` wrote them; runs nothing. Columns beyond the loop's table: `merged` is
+finetune's count of trained sequences made of several calls of one agent (finetune.json
+`counts.merged_sequences`; an episode's tool call and answer merged into one sequence); for DPO,
+whose pairs are single calls, `later_pairs` counts the pairs of a later call (their shared prompt
+holds the episode's earlier turns); with --roles, `held_out_<role>` is the mean call-level score
+(judger.py:role_reward) of each role on the held-out split, and `trained` names the roles whose
+calls were trainable that iteration.
 """
 
 from __future__ import annotations
@@ -71,7 +73,11 @@ def main(argv=None) -> int:
         manifest = run / f"iter-{row['iteration']}" / "checkpoint" / "finetune.json"
         counts = json.loads(manifest.read_text()).get("counts", {}) if manifest.exists() else {}
         out = {k: row[k] for k in ("iteration", "held_out_reward", "train_reward", "samples", "train_examples")}
-        out["merged"] = counts.get("merged_calls", "-" if counts else None)
+        if recipe.finetune.get("method") == "dpo":
+            out["later_pairs"] = counts.get("later_call_pairs")
+        else:
+            out["merged"] = counts.get("merged_sequences", counts.get("merged_calls"))
+        out["train_loss"] = row["train_loss"]
         for role, mean in sorted(roles.get(row["iteration"], {}).items()):
             out[f"held_out_{role}"] = mean
         if args.roles:

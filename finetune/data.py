@@ -71,9 +71,10 @@ class BuiltDataset:
         roles = ", ".join(f"{role} {n}" for role, n in sorted(c["by_role"].items()))
         if self.method == "sft":
             return (f"SFT data: {c['samples']} sequences from {c['calls']} trainable calls ({c['merged_calls']} merged into "
-                    f"an earlier sequence of their agent) of {c['trajectories']} trajectories, {c['tasks']} tasks, iteration {its}; "
+                    f"an earlier sequence of their agent: {c['merged_sequences']} sequences of several calls) of {c['trajectories']} trajectories, {c['tasks']} tasks, iteration {its}; "
                     f"{c['completion_tokens']} trained tokens of {c['tokens']}; calls by role: {roles}")
         return (f"DPO data: {c['samples']} pairs from {c['prompts']} prompts of {c['tasks']} tasks, iteration {its}; "
+                f"{c['later_call_pairs']} of a later call (their prompt holds the earlier turns); "
                 f"margin mean {c['mean_margin']:.3g}, min {c['min_margin']:.3g}; pairs by role: {roles}")
 
 
@@ -123,6 +124,8 @@ def _build_sft(con, sel: Selection, iterations: list[int]) -> BuiltDataset:
     rows = merge_calls(calls)
     counts = {
         "samples": len(rows), "calls": len(calls), "merged_calls": len(calls) - len(rows),
+        # trained sequences made of two or more calls (a sequence of 3 calls is 1 here, 2 in merged_calls)
+        "merged_sequences": sum(1 for r in rows if len(r["call_indices"]) > 1),
         "trajectories": len({c[2] for c in calls}), "tasks": len({c[0] for c in calls}),
         "completion_tokens": sum(sum(r["completion_mask"]) for r in rows), "tokens": sum(len(r["input_ids"]) for r in rows),
         "by_role": dict(Counter(c[6] for c in calls)), "drifted_calls": sum(1 for c in calls if c[10]),
@@ -209,6 +212,8 @@ def _build_dpo(con, sel: Selection, iterations: list[int]) -> BuiltDataset:
         "samples": len(rows), "prompts": len({(r["task_id"], r["iteration"], tuple(r["prompt_ids"])) for r in rows}),
         "tasks": len({r["task_id"] for r in rows}), "candidate_pairs": len(pairs),
         "mean_margin": sum(margins) / len(margins), "min_margin": min(margins),
+        # pairs of a later call (index > 0): their shared prompt holds the episode's earlier turns
+        "later_call_pairs": sum(1 for r in rows if r["chosen_call_index"] > 0),
         "tokens": sum(len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in rows),
         "by_role": dict(Counter(r["role"] for r in rows)),
     }

@@ -86,7 +86,7 @@ def test_untrained_role_never_in_the_loss(tmp_path):
     data = built(db, top_k=2, min_reward=1.0)
     assert [r["input_ids"] for r in data.rows] == [[10, 11, 12, 20, 21, 30, 40, 41, 31, 22, 23]]
     assert data.rows[0]["completion_mask"] == [0, 0, 0, 1, 1, 0, 0, 0, 0, 1, 1]
-    expected = {"samples": 1, "calls": 2, "merged_calls": 1, "tasks": 1, "completion_tokens": 4}
+    expected = {"samples": 1, "calls": 2, "merged_calls": 1, "merged_sequences": 1, "tasks": 1, "completion_tokens": 4}
     assert {k: data.counts[k] for k in expected} == expected
     # with min_reward 0 the losing sample joins; t1 has only the critic: nothing from it
     data = built(db, top_k=2, min_reward=0.0)

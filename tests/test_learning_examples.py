@@ -3,7 +3,8 @@
 
 - learn_tool_use: a two-call ReAct episode (tool call, tool result, answer) is one SFT sequence
   whose loss covers exactly the two completions, never the tool result or the prompts; finetune's
-  `merged_calls` counts those sequences; DPO pairs share their prompt ids.
+  `merged_sequences` counts those sequences (the loop's table shows it); DPO pairs share their
+  prompt ids, and `later_call_pairs` counts the pairs of answers (multi-turn prompts).
 - learn_two_roles: only the trained role's calls are trainable and reach the data; per-role
   rewards; --trainable-targets switches the role with no code change.
 """
@@ -52,12 +53,19 @@ def test_tool_use_episode_is_one_sequence_with_two_trained_spans(tool_warmup, to
     assert assert_token_exact(trajectories, tokenizer) > 24
     episodes = [t for t in trajectories if len(t.calls) == 2 and t.metadata["tool_called"]]
     assert episodes, [t.calls[0].completion.text for t in trajectories][:4]
-    for t in trajectories:  # the reward follows the rule in workflow.score
+    sys.path.insert(0, str(TOOL))
+    from workflow import CODES, run_table
+
+    for t in trajectories:  # the reward follows the rule in workflow.score, on this run's own table
         meta, row = t.metadata, t.task.metadata
-        right = str(row["table"][str(row["key"])])
-        assert t.reward == (1.0 if meta["final_answer"] == right else 0.5 if (
-            any(str(c["key"]) == str(row["key"]) for c in meta["lookups"])
-            or any(meta["final_answer"] == str(c["code"]) for c in meta["lookups"])) else 0.0)
+        assert meta["table"] == run_table(t.task.task_id, t.sample_index) and sorted(meta["table"].values()) == sorted(CODES)
+        assert all(c["code"] == meta["table"][str(c["key"])] for c in meta["lookups"] if str(c["key"]) in meta["table"])
+        right_key = any(str(c["key"]) == str(row["key"]) for c in meta["lookups"])
+        used = any(meta["final_answer"] == str(c["code"]) for c in meta["lookups"] if c["code"] is not None)
+        assert t.reward == 0.5 * right_key + 0.5 * used
+        assert (t.reward == 1.0) == (right_key and meta["final_answer"] == meta["answer"])
+    # the table differs between samples of one task: no code can be learned from the question
+    assert len({json.dumps(t.metadata["table"]) for t in trajectories if t.task.task_id == trajectories[0].task.task_id}) > 1
 
     db = tmp_path / "store.duckdb"
     assert judge(["ingest", str(out / "traces"), "--db", str(db)]) == 0
@@ -77,14 +85,27 @@ def test_tool_use_episode_is_one_sequence_with_two_trained_spans(tool_warmup, to
         assert r["completion_mask"] == expected  # the prompts, the tool result and the headers carry no loss
         gap = r["input_ids"][start + len(first.completion_token_ids): len(second.prompt_token_ids)]
         assert response_id in gap and str(first.completion.tool_calls[0].name) == "code"
-    # finetune's own count: merged calls = sequences made of two calls (no run here has three mergeable calls)
-    assert sum(len(r["call_indices"]) - 1 for r in sft) == len(merged)
+    # finetune's own counts, as finetune.json records them: merged sequences = the two-call sequences
+    from astuner.store import open_store
+    from finetune.data import Selection, build
+
+    con = open_store(db, read_only=True)
+    try:
+        counts = build(con, Selection(min_reward=0.0, top_k=4)).counts
+        dpo_counts = build(con, Selection(method="dpo", pairing="all")).counts
+    finally:
+        con.close()
+    assert counts["merged_sequences"] == len(merged) == sum(len(r["call_indices"]) - 1 for r in sft) == counts["merged_calls"]
 
     dpo = export(db, tmp_path / "dpo.parquet", "--method", "dpo", "--pairing", "all")
     for pair in dpo:
         chosen, rejected = (by_id[pair[f"{side}_trajectory_id"]].calls[pair[f"{side}_call_index"]] for side in ("chosen", "rejected"))
         assert pair["prompt_ids"] == chosen.prompt_token_ids == rejected.prompt_token_ids
         assert pair["chosen_reward"] > pair["rejected_reward"]
+    later = [pair for pair in dpo if pair["chosen_call_index"] > 0]
+    assert dpo_counts["later_call_pairs"] == len(later)
+    for pair in later:  # an answer pair: the shared prompt holds the question, the tool call and its result
+        assert response_id in pair["prompt_ids"]
 
 
 def two_roles(tmp_path, tiny_model, name, *extra):

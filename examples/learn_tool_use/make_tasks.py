@@ -2,14 +2,13 @@
 
     python examples/learn_tool_use/make_tasks.py
 
-Every task names a key digit and carries its own table (key -> code, a random permutation of the
-ten digits, seeded per task), which only the `code` tool reads. Train and held-out tasks use
-disjoint phrasings and their own tables: the held-out reward measures whether the agent learned
-to call the tool with the question's key and to answer with the result, not any table.
+Every task names a key digit; the table the `code` tool reads is not in the task but drawn per
+run (workflow.run_table). Train and held-out tasks use disjoint phrasings: the held-out reward
+measures whether the agent learned to call the tool with the question's key and to answer with
+the result, whatever the phrasing and the table.
 """
 
 import json
-import random
 from pathlib import Path
 
 # Every phrasing ends with the key, so it sits at the same distance from the reply in every prompt.
@@ -31,21 +30,17 @@ EVAL_PHRASINGS = [
 ]
 
 
-def rows(split: str, phrasings: list[str], seed: int):
-    rng = random.Random(seed)
+def rows(split: str, phrasings: list[str]):
     for p, phrasing in enumerate(phrasings):
         for k in range(10):
-            codes = list(range(10))
-            rng.shuffle(codes)
-            yield {"task_id": f"{split}-p{p}-k{k}", "question": phrasing.format(k=k), "key": k,
-                   "table": {str(key): code for key, code in enumerate(codes)}}
+            yield {"task_id": f"{split}-p{p}-k{k}", "question": phrasing.format(k=k), "key": k}
 
 
 def main() -> None:
     here = Path(__file__).parent
-    for name, split, phrasings, seed in (("tasks.jsonl", "train", TRAIN_PHRASINGS, 0), ("eval_tasks.jsonl", "eval", EVAL_PHRASINGS, 1)):
+    for name, split, phrasings in (("tasks.jsonl", "train", TRAIN_PHRASINGS), ("eval_tasks.jsonl", "eval", EVAL_PHRASINGS)):
         with open(here / name, "w") as f:
-            for row in rows(split, phrasings, seed):
+            for row in rows(split, phrasings):
                 f.write(json.dumps(row) + "\n")
 
 

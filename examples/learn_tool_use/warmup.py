@@ -4,14 +4,15 @@ not the answers.
     HF_HUB_OFFLINE=1 python examples/learn_tool_use/warmup.py --out runs/tool/warmup
 
 The embedded tiny model is random-init. This script drives the example's own ReActAgent with a
-scripted model to get the exact messages collect would send (system prompt, tools, the question,
+scripted model to get the exact messages collect would send (the empty system turn, the question,
 the tool call, the tool's result), renders them with astuner.chat.render_prompt_ids, and trains
 on whole two-call episodes: call 1 `<tool_call>{"name": "code", "arguments": {"key": R}}</tool_call>`,
-the tool's reply V, call 2 the answer W, where R, V and W are three independent random digits,
-drawn afresh at every step. The loss is on the two completions only. So the model learns to call
-`code` with some digit, then to answer with some digit and stop, but neither digit depends on
-the question or on the tool's reply: iteration 0 of the loop starts near chance, and using the
-question's key and the tool's result is learned from rewards alone.
+the tool's reply V, call 2 the answer W, where R is a random digit and V and W are random code
+letters (workflow.CODES), all three independent and drawn afresh at every step. The loss is on
+the two completions only. So the model learns to call `code` with some digit, then to answer
+with some code letter and stop, but neither depends on the question or on the tool's reply:
+iteration 0 of the loop starts near chance, and using the question's key and the tool's result
+is learned from rewards alone.
 
 The call-1 completion is exactly the tokens the template re-renders for that turn in call 2's
 prompt, so successive calls of a collected episode extend each other and finetune merges them
@@ -32,7 +33,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 from warmup_lib import save_checkpoint, seconds_since, train_masked  # noqa: E402
-from workflow import make_agent, make_toolkit  # noqa: E402  (the workflow's own agent)
+from workflow import CODES, make_agent, make_toolkit  # noqa: E402  (the workflow's own agent and code alphabet)
 
 DIGITS = [str(d) for d in range(10)]
 
@@ -66,7 +67,7 @@ async def agent_calls(question: str, key: int, code: int) -> list[tuple[list[dic
             return ChatResponse(content=self.script.pop(0))
 
     model = Scripted()
-    await make_agent(model, make_toolkit({str(key): code}, [])).reply(Msg("user", question, role="user"))
+    await make_agent(model, make_toolkit({str(key): CODES[code]}, [])).reply(Msg("user", question, role="user"))
     return model.calls
 
 
@@ -81,7 +82,8 @@ class Episodes:
 
         self.end_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.digit_ids = [tokenizer(d, add_special_tokens=False)["input_ids"] for d in DIGITS]
-        assert all(len(ids) == 1 for ids in self.digit_ids), "each digit must be one token"
+        self.code_ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in CODES]
+        assert all(len(ids) == 1 for ids in self.digit_ids + self.code_ids), "each digit and code must be one token"
         self.prompts, self.call1, self.gap = [], {}, {}
         for question in questions:
             (m1, t1), _ = asyncio.run(agent_calls(question, 0, 0))
@@ -106,15 +108,15 @@ class Episodes:
             assert render_prompt_ids(tokenizer, m2, t2) == joined, f"episode pieces do not match the render of {question!r}"
 
     def _gap(self, key: int, code: int) -> list[int]:
-        # the gap rendered with code `key`: swap its code digit (one token) for `code`'s
+        # the gap rendered with code CODES[key]: swap that code (one token) for CODES[code]'s
         gap = list(self.gap[key])
-        gap[gap.index(self.digit_ids[key][0])] = self.digit_ids[code][0]
+        gap[gap.index(self.code_ids[key][0])] = self.code_ids[code][0]
         return gap
 
     def sample(self, rng) -> tuple[list[int], list[int]]:
         prompt = rng.choice(self.prompts)
         key, code, answer = rng.randrange(10), rng.randrange(10), rng.randrange(10)
-        call1, gap, call2 = self.call1[key], self._gap(key, code), self.digit_ids[answer] + [self.end_id]
+        call1, gap, call2 = self.call1[key], self._gap(key, code), self.code_ids[answer] + [self.end_id]
         ids = prompt + call1 + gap + call2
         mask = [0] * len(prompt) + [1] * len(call1) + [0] * len(gap) + [1] * len(call2)
         return ids, mask

@@ -3,25 +3,27 @@
     python -m collect --workflow examples/learn_tool_use/workflow.py:LookupAgent \
         --tasks examples/learn_tool_use/tasks.jsonl --model CKPT --samples-per-task 16 --max-tokens 32 --seed 0 --out RUN/iter-0
 
-Each task has its own secret table (key digit -> code digit, a random permutation stored in the
-task row, never shown to the model). The question names a key ("Code of box 7?"); the only way
-to the answer is the `code` tool: call 1 must be `code(key=7)` (the argument comes from the
-question), the agent runs it, and call 2 must answer with the code the tool returned (the result
-is used in a later turn). Two model calls through AgentScope's ReActAgent and
-DashScopeChatFormatter; the tool is named in the system prompt, not in the template's tools block
-(ToolsInSystemPrompt: the tiny model cannot look past ~330 tokens of schema).
+The question names a key digit ("Code of box 7"); the answer is the code (a letter, CODES) that
+a secret table holds under that key. The table is never shown to the model and is drawn afresh
+for every run (a permutation of CODES seeded by task id and sample index, run_table), so the
+only way to the answer is the `code` tool: call 1 must be `code(key=7)` (the argument comes from
+the question), the agent runs it, and call 2 must answer with the letter the tool returned (the
+result is used in a later turn). Two model calls through AgentScope's ReActAgent and
+DashScopeChatFormatter; no system prompt and no tools block in the prompt (ToolsInSystemPrompt):
+the format-only warm-up taught the call syntax.
 
-Reward, from the final answer: 1.0 if it is the key's code; otherwise partial credit 0.5 for
-either half done right (the tool called with the question's key, or the answer copied from what
-the tool returned), 0.0 else. Partial credit gives iteration 0 a signal: a model that writes the
-format with random digits gets both halves right only 1 time in 100.
+Reward, from the final answer, in two halves: 0.5 for calling the tool with the question's key,
+0.5 for answering with what the tool returned. Both = 1.0 = the right code, obtained from the
+tool. A right code guessed after a wrong lookup earns nothing for the guess: with a fresh table
+per run the code cannot come from anywhere else, and counting guesses as right made 9 in 10 of
+the "right" episodes of the first version guesses (README).
 
 CKPT: the warm-up checkpoint (warmup.py: the tool-call format on random arguments) or a later one.
 """
 
 from __future__ import annotations
 
-import json
+import random
 
 from agentscope.agent import ReActAgent
 from agentscope.formatter import DashScopeChatFormatter
@@ -32,14 +34,28 @@ from agentscope.tool import Toolkit, ToolResponse
 
 from astuner import ModelTuner, Workflow, WorkflowOutput, WorkflowTask
 
-# Short and constant: every prompt token is one more place for the 2-layer model's attention to
-# look instead of the key; the key is the question's last token, at a fixed distance from the reply.
-SYS_PROMPT = "Call the tool code(key), then reply with its result."
+# Empty: every prompt token is one more place for the 2-layer model's attention to look instead
+# of the key (in learn_to_answer a system prompt cut SFT's result from 0.87 to 0.38). The key is
+# the question's last token, at a fixed distance from where the call writes it.
+SYS_PROMPT = ""
+# Codes are letters, keys digits: at the answer the model must copy the one letter in its
+# context, not pick the tool's digit out of three (the question's key and the call's key are
+# digits too). Each is one token of the tiny BPE, and none appears in any prompt.
+CODES = "ABDEHJKMNP"
 MAX_ITERS = 2  # call 1: the tool; call 2: the answer (a third call would be AgentScope's summary)
 
 
+def run_table(task_id: str, sample_index: int) -> dict[str, str]:
+    """This run's secret table, key digit -> code letter: a permutation of CODES seeded by the task
+    and the sample (a str seed: the same in every process), the same for every checkpoint. Fresh
+    per run so that no code can be memorised from the question; only the tool knows it."""
+    codes = list(CODES)
+    random.Random(f"{task_id}/{sample_index}").shuffle(codes)
+    return {str(key): code for key, code in enumerate(codes)}
+
+
 def make_toolkit(table: dict, log: list) -> Toolkit:
-    """A toolkit with one tool, `code`, reading this task's table; each call is appended to `log`."""
+    """A toolkit with one tool, `code`, reading this run's table; each call is appended to `log`."""
 
     async def code(key: int) -> ToolResponse:  # "code" is one token of the tiny BPE; "lookup" is five
         """The code under a key.
@@ -58,10 +74,10 @@ def make_toolkit(table: dict, log: list) -> Toolkit:
 
 
 class ToolsInSystemPrompt(ChatModelBase):
-    """Calls `model` with tools=None: the system prompt names the tool instead of the template's
-    tools block. That block is ~330 tokens of JSON schema and instructions; behind it, the
-    2-layer tiny model's attention could not find the key (no learning in 120 steps, README).
-    The agent's toolkit is unchanged: tool calls in the completion are parsed and run as usual."""
+    """Calls `model` with tools=None: no tools block in the prompt. That block is ~330 tokens of
+    JSON schema and instructions; behind it, the 2-layer tiny model's attention could not find
+    the key (no learning in 120 steps, README). The agent's toolkit is unchanged: tool calls in
+    the completion are parsed and run as usual."""
 
     def __init__(self, model):
         super().__init__(model_name=getattr(model, "model_name", "model"), stream=False)
@@ -78,14 +94,11 @@ def make_agent(model, toolkit: Toolkit) -> ReActAgent:
     return agent
 
 
-def score(answer: str, key: int, table: dict, lookups: list[dict]) -> float:
-    """1.0 for the key's code; 0.5 for the right lookup or for answering with what the tool returned; else 0."""
-    expected = str(table[str(key)])
-    if answer == expected:
-        return 1.0
+def score(answer: str, key: int, lookups: list[dict]) -> float:
+    """0.5 for a lookup of the question's key + 0.5 for an answer equal to a code the tool returned."""
     right_lookup = any(str(call["key"]) == str(key) for call in lookups)
     used_result = any(call["code"] is not None and answer == str(call["code"]) for call in lookups)
-    return 0.5 if right_lookup or used_result else 0.0
+    return 0.5 * right_lookup + 0.5 * used_result
 
 
 class LookupAgent(Workflow):
@@ -93,11 +106,11 @@ class LookupAgent(Workflow):
 
     async def execute(self, task: WorkflowTask, model_tuner: ModelTuner) -> WorkflowOutput:
         row = task.task.metadata
-        table = row["table"] if isinstance(row["table"], dict) else json.loads(row["table"])
+        table = run_table(task.task_id, task.sample_index)
         lookups: list[dict] = []
         agent = make_agent(model_tuner, make_toolkit(table, lookups))
         reply = await agent.reply(Msg("user", task.task.main_query, role="user"))
         answer = (reply.get_text_content() or "").strip()
-        reward = score(answer, row["key"], table, lookups)
-        return WorkflowOutput(reward=reward, metadata={"final_answer": answer, "answer": str(table[str(row["key"])]),
+        reward = score(answer, row["key"], lookups)
+        return WorkflowOutput(reward=reward, metadata={"final_answer": answer, "answer": table[str(row["key"])], "table": table,
                                                        "lookups": lookups, "tool_called": bool(lookups)})
