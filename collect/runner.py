@@ -145,10 +145,9 @@ async def run_one(spec: RunSpec, engine: Engine, task: Task, sample_index: int,
 
 
 def make_trajectory(spec: RunSpec, engine_name: str, task: Task, sample_index: int, status: str, error: str | None,
-                    tb: str | None, reward: float | None, metadata: dict, started: float, calls: list,
-                    finished: float | None = None) -> Trajectory:
-    """The record of one run: by run_one, or by collect for a run whose worker process it had to stop."""
-    finished = time.time() if finished is None else finished
+                    tb: str | None, reward: float | None, metadata: dict, started: float, calls: list) -> Trajectory:
+    """The record of one run, finished now: by run_one, or by collect for a run whose worker process it had to stop."""
+    finished = time.time()
     return Trajectory(
         trajectory_id=trajectory_id(spec.run_id, task.task_id, sample_index),
         run_id=spec.run_id,
