@@ -87,6 +87,8 @@ class WorkerHandle:
         self.index, self.capacity = index, capacity
         self.process = self.conn = self.status = None
         self.runs: dict[int, Run] = {}
+        self.waiting = 0  # its model calls in collect's engines now
+        self.posted = self.acked = 0  # messages sent to it / of those, how many it has handled and gone idle after
         self.ready = self.dead = False
         self.stopped_for: str | None = None  # why collect stopped it (None: it died by itself)
         self.baseline_rss = 0
@@ -94,8 +96,14 @@ class WorkerHandle:
         self.crash_file: str | None = None
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
 
-    def post(self, message: tuple) -> None:
+    def post(self, message: tuple | None) -> None:
+        self.posted += message is not None
         self._outbox.put(message)
+
+    @property
+    def busy(self) -> bool:
+        """Running what collect's messages woke up (the worker has not reported it idle since)."""
+        return self.acked < self.posted
 
     def send_loop(self) -> None:
         """Sender thread: a worker that does not read (its GIL held by native code) never blocks collect's loop."""
@@ -140,7 +148,8 @@ class WorkerPool:
     # ----- workers ----------------------------------------------------------------------
     def _spawn(self, handle: WorkerHandle) -> None:
         handle.process = handle.conn = None
-        handle.runs, handle.ready, handle.dead, handle.stopped_for = {}, False, False, None
+        handle.runs, handle.ready, handle.dead, handle.stopped_for, handle.waiting = {}, False, False, None, 0
+        handle.posted = handle.acked = 0
         handle._outbox = queue.SimpleQueue()
         self.spawned += 1
         handle.crash_file = os.path.join(self.tmp, f"worker-{self.spawned}.crash")
@@ -209,7 +218,10 @@ class WorkerPool:
             elif kind == "call":
                 if (run := handle.runs.get(message[1])) is not None:
                     run.calls[message[2].index] = message[2]
+            elif kind == "idle":
+                handle.acked = message[1]
             elif kind == "gen":
+                handle.waiting += 1
                 asyncio.ensure_future(self._generate(handle, process, *message[1:]))
             elif kind == "done":
                 run = handle.runs.pop(message[1])
@@ -218,7 +230,8 @@ class WorkerPool:
         except Exception as exc:  # UnregisteredTargetError, or a bug: the collect stops with it
             self._fail(exc)
             return
-        self._dispatch()
+        if kind in ("ready", "done"):  # a worker has room now
+            self._dispatch()
 
     async def _generate(self, handle: WorkerHandle, process, request: int, engine_key: int, prompt_ids, sampling) -> None:
         try:
@@ -226,6 +239,7 @@ class WorkerPool:
         except Exception as exc:  # the call fails in the run, as it would in one process
             generation, error = None, _picklable(exc)
         if handle.process is process and not handle.dead:
+            handle.waiting -= 1
             handle.post(("gen", request, generation, error))
 
     def _on_exit(self, handle: WorkerHandle, process) -> None:
@@ -257,6 +271,20 @@ class WorkerPool:
         self._dispatch()
 
     # ----- scheduling -------------------------------------------------------------------
+    def _expected_requests(self) -> int:
+        """Runs that may call an engine any moment (Engine.expected_requests): those not waiting on one in
+        workers still running what collect last sent them, and those a starting worker is about to get."""
+        expected, queued = 0, len(self.pending)
+        for h in self.handles:
+            if h.dead:
+                continue
+            if h.ready:
+                expected += max(0, len(h.runs) - h.waiting) if h.busy else 0
+            elif queued:
+                expected += min(h.capacity, queued)
+                queued -= min(h.capacity, queued)
+        return expected
+
     def _dispatch(self) -> None:
         """Fill the workers. A solo run goes only to an empty worker, which then takes nothing else until it
         ends (a replacement worker starts empty, so they begin at once; the rest run when workers empty)."""
@@ -376,11 +404,15 @@ class WorkerPool:
         self.pending.extend(Run(i, task, sample) for i, (task, sample) in enumerate(todo))
         for handle in self.handles:
             self._spawn(handle)
+        for engine in self.engines:
+            engine.expected_requests = self._expected_requests
         watch = asyncio.ensure_future(self._watch())
         try:
             await self.finished
         finally:
             watch.cancel()
+            for engine in self.engines:
+                engine.expected_requests = None
             await self._shutdown(graceful=self.finished.done() and self.finished.exception() is None)
 
     async def _shutdown(self, graceful: bool) -> None:

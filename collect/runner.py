@@ -151,7 +151,7 @@ def make_trajectory(spec: RunSpec, engine_name: str, task: Task, sample_index: i
     return Trajectory(
         trajectory_id=trajectory_id(spec.run_id, task.task_id, sample_index),
         run_id=spec.run_id,
-        workflow=spec.workflow_name or getattr(spec.workflow_cls, "name", spec.workflow_cls.__name__),
+        workflow=spec.workflow_name,
         workflow_ref=spec.workflow_ref,
         task=TaskRecord(task_id=task.task_id, main_query=task.main_query, metadata=to_jsonable(task.metadata)),
         sample_index=sample_index,

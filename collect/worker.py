@@ -9,6 +9,11 @@ and logprobs that come back are the engine's):
     worker -> collect   ("ready",)  ("init_error", text)   ("started", key, wall_time)
                         ("gen", request, engine_key, prompt_ids, SamplingParams)
                         ("call", key, ModelCall)            ("done", key, Trajectory without its calls, roles)
+                        ("idle", messages received so far)
+
+"idle": the work that collect's messages woke up (runs resumed by their generations, new runs)
+has all run to its next wait. Until then collect's engine holds its next batch for this worker's
+requests (Engine.expected_requests), as the engine in one process does for the runs of its loop.
 
 A watchdog thread writes, every WATCH_S, which run the event loop is executing (and since when)
 into shared memory: when a run holds the loop past its deadline (time.sleep, a busy loop),
@@ -87,6 +92,8 @@ class Worker:
         self._runs: dict[int, asyncio.Task] = {}
         self._task_keys: dict = {}  # asyncio.Task -> run key, for the watchdog (child tasks inherit their run's)
         self._stopping = False
+        self._received = 0  # collect's messages handled
+        self._idle_check = False
 
     # ----- plumbing ---------------------------------------------------------------------
     def send(self, message: tuple) -> None:
@@ -114,6 +121,10 @@ class Worker:
             self.loop.call_soon_threadsafe(self._on_message, message)
 
     def _on_message(self, message: tuple) -> None:
+        self._received += 1
+        if not self._idle_check:
+            self._idle_check = True
+            self.loop.call_soon(self._report_idle)
         kind = message[0]
         if kind == "gen":
             _, request, generation, error = message
@@ -122,6 +133,15 @@ class Worker:
                 future.set_exception(error) if error is not None else future.set_result(generation)
         else:
             self.inbox.put_nowait(message)
+
+    def _report_idle(self) -> None:
+        """Once nothing is ready to run (the loop is about to wait), tell collect: ("idle", received).
+        `_ready` is asyncio's private queue of ready callbacks (CPython's loops; absent: report at once)."""
+        if getattr(self.loop, "_ready", None):
+            self.loop.call_soon(self._report_idle)  # after what is ready now, and what that makes ready
+            return
+        self._idle_check = False
+        self.send(("idle", self._received))
 
     def _task_factory(self, loop, coro, **kwargs):
         task = asyncio.Task(coro, loop=loop, **kwargs)

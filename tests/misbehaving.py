@@ -8,6 +8,7 @@ import time
 
 from astuner import Workflow, WorkflowOutput
 
+COMPUTE_S = 0.003  # "compute": Python work before the model call, longer than the engine's 2 ms batching window
 HOLD_S = 60  # far past any --timeout-s the tests give: a run that is not stopped holds collect this long
 
 
@@ -19,6 +20,10 @@ class Misbehaves(Workflow):
         from agentscope.formatter import DashScopeChatFormatter
         from agentscope.message import Msg
 
+        if task.task.main_query == "compute":  # well-behaved: an environment step's synchronous work, then the call
+            end = time.perf_counter() + COMPUTE_S
+            while time.perf_counter() < end:
+                pass
         agent = ReActAgent(name="Worker", sys_prompt="Answer.", model=model_tuner, formatter=DashScopeChatFormatter(), max_iters=1)
         await agent(Msg("user", task.task.main_query, "user"))
         what = task.task.main_query

@@ -150,3 +150,33 @@ def test_bad_worker_options_get_one_line_errors(tmp_path, capsys, args, message)
     assert main(["--workflow", MISBEHAVES, "--out", str(tmp_path / "o"), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_calls_from_worker_processes_are_batched_as_in_one_process(tmp_path, engine):
+    """16 runs that each compute 3 ms before their call, in 2 workers: their requests reach the engine
+    3 ms apart, longer than its 2 ms batching window, yet they go into one batch, as they do in one
+    process (the engine waits while workers still run what they were sent, or are starting:
+    Engine.expected_requests). Before, the first batch took the first request alone."""
+    import asyncio
+
+    from astuner.trajectory import Checkpoint, Sampling
+    from astuner.workflow import Task, load_workflow
+    from collect.pool import run_collect_pool
+    from collect.runner import RunSpec
+    from collect.writer import TraceWriter
+
+    batches = []
+    generate_batch = engine.generate_batch
+    engine.generate_batch = lambda prompts, sampling: (batches.append(len(prompts)), generate_batch(prompts, sampling))[1]
+    spec = RunSpec(run_id="batching", workflow_cls=load_workflow(MISBEHAVES), workflow_ref=MISBEHAVES,
+                   checkpoint=Checkpoint(path=engine.checkpoint, sha256="-"), sampling=Sampling(max_tokens=4, seed=0),
+                   trainable_targets=None)
+    todo = [(Task(task_id=f"c{i}", main_query="compute"), 0) for i in range(16)]
+    try:
+        stats = asyncio.run(run_collect_pool(spec, engine, todo, TraceWriter(tmp_path / "traces"), concurrency=16,
+                                             workers=2, progress=False))
+    finally:
+        del engine.generate_batch
+    assert stats.ok == 16
+    # one batch; two (a worker's 8 each) where one worker started 0.2 s after the other on a loaded machine
+    assert batches[0] == 16 or batches[:2] == [8, 8], batches

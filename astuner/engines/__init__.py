@@ -12,6 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 ENGINES = ("transformers", "vllm")
 
@@ -52,6 +53,11 @@ class Engine(abc.ABC):
     name: str
     checkpoint: str
     tokenizer: object
+    # Set by collect's worker pool: how many runs in flight could still send a request soon (their
+    # worker is running them, not waiting on this engine). Requests from worker processes arrive
+    # one pipe message at a time, not all within one pass of this process's event loop, so a
+    # batching engine waits for them a little longer instead of cutting its batch short.
+    expected_requests: Callable[[], int] | None = None
 
     @abc.abstractmethod
     async def generate(self, prompt_token_ids: list[int], sampling: SamplingParams) -> Generation:

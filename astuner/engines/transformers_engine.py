@@ -26,6 +26,7 @@ class TransformersEngine(Engine):
         dtype: str | None = None,
         max_batch_size: int = 64,
         batch_wait_s: float = 0.002,
+        worker_wait_s: float = 0.2,
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
@@ -51,6 +52,7 @@ class TransformersEngine(Engine):
         self._logits_to_keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s
+        self.worker_wait_s = worker_wait_s
         self._pending: list[tuple[list[int], SamplingParams, asyncio.Future]] = []
         self._wakeup: asyncio.Event | None = None
         self._batcher: asyncio.Task | None = None
@@ -86,6 +88,7 @@ class TransformersEngine(Engine):
                 await asyncio.sleep(self.batch_wait_s)
                 if time.monotonic() - started > 10 * self.batch_wait_s:
                     break
+            await self._wait_for_expected()
             batch = [r for r in self._pending[: self.max_batch_size] if not r[2].done()]
             del self._pending[: self.max_batch_size]
             if not batch:
@@ -102,6 +105,16 @@ class TransformersEngine(Engine):
             for (_, _, future), result in zip(batch, results):
                 if not future.done():  # a timed-out workflow cancelled it
                     future.set_result(result)
+
+    async def _wait_for_expected(self) -> None:
+        """Fed by worker processes (expected_requests set): while runs that may call any moment are
+        running in them, wait for their requests, at most worker_wait_s (a run blocking its worker's
+        loop must not hold every batch for long)."""
+        if self.expected_requests is None:
+            return
+        deadline = time.monotonic() + self.worker_wait_s
+        while len(self._pending) < self.max_batch_size and self.expected_requests() > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(self.batch_wait_s)
 
     def _check_fits(self, ids: list[int], params: SamplingParams) -> None:
         if not ids:
