@@ -4,7 +4,8 @@
 - learn_tool_use: a two-call ReAct episode (tool call, tool result, answer) is one SFT sequence
   whose loss covers exactly the two completions, never the tool result or the prompts; finetune's
   `merged_sequences` counts those sequences (the loop's table shows it); DPO pairs share their
-  prompt ids, and `later_call_pairs` counts the pairs of answers (multi-turn prompts).
+  prompt ids, and `later_call_pairs` counts the pairs of answers (multi-turn prompts); the DPO
+  recipe's tables are shared by the samples of a task and iteration, new every iteration.
 - learn_two_roles: only the trained role's calls are trainable and reach the data; per-role
   rewards; --trainable-targets switches the role with no code change.
 """
@@ -106,6 +107,25 @@ def test_tool_use_episode_is_one_sequence_with_two_trained_spans(tool_warmup, to
     assert dpo_counts["later_call_pairs"] == len(later)
     for pair in later:  # an answer pair: the shared prompt holds the question, the tool call and its result
         assert response_id in pair["prompt_ids"]
+
+
+def test_tool_use_dpo_tables_are_shared_by_a_group_and_new_every_iteration():
+    sys.path.insert(0, str(TOOL))
+    from astuner import Task, WorkflowTask
+    from astuner.loop import read_recipe
+    from workflow import CODES, LookupAgent, LookupAgentSharedTables
+
+    task = Task(task_id="train-p0-k7", main_query="Code of box 7", metadata={"key": 7})
+    agent, group = LookupAgentSharedTables(), LookupAgentSharedTables.table_group
+    tables = [agent.table(WorkflowTask(task, i, 1)) for i in range(2 * group)]
+    assert all(t == tables[0] for t in tables[:group]) and tables[group] != tables[0]  # a group shares its table
+    assert sorted(tables[0].values()) == sorted(CODES)
+    assert agent.table(WorkflowTask(task, 0, 2)) != tables[0]  # a new table every iteration: nothing to memorise
+    per_run = LookupAgent()  # sft.yaml's and the held-out runs': a table per run
+    assert per_run.table(WorkflowTask(task, 0, 1)) != per_run.table(WorkflowTask(task, 1, 1))
+    recipe = read_recipe(TOOL / "dpo.yaml")
+    assert recipe.stage_config("collect")["workflow"].endswith(":LookupAgentSharedTables")
+    assert recipe.stage_config("eval")["workflow"].endswith(":LookupAgent")
 
 
 def two_roles(tmp_path, tiny_model, name, *extra):
