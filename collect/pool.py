@@ -273,11 +273,12 @@ class WorkerPool:
     # ----- scheduling -------------------------------------------------------------------
     def _expected_requests(self) -> int:
         """Runs that may call an engine any moment (Engine.expected_requests): those not waiting on one in
-        workers still running what collect last sent them, and those a starting worker is about to get."""
-        expected, queued = 0, len(self.pending)
+        workers still running what collect last sent them (unless one run holds that worker's loop), and
+        those a starting worker is about to get."""
+        expected, queued, now = 0, len(self.pending), time.monotonic()
         for h in self.handles:
-            if h.dead:
-                continue
+            if h.dead or (h.status[0] >= 0 and now - h.status[1] > HELD_S):
+                continue  # a run holding its loop this long is blocking code, not on its way to a call
             if h.ready:
                 expected += max(0, len(h.runs) - h.waiting) if h.busy else 0
             elif queued:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import faulthandler
+import gc
 import os
 import signal
 import sys
@@ -42,6 +43,7 @@ from astuner.workflow import load_workflow
 from collect.runner import run_one
 
 WATCH_S = 0.05
+SWITCH_INTERVAL_S = 0.0005
 IDLE = -1.0  # the loop is waiting, not running any run's code
 RUN_KEY: contextvars.ContextVar[int | None] = contextvars.ContextVar("astuner_collect_run", default=None)
 
@@ -112,13 +114,21 @@ class Worker:
             self._requests.pop(request, None)
 
     def _read(self) -> None:
-        """Reader thread: collect's messages into the loop; collect gone (EOF): this process ends."""
+        """Reader thread: collect's messages into the loop; collect gone (EOF): this process ends.
+        It takes every message already in the pipe at once: while the loop runs Python, each time
+        this thread wants the GIL back costs it up to the switch interval."""
         while True:
             try:
-                message = self.conn.recv()
+                messages = [self.conn.recv()]
+                while self.conn.poll():
+                    messages.append(self.conn.recv())
             except (EOFError, OSError):
                 os._exit(1)  # no collect to report to: never outlive it
-            self.loop.call_soon_threadsafe(self._on_message, message)
+            self.loop.call_soon_threadsafe(self._on_messages, messages)
+
+    def _on_messages(self, messages: list) -> None:
+        for message in messages:
+            self._on_message(message)
 
     def _on_message(self, message: tuple) -> None:
         self._received += 1
@@ -186,6 +196,10 @@ class Worker:
             return
         threading.Thread(target=self._watch, name="collect-watchdog", daemon=True).start()
         endpoint = OpenAIEndpoint()
+        # What the imports and the setup made lives as long as this process: out of the collector's
+        # sight, a full collection (the heap of torch, transformers and AgentScope) pauses the loop
+        # for ~0.2 s instead of scanning them all again
+        gc.freeze()
         self.send(("ready",))
         try:
             while not (self._stopping and not self._runs):
@@ -219,6 +233,9 @@ class Worker:
 def worker_main(conn, status, setup: WorkerSetup) -> None:
     """The process's entry point (multiprocessing target)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is collect's to handle: it stops the workers
+    # A thread that wants the GIL from the running loop waits up to this long (default 5 ms): the
+    # reader thread would take collect's replies one per 5 ms while the loop is busy with runs.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     os.environ.clear()
     os.environ.update(setup.environ)
     sys.path[:] = setup.sys_path

@@ -26,7 +26,7 @@ class TransformersEngine(Engine):
         dtype: str | None = None,
         max_batch_size: int = 64,
         batch_wait_s: float = 0.002,
-        worker_wait_s: float = 0.2,
+        worker_wait_s: float = 1.0,
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
@@ -108,8 +108,8 @@ class TransformersEngine(Engine):
 
     async def _wait_for_expected(self) -> None:
         """Fed by worker processes (expected_requests set): while runs that may call any moment are
-        running in them, wait for their requests, at most worker_wait_s (a run blocking its worker's
-        loop must not hold every batch for long)."""
+        running in them, wait for their requests, as one process's engine waits for its loop to run
+        them; at most worker_wait_s (collect stops counting a worker whose loop one run holds)."""
         if self.expected_requests is None:
             return
         deadline = time.monotonic() + self.worker_wait_s
