@@ -100,6 +100,10 @@ class WorkerHandle:
         self.posted += message is not None
         self._outbox.put(message)
 
+    def held(self, now: float) -> bool:
+        """One run has executed on its loop for more than HELD_S without yielding (the watchdog's word)."""
+        return self.status[0] >= 0 and now - self.status[1] > HELD_S
+
     @property
     def busy(self) -> bool:
         """Running what collect's messages woke up (the worker has not reported it idle since)."""
@@ -277,10 +281,11 @@ class WorkerPool:
         those a starting worker is about to get."""
         expected, queued, now = 0, len(self.pending), time.monotonic()
         for h in self.handles:
-            if h.dead or (h.status[0] >= 0 and now - h.status[1] > HELD_S):
+            if h.dead or h.held(now):
                 continue  # a run holding its loop this long is blocking code, not on its way to a call
             if h.ready:
-                expected += max(0, len(h.runs) - h.waiting) if h.busy else 0
+                if h.busy:
+                    expected += max(0, len(h.runs) - h.waiting)
             elif queued:
                 expected += min(h.capacity, queued)
                 queued -= min(h.capacity, queued)
@@ -295,7 +300,7 @@ class WorkerPool:
         for handle in self.handles:
             if not handle.ready or handle.dead or any(r.solo for r in handle.runs.values()):
                 continue
-            if handle.status[0] >= 0 and now - handle.status[1] > HELD_S:
+            if handle.held(now):
                 continue  # one run has held its loop a while: a run sent there now would only wait behind it
             if not handle.runs and self.solo:
                 self._send(handle, self.solo.popleft())

@@ -178,5 +178,6 @@ def test_calls_from_worker_processes_are_batched_as_in_one_process(tmp_path, eng
     finally:
         del engine.generate_batch
     assert stats.ok == 16
-    # one batch; two (a worker's 8 each) where one worker started 0.2 s after the other on a loaded machine
+    # one batch; two (a worker's 8 each) where one worker started more than the engine's worker_wait_s (1 s)
+    # after the other, on a loaded machine
     assert batches[0] == 16 or batches[:2] == [8, 8], batches

@@ -45,13 +45,17 @@ CODES = "ABDEHJKMNP"
 MAX_ITERS = 2  # call 1: the tool; call 2: the answer (a third call would be AgentScope's summary)
 
 
-def run_table(task_id: str, sample_index: int) -> dict[str, str]:
-    """This run's secret table, key digit -> code letter: a permutation of CODES seeded by the task
-    and the sample (a str seed: the same in every process), the same for every checkpoint. Fresh
-    per run so that no code can be memorised from the question; only the tool knows it."""
+def permuted_table(seed: str) -> dict[str, str]:
+    """Key digit -> code letter: a permutation of CODES seeded by a str (the same in every process)."""
     codes = list(CODES)
-    random.Random(f"{task_id}/{sample_index}").shuffle(codes)
+    random.Random(seed).shuffle(codes)
     return {str(key): code for key, code in enumerate(codes)}
+
+
+def run_table(task_id: str, sample_index: int) -> dict[str, str]:
+    """This run's secret table, seeded by the task and the sample, the same for every checkpoint.
+    Fresh per run so that no code can be memorised from the question; only the tool knows it."""
+    return permuted_table(f"{task_id}/{sample_index}")
 
 
 def shared_table(task_id: str, iteration: int, group: int) -> dict[str, str]:
@@ -59,9 +63,7 @@ def shared_table(task_id: str, iteration: int, group: int) -> dict[str, str]:
     the samples of one group that called the same key saw the same result (their answer prompts
     coincide, and DPO gets answer pairs), while every iteration draws new tables (nothing to
     memorise across rounds)."""
-    codes = list(CODES)
-    random.Random(f"{task_id}/iter{iteration}/group{group}").shuffle(codes)
-    return {str(key): code for key, code in enumerate(codes)}
+    return permuted_table(f"{task_id}/iter{iteration}/group{group}")
 
 
 def make_toolkit(table: dict, log: list) -> Toolkit:
