@@ -158,11 +158,17 @@ JOIN calls c USING (trajectory_id)
 WHERE c.trainable AND c.prompt_token_ids IS NOT NULL AND c.completion_token_ids IS NOT NULL;
 
 CREATE OR REPLACE VIEW dpo_candidates AS
-WITH tc AS (
-    SELECT r.task_id, r.iteration, r.trajectory_id, r.reward, c.call_index, c.role,
+__DPO_PAIRS__;
+"""
+
+# The pairs of dpo_candidates, each call ranked by a reward: its trajectory's (the view), or its own
+# call-level scores (finetune --pair_by call, with CALL_REWARDS joined in as `cr`; a query, not a view, so that
+# stores written before it need no migration).
+DPO_PAIRS = """WITH tc AS (
+    SELECT r.task_id, r.iteration, r.trajectory_id, {reward} AS reward, c.call_index, c.role,
            c.prompt_token_ids, c.completion_token_ids, hash(c.prompt_token_ids) AS prompt_hash
-    FROM rewards r JOIN calls c USING (trajectory_id)
-    WHERE r.status = 'ok' AND r.reward IS NOT NULL AND c.trainable
+    FROM rewards r JOIN calls c USING (trajectory_id){join}
+    WHERE r.status = 'ok' AND {reward} IS NOT NULL AND c.trainable
       AND c.prompt_token_ids IS NOT NULL AND c.completion_token_ids IS NOT NULL
 )
 SELECT a.task_id, a.iteration, a.role, a.prompt_token_ids,
@@ -173,8 +179,11 @@ SELECT a.task_id, a.iteration, a.role, a.prompt_token_ids,
        a.reward - b.reward AS margin
 FROM tc a JOIN tc b
   ON a.task_id = b.task_id AND a.iteration = b.iteration AND a.prompt_hash = b.prompt_hash AND a.reward > b.reward
-WHERE a.prompt_token_ids = b.prompt_token_ids AND a.completion_token_ids <> b.completion_token_ids;
-"""
+WHERE a.prompt_token_ids = b.prompt_token_ids AND a.completion_token_ids <> b.completion_token_ids"""
+# A call's own reward: the weighted mean of its call-level scores (as `rewards` is of the trajectory-level ones).
+CALL_REWARDS = ("SELECT trajectory_id, call_index, sum(value * weight) / nullif(sum(weight), 0) AS reward "
+                "FROM scores WHERE call_index IS NOT NULL AND value IS NOT NULL GROUP BY 1, 2")
+_VIEWS = _VIEWS.replace("__DPO_PAIRS__", DPO_PAIRS.format(reward="r.reward", join=""))
 
 VIEWS = ("rewards", "task_stats", "best_per_task", "sft_candidates", "dpo_candidates")
 

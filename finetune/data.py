@@ -6,11 +6,15 @@ is at least a threshold (the `sft_candidates` view). Each trainable call becomes
 When an agent's next call starts with everything its previous sequence holds (a multi-turn
 ReAct loop under a template that re-renders history verbatim), the call is merged into that
 sequence: the new tokens between (tool results, other speakers) are masked and its completion
-is another span of 1s. Nothing is re-tokenized.
+is another span of 1s. With --min_call_reward, a call whose own call-level score is below it stays
+in its sequence as context, its completion masked too. Nothing is re-tokenized.
 
 DPO: pairs from the `dpo_candidates` view: two trainable calls of one task and iteration with
 identical prompt ids (where two samples first diverge) and different completions, chosen from
-the higher-reward trajectory, with margin >= --min_margin.
+the higher-reward trajectory, with margin >= --min_margin. With --pair_by call, chosen and rejected
+are ranked by the two calls' own call-level scores instead (a judger with `level = "call"`): a
+pair at an agent's first call then compares what that call did, not what a later call of the
+episode earned after it.
 
 This module needs duckdb only (no torch), so data can be built and exported quickly.
 """
@@ -26,6 +30,7 @@ METHODS = ("sft", "dpo")
 SFT_COLUMNS = ("input_ids", "completion_mask")
 DPO_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 PAIRINGS = ("best_worst", "all")
+PAIR_BY = ("trajectory", "call")
 
 
 class EmptyDatasetError(ValueError):
@@ -42,6 +47,8 @@ class Selection:
     min_reward: float = 1.0
     min_margin: float = 0.0
     pairing: str = "best_worst"
+    pair_by: str = "trajectory"
+    min_call_reward: float | None = None
     roles: list[str] = field(default_factory=list)
 
 
@@ -72,7 +79,8 @@ class BuiltDataset:
         if self.method == "sft":
             return (f"SFT data: {c['samples']} sequences from {c['calls']} trainable calls ({c['merged_calls']} merged into "
                     f"an earlier sequence of their agent: {c['merged_sequences']} sequences of several calls) of {c['trajectories']} trajectories, {c['tasks']} tasks, iteration {its}; "
-                    f"{c['completion_tokens']} trained tokens of {c['tokens']}; calls by role: {roles}")
+                    f"{c['completion_tokens']} trained tokens of {c['tokens']}; calls by role: {roles}"
+                    + (f"; {c['masked_calls']} calls below --min_call_reward kept as context, not trained" if c.get("masked_calls") else ""))
         return (f"DPO data: {c['samples']} pairs from {c['prompts']} prompts of {c['tasks']} tasks, iteration {its}; "
                 f"{c['later_call_pairs']} of a later call (their prompt holds the earlier turns); "
                 f"margin mean {c['mean_margin']:.3g}, min {c['min_margin']:.3g}; pairs by role: {roles}")
@@ -104,6 +112,8 @@ def build(con, sel: Selection) -> BuiltDataset:
         raise ValueError(f"--method {sel.method!r}: use sft or dpo")
     if sel.pairing not in PAIRINGS:
         raise ValueError(f"--pairing {sel.pairing!r}: use one of {', '.join(PAIRINGS)}")
+    if sel.pair_by not in PAIR_BY:
+        raise ValueError(f"--pair_by {sel.pair_by!r}: use one of {', '.join(PAIR_BY)}")
     if sel.top_k < 1:
         raise ValueError(f"--top_k {sel.top_k}: must be >= 1")
     iterations = resolve_iterations(con, sel.iterations)
@@ -113,44 +123,58 @@ def build(con, sel: Selection) -> BuiltDataset:
 # ---------------------------------------------------------------- SFT
 
 def _build_sft(con, sel: Selection, iterations: list[int]) -> BuiltDataset:
+    from astuner.store import CALL_REWARDS
+
     where, params = _filters(sel, iterations)
-    query = (f"SELECT task_id, iteration, trajectory_id, reward, task_rank, call_index, role, agent_name, "
-             f"prompt_token_ids, completion_token_ids, template_drift FROM sft_candidates "
-             f"WHERE {where} AND task_rank <= ? AND reward >= ? ORDER BY task_id, iteration, task_rank, call_index")
-    params = params + [sel.top_k, sel.min_reward]
+    # with --min_call_reward, a call whose own call-level reward is below it (or absent) stays in its sequence as
+    # context, its completion masked: an episode that earned its reward in one call does not teach the others
+    trained, join = "TRUE", ""
+    if sel.min_call_reward is not None:
+        trained, join = "coalesce(cr.reward >= ?, FALSE)", f"LEFT JOIN ({CALL_REWARDS}) cr USING (trajectory_id, call_index) "
+    query = (f"SELECT task_id, iteration, trajectory_id, s.reward, task_rank, call_index, role, agent_name, "
+             f"prompt_token_ids, completion_token_ids, template_drift, {trained} AS trained FROM sft_candidates s {join}"
+             f"WHERE {where} AND task_rank <= ? AND s.reward >= ? ORDER BY task_id, iteration, task_rank, call_index")
+    params = ([] if sel.min_call_reward is None else [sel.min_call_reward]) + params + [sel.top_k, sel.min_reward]
     calls = con.execute(query, params).fetchall()
     if not calls:
         raise EmptyDatasetError(_why_no_sft(con, sel, iterations))
-    rows = merge_calls(calls)
+    rows = [r for r in merge_calls(calls) if any(r["completion_mask"])]
+    if not rows:
+        raise EmptyDatasetError(f"no SFT data: {len(calls)} calls were selected and none has a call-level reward >= "
+                                f"--min_call_reward {sel.min_call_reward}; score the calls with a judger whose function has "
+                                "level = 'call', or lower --min_call_reward")
     counts = {
-        "samples": len(rows), "calls": len(calls), "merged_calls": len(calls) - len(rows),
+        "samples": len(rows), "calls": len(calls), "merged_calls": sum(len(r["call_indices"]) - 1 for r in rows),
         # trained sequences made of two or more calls (a sequence of 3 calls is 1 here, 2 in merged_calls)
         "merged_sequences": sum(1 for r in rows if len(r["call_indices"]) > 1),
         "trajectories": len({c[2] for c in calls}), "tasks": len({c[0] for c in calls}),
         "completion_tokens": sum(sum(r["completion_mask"]) for r in rows), "tokens": sum(len(r["input_ids"]) for r in rows),
         "by_role": dict(Counter(c[6] for c in calls)), "drifted_calls": sum(1 for c in calls if c[10]),
+        "masked_calls": sum(1 for c in calls if not c[11]),  # below --min_call_reward: context, not trained
     }
     return BuiltDataset("sft", rows, iterations, query, params, counts)
 
 
 def merge_calls(calls) -> list[dict]:
     """Calls in (trajectory, call_index) order -> sequences; an agent's call that extends its
-    previous sequence's ids is appended to it (masked gap, unmasked completion)."""
+    previous sequence's ids is appended to it (masked gap, unmasked completion). A call row may end
+    with a `trained` flag: False keeps its completion in the sequence, masked."""
     rows: list[dict] = []
     open_seq: dict[tuple[str, str], dict] = {}  # (trajectory, agent) -> its latest sequence
-    for task_id, iteration, traj_id, reward, _rank, call_index, role, agent, prompt, completion, _drift in calls:
+    for task_id, iteration, traj_id, reward, _rank, call_index, role, agent, prompt, completion, _drift, *flag in calls:
+        trained = int(flag[0]) if flag else 1
         key = (traj_id, agent or role)
         seq = open_seq.get(key)
         if seq is not None and seq["role"] == role and len(prompt) >= len(seq["input_ids"]) and prompt[: len(seq["input_ids"])] == seq["input_ids"]:
             gap = prompt[len(seq["input_ids"]):]
             seq["input_ids"] += gap + list(completion)
-            seq["completion_mask"] += [0] * len(gap) + [1] * len(completion)
+            seq["completion_mask"] += [0] * len(gap) + [trained] * len(completion)
             seq["call_indices"].append(call_index)
             continue
         seq = {
             "task_id": task_id, "iteration": iteration, "trajectory_id": traj_id, "role": role, "agent_name": agent,
             "call_indices": [call_index], "reward": reward,
-            "input_ids": list(prompt) + list(completion), "completion_mask": [0] * len(prompt) + [1] * len(completion),
+            "input_ids": list(prompt) + list(completion), "completion_mask": [0] * len(prompt) + [trained] * len(completion),
         }
         open_seq[key] = seq
         rows.append(seq)
@@ -179,13 +203,23 @@ def _why_no_sft(con, sel: Selection, iterations: list[int]) -> str:
 
 # ---------------------------------------------------------------- DPO
 
+def _dpo_candidates(sel: Selection) -> str:
+    """The view, or with --pair_by call the same pairs ranked by each call's own reward (a subquery)."""
+    from astuner.store import CALL_REWARDS, DPO_PAIRS
+
+    if sel.pair_by == "trajectory":
+        return "dpo_candidates"
+    return f"({DPO_PAIRS.format(reward='cr.reward', join=f' JOIN ({CALL_REWARDS}) cr USING (trajectory_id, call_index)')})"
+
+
 def _build_dpo(con, sel: Selection, iterations: list[int]) -> BuiltDataset:
     where, params = _filters(sel, iterations)
+    candidates = _dpo_candidates(sel)
     query = (f"SELECT task_id, iteration, role, prompt_token_ids, chosen_trajectory_id, chosen_call_index, chosen_completion_ids, "
              f"chosen_reward, rejected_trajectory_id, rejected_call_index, rejected_completion_ids, rejected_reward, margin "
              # ties in margin go to the lowest sample indices: trajectory ids hash the random run id, so
              # ordering by them would pick other pairs in a rerun of the same seeds
-             f"FROM (SELECT d.*, c.sample_index AS chosen_sample, r.sample_index AS rejected_sample FROM dpo_candidates d "
+             f"FROM (SELECT d.*, c.sample_index AS chosen_sample, r.sample_index AS rejected_sample FROM {candidates} d "
              f"JOIN trajectories c ON c.trajectory_id = d.chosen_trajectory_id "
              f"JOIN trajectories r ON r.trajectory_id = d.rejected_trajectory_id) WHERE {where} AND margin >= ? "
              f"ORDER BY task_id, iteration, margin DESC, chosen_sample, chosen_call_index, rejected_sample, rejected_call_index")
@@ -226,8 +260,15 @@ def _why_no_dpo(con, sel: Selection, iterations: list[int]) -> str:
     scored = con.execute(f"SELECT count(*) FROM rewards WHERE {where} AND status = 'ok' AND reward IS NOT NULL", params).fetchall()[0][0]
     if scored == 0:
         return f"no DPO pairs: {its} has 0 scored ok trajectories; run: python -m judge score --db DB --judger workflow"
+    if sel.pair_by == "call":
+        n_call = con.execute(f"SELECT count(*) FROM scores s JOIN trajectories t USING (trajectory_id) WHERE s.call_index IS NOT NULL "
+                             f"AND s.value IS NOT NULL AND {where}", params).fetchall()[0][0]
+        if n_call == 0:
+            return (f"no DPO pairs: --pair_by call, and {its} has 0 call-level scores; score the calls with a judger "
+                    "whose function has level = 'call' (python -m judge score --judger FILE.py:FUNC), or use --pair_by trajectory")
     where, params = _filters(sel, iterations)
-    n, widest = con.execute(f"SELECT count(*), max(margin) FROM dpo_candidates WHERE {where}", params).fetchall()[0]
+    candidates = _dpo_candidates(sel)
+    n, widest = con.execute(f"SELECT count(*), max(margin) FROM {candidates} WHERE {where}", params).fetchall()[0]
     if n == 0:
         return (f"no DPO pairs: {its} has {scored} scored ok trajectories and 0 pairs of trainable calls with identical "
                 "prompt ids, different completions and different rewards; collect more samples per task")

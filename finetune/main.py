@@ -127,7 +127,8 @@ def run(args: FinetuneArguments, training_args, model_args) -> int:
     con = open_store(args.db, read_only=True)
     try:
         selection = Selection(method=args.method, iterations=args.iterations or None, top_k=args.top_k, min_reward=args.min_reward,
-                              min_margin=args.min_margin, pairing=args.pairing, roles=args.roles)
+                              min_margin=args.min_margin, pairing=args.pairing, pair_by=args.pair_by,
+                              min_call_reward=args.min_call_reward, roles=args.roles)
         built = build(con, selection)
         parent = model_args.model_name_or_path or collected_checkpoint(con, built.iterations)
     finally:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from finetune.data import METHODS, PAIRINGS
+from finetune.data import METHODS, PAIR_BY, PAIRINGS
 
 MANIFEST = "finetune.json"
 
@@ -21,5 +21,11 @@ class FinetuneArguments:
     min_margin: float = field(default=0.0, metadata={"help": "dpo: least chosen-minus-rejected reward; pairs always need a strictly higher chosen reward."})
     pairing: str = field(default="best_worst", metadata={"help": "dpo: best_worst (the widest-margin pair per prompt) or all (every distinct pair).",
                                                          "choices": list(PAIRINGS)})
+    min_call_reward: float | None = field(default=None, metadata={"help": "sft: train only the calls whose own call-level reward "
+                                                                  "(a judger with level = 'call') is at least this; the others "
+                                                                  "stay in their sequence as context, masked (default: every call)."})
+    pair_by: str = field(default="trajectory", metadata={"help": "dpo: rank a pair's calls by their trajectories' reward (trajectory) or by "
+                                                         "the calls' own call-level scores (call; needs a judger with level = 'call').",
+                                                         "choices": list(PAIR_BY)})
     roles: list[str] = field(default_factory=list, metadata={"action": "extend", "help": "Only these trainable roles (default: every role trained at collect)."})
     export: str | None = field(default=None, metadata={"help": "Write the dataset to this .parquet file and stop (no training)."})

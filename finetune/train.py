@@ -203,7 +203,7 @@ def _train(args: FinetuneArguments, training_args, model_args, built: BuiltDatas
             "iterations": built.iterations,
             "query": built.query,
             "query_params": built.params,
-            "selection": {k: getattr(args, k) for k in ("top_k", "min_reward", "min_margin", "pairing", "roles")},
+            "selection": {k: getattr(args, k) for k in ("top_k", "min_reward", "min_margin", "pairing", "pair_by", "min_call_reward", "roles")},
             "dataset_sha256": dataset_sha,
             "counts": {**built.counts, "train_examples": n_train},
             "world_size": trainer.accelerator.num_processes,

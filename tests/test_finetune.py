@@ -348,3 +348,54 @@ def test_max_length_cuts_are_reported_before_training(debate_store):
     assert 0 < dropped < 12 and note.startswith(f"--max_length {limit}: of 12 examples, {dropped} have no trained token")
     assert f"{12 - dropped} are cut short" in note
 
+
+
+CALL_JUDGER = '''
+def half_per_good_call(calls, **_):
+    return [0.5 * (call["completion_text"] == "good") for call in calls]
+half_per_good_call.level = "call"
+'''
+
+
+def test_dpo_pairs_and_sft_masks_follow_the_calls_own_scores(tmp_path, capsys):
+    """Episodes of two calls that part at call 0: s0 (a bad first call, then a good one: 0.5), s1 (two bad
+    calls: 0), s2 (a good first call, then a bad one: 0.5). Ranked by the episode's reward, s0's bad first
+    call is preferred to s1's; ranked by each call's own score, only s2's good first call is chosen. SFT with
+    --min_call_reward trains the good calls only, the bad ones kept as masked context."""
+    from judge.main import main as judge_main
+
+    def episode(sample, first, second, reward):
+        (a, text_a), (b, text_b) = first, second
+        return make_traj("t0", sample, reward=reward, calls=[make_call(0, prompt=(1, 2, 3), completion=(a,), text=text_a),
+                                                            make_call(1, prompt=(1, 2, 3, a, 9), completion=(b,), text=text_b)])
+
+    trajs = [episode(0, (7, "bad"), (20, "good"), 0.5), episode(1, (8, "bad"), (21, "bad"), 0.0), episode(2, (6, "good"), (22, "bad"), 0.5)]
+    db, judger = tmp_path / "store.duckdb", tmp_path / "call_judger.py"
+    judger.write_text(CALL_JUDGER)
+    assert judge_main(["ingest", str(write(tmp_path / "t.jsonl", trajs)), "--db", str(db)]) == 0
+    assert judge_main(["score", "--db", str(db), "--judger", "workflow"]) == 0
+    with pytest.raises(ValueError, match=r"--pair_by call, and iteration 0 has 0 call-level scores; score the calls"):
+        built(db, method="dpo", pairing="all", pair_by="call")
+    assert judge_main(["score", "--db", str(db), "--judger", "workflow", "--judger", f"{judger}:half_per_good_call"]) == 0
+    capsys.readouterr()
+
+    def chosen_first_calls(pair_by):
+        rows = built(db, method="dpo", pairing="all", pair_by=pair_by).rows
+        assert all(r["prompt_ids"] == [1, 2, 3] and r["chosen_call_index"] == 0 for r in rows)  # call-1 prompts all differ
+        return sorted((r["chosen_ids"][0], r["rejected_ids"][0], r["margin"]) for r in rows)
+
+    assert chosen_first_calls("trajectory") == [(6, 8, 0.5), (7, 8, 0.5)]  # 7 (bad) chosen for what call 1 did after it
+    assert chosen_first_calls("call") == [(6, 7, 0.5), (6, 8, 0.5)]
+    with pytest.raises(ValueError, match=r"--pair_by 'episode': use one of trajectory, call"):
+        built(db, method="dpo", pair_by="episode")
+    assert main(["--db", str(db), "--method", "dpo", "--pairing", "all", "--pair_by", "call", "--export", str(tmp_path / "d.parquet")]) == 0
+    assert "DPO data: 2 pairs from 1 prompts of 1 tasks" in capsys.readouterr().out
+    # SFT on the calls that earned their own score: the others stay in the sequence, masked; s1 (no good call) is dropped
+    sft = built(db, top_k=3, min_reward=0.0, min_call_reward=0.5)
+    assert {r["input_ids"][3]: r["completion_mask"] for r in sft.rows} == {  # keyed by the first completion
+        7: [0, 0, 0, 0, 0, 1],   # s0: 1 2 3 | 7 (bad, masked) | 9 | 20 (good, trained)
+        6: [0, 0, 0, 1, 0, 0],   # s2: 1 2 3 | 6 (good, trained) | 9 | 22 (bad, masked)
+    }
+    assert sft.counts["masked_calls"] == 4 and sft.counts["merged_sequences"] == 2
+    assert "4 calls below --min_call_reward kept as context, not trained" in sft.summary()
+    assert [sum(r["completion_mask"]) for r in built(db, top_k=3, min_reward=0.0).rows] == [2, 2, 2]  # default: every call

@@ -108,6 +108,38 @@ def test_tool_use_episode_is_one_sequence_with_two_trained_spans(tool_warmup, to
     for pair in later:  # an answer pair: the shared prompt holds the question, the tool call and its result
         assert response_id in pair["prompt_ids"]
 
+    # dpo.yaml's pairs: each call ranked by its own half of the reward (judger.py), the halves adding up to the reward
+    assert judge(["score", "--db", str(db), "--judger", "workflow", "--judger", f"{TOOL / 'judger.py'}:call_reward"]) == 0
+    halves = rows(db, "SELECT r.reward, sum(s.value), count(s.value) FROM rewards r JOIN scores s USING (trajectory_id) "
+                      "WHERE s.call_index IS NOT NULL GROUP BY r.trajectory_id, r.reward")
+    assert len(halves) == 24 and all(reward == total for reward, total, _ in halves), halves
+    assert sum(n for *_, n in halves) == sum(len(t.calls) for t in trajectories)
+    capsys.readouterr()
+    by_call = export(db, tmp_path / "dpo-call.parquet", "--method", "dpo", "--pairing", "all", "--pair_by", "call")
+    # sft.yaml's data: the selected episodes' calls, each trained only where it earned its own half
+    masked = export(db, tmp_path / "sft-call.parquet", "--min_reward", "0.5", "--top_k", "4", "--min_call_reward", "0.5")
+    checked = [r for r in masked if len(r["call_indices"]) == 2]
+    assert checked, [r["call_indices"] for r in masked]
+    for r in checked:
+        t = by_id[r["trajectory_id"]]
+        first, second = t.calls
+        start, key = len(first.prompt_token_ids), str(t.task.metadata["key"])
+        first_span = r["completion_mask"][start: start + len(first.completion_token_ids)]
+        answer_span = r["completion_mask"][len(second.prompt_token_ids):]
+        assert set(first_span) == {int(any(str(c["key"]) == key for c in t.metadata["lookups"]))}
+        assert set(answer_span) == {int(t.metadata["final_answer"] in [c["code"] for c in t.metadata["lookups"]])}
+        assert r["completion_mask"][start + len(first.completion_token_ids): len(second.prompt_token_ids)] == [0] * (
+            len(second.prompt_token_ids) - start - len(first.completion_token_ids))  # the tool result: never
+    for pair in by_call:
+        chosen, rejected = (by_id[pair[f"{side}_trajectory_id"]] for side in ("chosen", "rejected"))
+        if pair["chosen_call_index"] == 0:  # a first-call pair: the chosen looked the question's key up, the rejected did not
+            key = str(chosen.task.metadata["key"])
+            assert any(str(c["key"]) == key for c in chosen.metadata["lookups"])
+            assert not any(str(c["key"]) == key for c in rejected.metadata["lookups"])
+        else:  # an answer pair: the chosen answered with the tool's result, the rejected did not
+            assert chosen.metadata["final_answer"] in [c["code"] for c in chosen.metadata["lookups"]]
+            assert rejected.metadata["final_answer"] not in [c["code"] for c in rejected.metadata["lookups"]]
+
 
 def test_tool_use_dpo_tables_are_shared_by_a_group_and_new_every_iteration():
     sys.path.insert(0, str(TOOL))
@@ -126,6 +158,9 @@ def test_tool_use_dpo_tables_are_shared_by_a_group_and_new_every_iteration():
     recipe = read_recipe(TOOL / "dpo.yaml")
     assert recipe.stage_config("collect")["workflow"].endswith(":LookupAgentSharedTables")
     assert recipe.stage_config("eval")["workflow"].endswith(":LookupAgent")
+    assert recipe.finetune["pair_by"] == "call" and "examples/learn_tool_use/judger.py:call_reward" in recipe.judge["judger"]
+    sft = read_recipe(TOOL / "sft.yaml")
+    assert sft.finetune["min_call_reward"] == 0.5 and "examples/learn_tool_use/judger.py:call_reward" in sft.judge["judger"]
 
 
 def two_roles(tmp_path, tiny_model, name, *extra):
