@@ -26,6 +26,8 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 
+from astuner.store import CALL_REWARDS, DPO_PAIRS
+
 METHODS = ("sft", "dpo")
 SFT_COLUMNS = ("input_ids", "completion_mask")
 DPO_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
@@ -123,8 +125,6 @@ def build(con, sel: Selection) -> BuiltDataset:
 # ---------------------------------------------------------------- SFT
 
 def _build_sft(con, sel: Selection, iterations: list[int]) -> BuiltDataset:
-    from astuner.store import CALL_REWARDS
-
     where, params = _filters(sel, iterations)
     # with --min_call_reward, a call whose own call-level reward is below it (or absent) stays in its sequence as
     # context, its completion masked: an episode that earned its reward in one call does not teach the others
@@ -138,7 +138,9 @@ def _build_sft(con, sel: Selection, iterations: list[int]) -> BuiltDataset:
     calls = con.execute(query, params).fetchall()
     if not calls:
         raise EmptyDatasetError(_why_no_sft(con, sel, iterations))
-    rows = [r for r in merge_calls(calls) if any(r["completion_mask"])]
+    rows = merge_calls(calls)
+    if sel.min_call_reward is not None:  # a sequence whose every call is masked teaches nothing
+        rows = [r for r in rows if any(r["completion_mask"])]
     if not rows:
         raise EmptyDatasetError(f"no SFT data: {len(calls)} calls were selected and none has a call-level reward >= "
                                 f"--min_call_reward {sel.min_call_reward}; score the calls with a judger whose function has "
@@ -205,8 +207,6 @@ def _why_no_sft(con, sel: Selection, iterations: list[int]) -> str:
 
 def _dpo_candidates(sel: Selection) -> str:
     """The view, or with --pair_by call the same pairs ranked by each call's own reward (a subquery)."""
-    from astuner.store import CALL_REWARDS, DPO_PAIRS
-
     if sel.pair_by == "trajectory":
         return "dpo_candidates"
     return f"({DPO_PAIRS.format(reward='cr.reward', join=f' JOIN ({CALL_REWARDS}) cr USING (trajectory_id, call_index)')})"
