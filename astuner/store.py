@@ -28,101 +28,13 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 
-STORE_SCHEMA_VERSION = 1
+from astuner.migrations import latest_version, migrate
+
 DEFAULT_SUCCESS_THRESHOLD = 1.0
 ROW_GROUP_SIZE = 16384
-
-_TABLES_TEMPLATE = """
-CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
-CREATE TABLE runs (
-    run_id VARCHAR PRIMARY KEY,
-    stage VARCHAR NOT NULL,              -- collect | ingest | score | finetune
-    config JSON,
-    checkpoint_path VARCHAR,
-    checkpoint_sha256 VARCHAR,
-    started_at TIMESTAMPTZ,
-    finished_at TIMESTAMPTZ
-);
-CREATE TABLE trajectories (
-    trajectory_id VARCHAR PRIMARY KEY,
-    run_id VARCHAR NOT NULL,
-    workflow VARCHAR NOT NULL,
-    workflow_ref VARCHAR,
-    task_id VARCHAR NOT NULL,
-    task_query VARCHAR,
-    task_metadata JSON,
-    sample_index INTEGER NOT NULL,
-    iteration INTEGER NOT NULL,
-    checkpoint_path VARCHAR,
-    checkpoint_sha256 VARCHAR,
-    engine VARCHAR,
-    sampling JSON,
-    trainable_targets VARCHAR[],         -- NULL: every role trainable (simple mode)
-    status VARCHAR NOT NULL,             -- ok | error | timeout
-    error VARCHAR,
-    traceback VARCHAR,
-    workflow_reward DOUBLE,              -- what WorkflowOutput.reward returned
-    metadata JSON,                       -- WorkflowOutput.metadata
-    started_at TIMESTAMPTZ,
-    finished_at TIMESTAMPTZ,
-    duration_s DOUBLE,
-    n_calls INTEGER NOT NULL,
-    source_file VARCHAR,
-    ingested_at TIMESTAMPTZ NOT NULL
-);
-CREATE TABLE calls (
-    trajectory_id VARCHAR NOT NULL,
-    call_index INTEGER NOT NULL,
-    role VARCHAR NOT NULL,
-    agent_name VARCHAR,
-    trainable BOOLEAN NOT NULL,
-    model VARCHAR,
-    messages JSON,
-    tools JSON,
-    tool_choice VARCHAR,
-    completion_text VARCHAR,
-    tool_calls JSON,
-    prompt_token_ids INTEGER[],
-    completion_token_ids INTEGER[],
-    completion_logprobs DOUBLE[],
-    finish_reason VARCHAR,
-    prompt_tokens INTEGER,
-    completion_tokens INTEGER,
-    latency_s DOUBLE,
-    template_drift BOOLEAN,              -- trainable engine calls: re-rendering != prompt ids; NULL = not checked
-__DRIFT_COLUMNS__    PRIMARY KEY (trajectory_id, call_index)
-);
-CREATE TABLE scores (
-    trajectory_id VARCHAR NOT NULL,
-    call_index INTEGER,                  -- NULL: a trajectory-level score
-    judger VARCHAR NOT NULL,
-    judger_version VARCHAR NOT NULL,
-    weight DOUBLE NOT NULL,
-    value DOUBLE,                        -- NULL: not applicable, or an error
-    label VARCHAR,
-    explanation VARCHAR,
-    error VARCHAR,
-    scored_at TIMESTAMPTZ NOT NULL,
-    run_id VARCHAR
-);
-"""
-
-# Added within schema version 1 (issue 15): appended to calls, so an older store gains them on its
-# first writable open (one line on stderr), and positional INSERTs fit both. See astuner/drift.py.
-DRIFT_COLUMNS = {
-    "tool_format": "VARCHAR",            # hermes | qwen3 | llama3 | mistral: the parser of an engine call
-    "extends_previous": "BOOLEAN",       # engine calls: prompt starts with the same agent's previous prompt + completion ids; NULL = its first
-    "divergence_at": "INTEGER",          # not extending: first diverging position in prompt_token_ids
-    "divergence_cause": "VARCHAR",       # tools_changed | history_edited | prompt_rerendered | thinking_stripped | completion_rerendered
-    "rerender_drift_tokens": "INTEGER",  # of prompt + completion ids, how many a re-render from text would not reproduce; NULL = no tokenizer here
-    "drift_measured": "BOOLEAN",         # NULL = not measured yet (new, or left by a killed ingest)
-    "template_kwargs": "JSON",           # extra chat-template variables the prompt was rendered with (date_string, enable_thinking)
-}
-
-_TABLES = _TABLES_TEMPLATE.replace(
-    "__DRIFT_COLUMNS__", "".join(f"    {name} {kind},\n" for name, kind in DRIFT_COLUMNS.items()))
 
 _VIEWS = """
 CREATE OR REPLACE VIEW rewards AS
@@ -188,6 +100,13 @@ _VIEWS = _VIEWS.replace("__DPO_PAIRS__", DPO_PAIRS.format(reward="r.reward", joi
 VIEWS = ("rewards", "task_stats", "best_per_task", "sft_candidates", "dpo_candidates")
 
 
+
+
+def create_views(con) -> None:
+    """The views, as this astuner defines them (replaced after any migration)."""
+    con.execute(_VIEWS)
+
+
 class StoreError(RuntimeError):
     """A store that cannot be used; the message is one line naming the file and the fix."""
 
@@ -247,47 +166,29 @@ def open_store(path: str | os.PathLike, *, read_only: bool = False, create: bool
     tables = {row[0] for row in con.execute(
         "SELECT table_name FROM information_schema.tables WHERE table_catalog = 'store'").fetchall()}
     if not tables and not read_only:
-        _create(con)
+        migrate(con)
+        create_views(con)
+        con.execute("UPDATE meta SET value = ? WHERE key = 'success_threshold'", [str(DEFAULT_SUCCESS_THRESHOLD)])
         return con
     if "meta" not in tables:
         con.close()
         raise StoreError(f"{path} is a DuckDB file but not an astuner store (no meta table); use another --db path")
     row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
-    version = int(row[0][0]) if row else None
-    if version != STORE_SCHEMA_VERSION:
+    version = int(row[0][0]) if row and row[0][0].isdigit() else None
+    latest = latest_version()
+    # Before migrations were recorded, every store was version 1; any other number is from elsewhere.
+    known = version is not None and version <= latest and ("_migrations" in tables or version == 1)
+    if not known:
         con.close()
         raise StoreVersionError(
-            f"{path} has store schema version {version}, this astuner uses {STORE_SCHEMA_VERSION}; "
+            f"{path} has store schema version {version}, this astuner uses {latest}; "
             "ingest the traces into a new --db, or use the astuner that wrote it"
         )
-    if not read_only:
-        _add_drift_columns(con, path)
+    if version < latest and not read_only:  # a reader leaves an older store as it is; a writer migrates it
+        names = migrate(con)
+        create_views(con)
+        print(f"store {path}: migrated from schema version {version} to {latest} ({', '.join(names)})", file=sys.stderr)
     return con
-
-
-def _add_drift_columns(con, path) -> None:
-    have = {row[0] for row in con.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_catalog = 'store' AND table_name = 'calls'").fetchall()}
-    missing = [name for name in DRIFT_COLUMNS if name not in have]
-    if not missing:
-        return
-    import sys
-
-    for name in missing:
-        con.execute(f"ALTER TABLE calls ADD COLUMN {name} {DRIFT_COLUMNS[name]}")
-    print(f"store {path}: added the drift columns {', '.join(missing)} to calls (ingest measures them on its next run)",
-          file=sys.stderr)
-
-
-def _create(con) -> None:
-    con.execute("BEGIN")
-    con.execute(_TABLES)
-    con.execute(
-        "INSERT INTO meta VALUES ('schema_version', ?), ('success_threshold', ?)",
-        [str(STORE_SCHEMA_VERSION), str(DEFAULT_SUCCESS_THRESHOLD)],
-    )
-    con.execute(_VIEWS)
-    con.execute("COMMIT")
 
 
 def set_meta(con, key: str, value: str) -> None:

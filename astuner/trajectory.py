@@ -9,8 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Annotated, Any, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -19,20 +20,37 @@ SCHEMA_VERSION = 1
 Status = Literal["ok", "error", "timeout"]
 
 
+@dataclass(frozen=True)
+class Column:
+    """How a field is kept in the store; astuner/store_schema.py derives the store's columns from these.
+
+    A field without one is a column of its own name, typed by its annotation."""
+
+    name: str | None = None  # the column's name, where it is not the field's (or parent_field, when flattened)
+    sql: str | None = None  # the column's DuckDB type, where it is not the one the annotation gives
+    flatten: bool = False  # a nested record whose fields become columns of the parent's row, named parent_field
+    table: str | None = None  # a list of records kept as a table of its own, one row each
+    stored: bool = True  # False: not a column (the record's format version, say)
+
+
 class _Record(BaseModel):
     # Unknown keys are an error: a misspelt field must not vanish silently.
     model_config = ConfigDict(extra="forbid")
 
 
 class ToolCall(_Record):
+    """One tool call the model wrote, parsed from its completion."""
+
     id: str
     name: str
     arguments: str = Field(description="JSON text of the arguments, as the model wrote them.")
 
 
 class Completion(_Record):
+    """What the model answered; `text` is the decoded sampled ids (special tokens skipped)."""
+
     text: str
-    tool_calls: list[ToolCall] = Field(default_factory=list)
+    tool_calls: Annotated[list[ToolCall], Column(name="tool_calls")] = Field(default_factory=list)
     # Added within version 1 (optional): the thinking the model wrote (Qwen3 <think>), given to the agent as a ThinkingBlock.
     reasoning: str | None = Field(default=None, description="Reasoning parsed out of the completion, if any.")
 
@@ -40,7 +58,7 @@ class Completion(_Record):
 class ModelCall(_Record):
     """One call of a chat model inside a workflow run."""
 
-    index: int = Field(description="Position of the call within its trajectory, from 0.")
+    index: Annotated[int, Column(name="call_index")] = Field(description="Position of the call within its trajectory, from 0.")
     role: str = Field(description="The role the model was registered under ('default' for model_tuner itself).")
     agent_name: str | None = Field(description="Name of the AgentScope agent that made the call, if any.")
     trainable: bool = Field(description="True when the role is a trainable target: finetune learns from it.")
@@ -48,7 +66,7 @@ class ModelCall(_Record):
     messages: list[dict[str, Any]] = Field(description="Messages exactly as the agent's formatter produced them.")
     tools: list[dict[str, Any]] | None = Field(description="Tool JSON schemas passed with the call.")
     tool_choice: str | None = None
-    completion: Completion
+    completion: Annotated[Completion, Column(flatten=True)]
     prompt_token_ids: list[int] | None = Field(description="Engine calls only: the ids the engine was fed.")
     completion_token_ids: list[int] | None = Field(description="Engine calls only: the ids it sampled.")
     completion_logprobs: list[float] | None = Field(
@@ -70,8 +88,11 @@ class ModelCall(_Record):
 
 
 class TaskRecord(_Record):
-    task_id: str
-    main_query: str
+    """The task as recorded: the reference judges compare against. Not `astuner.workflow.Task`, what a
+    run is given (which also carries the row's init_messages, and which the run may not change)."""
+
+    task_id: Annotated[str, Column(name="task_id")]
+    main_query: Annotated[str, Column(name="task_query")]
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -81,6 +102,9 @@ class Checkpoint(_Record):
 
 
 class Sampling(_Record):
+    """The collect's sampling options as recorded: `seed` is its base seed. Each request gets an engine
+    `astuner.engines.SamplingParams` of these values with a seed derived per run and call."""
+
     temperature: float = 1.0
     top_p: float = 1.0
     max_tokens: int = 256
@@ -88,27 +112,31 @@ class Sampling(_Record):
 
 
 class Trajectory(_Record):
-    schema_version: int = SCHEMA_VERSION
+    """One workflow run. The store keeps it as a `trajectories` row and its calls as `calls` rows."""
+
+    schema_version: Annotated[int, Column(stored=False)] = SCHEMA_VERSION
     trajectory_id: str = Field(description="sha256(run_id, task_id, sample_index)[:32]; stable across resumes.")
     run_id: str
     workflow: str = Field(description="Workflow.name")
     workflow_ref: str = Field(description="What --workflow named: module:Class, module:function or file.py:Class.")
-    task: TaskRecord
+    task: Annotated[TaskRecord, Column(flatten=True)]
     sample_index: int
     iteration: int = 0
-    checkpoint: Checkpoint
+    checkpoint: Annotated[Checkpoint, Column(flatten=True)]
     engine: str
     sampling: Sampling
     trainable_targets: list[str] | None = Field(description="None: every role is trainable (simple mode).")
     status: Status
     error: str | None = None
     traceback: str | None = None
-    reward: float | None = None
+    # The store names it for what it is, beside the judged `reward` of its views.
+    reward: Annotated[float | None, Column(name="workflow_reward")] = Field(
+        default=None, description="What WorkflowOutput.reward returned (None: left to the judgers).")
     metadata: dict[str, Any] = Field(default_factory=dict)
-    started_at: float = Field(description="Unix time.")
-    finished_at: float
+    started_at: Annotated[float, Column(sql="TIMESTAMPTZ")] = Field(description="Unix time.")
+    finished_at: Annotated[float, Column(sql="TIMESTAMPTZ")]
     duration_s: float
-    calls: list[ModelCall] = Field(default_factory=list)
+    calls: Annotated[list[ModelCall], Column(table="calls")] = Field(default_factory=list)
 
 
 def to_jsonable(value: Any) -> Any:

@@ -1,7 +1,8 @@
 """Ingest: trajectory JSONL files -> the store, in bulk through DuckDB's JSON reader.
 
-Each file is read by DuckDB with declared columns (no per-line Python). A file that DuckDB
-cannot read, or whose rows miss required fields or carry another schema version, is re-read
+Each file is read by DuckDB with columns declared from the record model (no per-line Python). A
+file that DuckDB cannot read, or whose rows miss required fields, carry another schema version or
+hold a key the record does not declare (at any depth), is re-read
 line by line with the trajectory model so every bad line is named by file:line and skipped
 (or, with --strict, fails the ingest). Rows are keyed by trajectory_id, so ingesting the same
 files again adds nothing. Trainable engine calls not checked yet (new ones, or ones a killed
@@ -19,55 +20,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from astuner.faults import crash_point
-from astuner.trajectory import SCHEMA_VERSION, TraceFormatError, parse_trajectory, trace_files
+from astuner.store_schema import insert_sql, missing_fields_sql, read_columns, unknown_keys_query
+from astuner.trajectory import SCHEMA_VERSION, TraceFormatError, dump_line, parse_trajectory, trace_files
 
-# Declared so DuckDB neither guesses nor merges shapes: messages, tools and metadata vary per
-# workflow and stay JSON text; token ids become typed lists.
-_CALL = (
-    'STRUCT("index" INTEGER, role VARCHAR, agent_name VARCHAR, trainable BOOLEAN, model VARCHAR, messages JSON, '
-    "tools JSON, tool_choice VARCHAR, completion STRUCT(text VARCHAR, tool_calls JSON), prompt_token_ids INTEGER[], "
-    "completion_token_ids INTEGER[], completion_logprobs DOUBLE[], finish_reason VARCHAR, prompt_tokens INTEGER, "
-    "completion_tokens INTEGER, latency_s DOUBLE, tool_format VARCHAR, template_kwargs JSON)[]"
-)
-READ_COLUMNS = {
-    "schema_version": "INTEGER", "trajectory_id": "VARCHAR", "run_id": "VARCHAR", "workflow": "VARCHAR",
-    "workflow_ref": "VARCHAR", "task": "STRUCT(task_id VARCHAR, main_query VARCHAR, metadata JSON)",
-    "sample_index": "INTEGER", "iteration": "INTEGER", "checkpoint": "STRUCT(path VARCHAR, sha256 VARCHAR)",
-    "engine": "VARCHAR", "sampling": "JSON", "trainable_targets": "VARCHAR[]", "status": "VARCHAR",
-    "error": "VARCHAR", "traceback": "VARCHAR", "reward": "DOUBLE", "metadata": "JSON", "started_at": "DOUBLE",
-    "finished_at": "DOUBLE", "duration_s": "DOUBLE", "calls": _CALL,
-}
+# Declared from the record model, so DuckDB neither guesses nor merges shapes: messages, tools and
+# metadata vary per workflow and stay JSON text; token ids become typed lists.
+READ_COLUMNS = read_columns()
 _COLUMNS_SQL = "{" + ", ".join(f"'{k}': '{v}'" for k, v in READ_COLUMNS.items()) + "}"
 _READ = ("read_json(?, format='newline_delimited', filename=true, columns=" + _COLUMNS_SQL
          + ", maximum_object_size=1073741824)")
 
-# Rows the fast path cannot vouch for: re-read that file line by line to name the bad lines.
+# Rows the typed read cannot vouch for: re-read those files line by line to name the bad lines.
 _SUSPECT = f"""
-SELECT DISTINCT source_file FROM staged WHERE (
-    schema_version IS DISTINCT FROM {SCHEMA_VERSION} OR trajectory_id IS NULL OR run_id IS NULL OR workflow IS NULL
-    OR task.task_id IS NULL OR sample_index IS NULL OR status IS NULL OR status NOT IN ('ok', 'error', 'timeout')
-    OR checkpoint IS NULL OR started_at IS NULL OR calls IS NULL
-    OR len(list_filter(calls, lambda c: c."index" IS NULL OR c.role IS NULL OR c.trainable IS NULL OR c.completion IS NULL)) > 0)
+SELECT DISTINCT source_file FROM staged s
+WHERE s.schema_version IS DISTINCT FROM {SCHEMA_VERSION} OR {missing_fields_sql("s")}
 """
+# The typed read drops keys the record does not declare, at any depth: find the files that hold one.
+_UNKNOWN_KEYS = unknown_keys_query()
 
-_INSERT_TRAJECTORIES = """
-INSERT INTO trajectories
-SELECT s.trajectory_id, s.run_id, s.workflow, s.workflow_ref, s.task.task_id, s.task.main_query, s.task.metadata,
-       s.sample_index, coalesce(s.iteration, 0), s.checkpoint.path, s.checkpoint.sha256, s.engine, s.sampling,
-       s.trainable_targets, s.status, s.error, s.traceback, s.reward, s.metadata,
-       to_timestamp(s.started_at), to_timestamp(s.finished_at), s.duration_s, len(s.calls), s.source_file, now()
-FROM staged s JOIN new_ids n ON s.trajectory_id = n.trajectory_id AND s.rowid = n.row_id
-"""
-
-_INSERT_CALLS = """
-INSERT INTO calls
-SELECT trajectory_id, c."index", c.role, c.agent_name, c.trainable, c.model, c.messages, c.tools, c.tool_choice,
-       c.completion.text, c.completion.tool_calls, c.prompt_token_ids, c.completion_token_ids, c.completion_logprobs,
-       c.finish_reason, c.prompt_tokens, c.completion_tokens, c.latency_s, NULL,
-       c.tool_format, NULL, NULL, NULL, NULL, NULL, c.template_kwargs
-FROM (SELECT s.trajectory_id, unnest(s.calls) AS c FROM staged s JOIN new_ids n
-      ON s.trajectory_id = n.trajectory_id AND s.rowid = n.row_id)
-"""
+_NEW_ROWS = "FROM staged s JOIN new_ids n ON s.trajectory_id = n.trajectory_id AND s.rowid = n.row_id"
+_INSERT_TRAJECTORIES = insert_sql("trajectories", "s", {
+    "n_calls": "coalesce(len(s.calls), 0)", "source_file": "s.source_file", "ingested_at": "now()"}) + " " + _NEW_ROWS
+_INSERT_CALLS = insert_sql("calls", "c", {"trajectory_id": "trajectory_id"}) + (
+    f" FROM (SELECT s.trajectory_id, unnest(s.calls) AS c {_NEW_ROWS})")
 
 
 class IngestError(ValueError):
@@ -127,17 +102,17 @@ def _stage_line_by_line(con, path: Path, strict: bool, result: IngestResult) -> 
             if not line.strip():
                 continue
             try:
-                parse_trajectory(line, str(path), line_no)
+                trajectory = parse_trajectory(line, str(path), line_no)
             except TraceFormatError as exc:
                 if strict:
                     raise IngestError(f"{exc} (--strict: nothing was ingested)") from None
                 result.bad_lines.append(str(exc))
                 continue
-            good.append(line.rstrip(b"\r\n"))
+            good.append(dump_line(trajectory))  # as validated: defaults filled in, as the typed read expects
     if not good:
         return
     with tempfile.NamedTemporaryFile("wb", suffix=".jsonl", delete=False) as tmp:
-        tmp.write(b"\n".join(good) + b"\n")
+        tmp.writelines(good)
     try:
         _stage_files(con, [Path(tmp.name)], str(path))
     finally:
@@ -167,6 +142,7 @@ def _stage(con, files: list[Path], strict: bool, result: IngestResult, progress:
     import duckdb
     from tqdm.auto import tqdm
 
+    exact: set[str] = set()  # files staged line by line, through the record model
     try:
         if files:
             _stage_files(con, files)
@@ -178,8 +154,13 @@ def _stage(con, files: list[Path], strict: bool, result: IngestResult, progress:
                 _stage_files(con, [path])
             except duckdb.Error:
                 _stage_line_by_line(con, path, strict, result)
-    # Files with rows the declared read cannot vouch for are re-read line by line.
-    for (source,) in con.execute(_SUSPECT).fetchall():
+                exact.add(str(path))
+    # Files with rows the typed read cannot vouch for are re-read line by line.
+    staged = {row[0] for row in con.execute("SELECT DISTINCT source_file FROM staged").fetchall()} - exact
+    suspect = {row[0] for row in con.execute(_SUSPECT).fetchall()} - exact
+    if staged - suspect:
+        suspect |= {row[0] for row in con.execute(_UNKNOWN_KEYS, [sorted(staged - suspect)]).fetchall()}
+    for source in sorted(suspect):
         con.execute("DELETE FROM staged WHERE source_file = ?", [source])
         _stage_line_by_line(con, Path(source), strict, result)
 

@@ -395,20 +395,26 @@ def test_measure_drift_in_chunks_equals_one_chunk(tmp_path, family_tokenizer, fa
 
 
 def test_store_from_before_the_drift_columns_gains_them(tmp_path, capsys):
-    from astuner.store import DRIFT_COLUMNS, open_store
+    from astuner.migrations import latest_version
+    from astuner.store import open_store
 
+    drift_columns = ["tool_format", "extends_previous", "divergence_at", "divergence_cause", "rerender_drift_tokens",
+                     "drift_measured", "template_kwargs"]
     db = tmp_path / "old.duckdb"
     con = open_store(db)
-    for name in DRIFT_COLUMNS:  # what a store written before issue 15 looks like
+    for name in drift_columns + ["error", "completion_reasoning"]:  # what a store written before them looks like
         con.execute(f"ALTER TABLE calls DROP COLUMN {name}")
+    con.execute("DROP TABLE _migrations")  # version 1 recorded no migrations
+    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     con.close()
     open_store(db, read_only=True).close()  # a reader leaves it as it is
     con = open_store(db)
     have = {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'calls'").fetchall()}
+    version = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()[0][0]
     con.close()
-    assert set(DRIFT_COLUMNS) <= have
+    assert set(drift_columns) <= have and version == str(latest_version())
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "added the drift columns" in err[0]
+    assert len(err) == 1 and f"migrated from schema version 1 to {latest_version()}" in err[0] and "m002_drift_columns" in err[0]
 
 
 def test_llama_date_is_recorded_and_rerenders_on_another_day(tmp_path, family_tokenizer, family_dir):

@@ -313,7 +313,7 @@ def test_store_of_another_version_or_kind(tmp_path, capsys):
     con.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     con.close()
     assert main(["sql", "SELECT 1", "--db", str(db)]) == 2
-    assert "has store schema version 99, this astuner uses 1" in capsys.readouterr().err
+    assert "has store schema version 99, this astuner uses 3" in capsys.readouterr().err
     other = tmp_path / "other.duckdb"
     import duckdb
 
