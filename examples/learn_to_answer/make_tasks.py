@@ -7,8 +7,13 @@ digits, with disjoint phrasings: the held-out reward measures whether the model 
 digit -> word map itself, not the phrasings it was trained on.
 """
 
-import json
+import sys
 from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from tasks_lib import digit_tasks, write_tasks  # noqa: E402
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -33,17 +38,11 @@ EVAL_PHRASINGS = [
 
 
 def rows(split: str, phrasings: list[str]):
-    for p, phrasing in enumerate(phrasings):
-        for d, word in enumerate(WORDS):
-            yield {"task_id": f"{split}-p{p}-d{d}", "question": phrasing.format(d=d), "digit": d, "answer": word}
+    return digit_tasks(split, phrasings, "d", lambda p, d: {"digit": d, "answer": WORDS[d]})
 
 
 def main() -> None:
-    here = Path(__file__).parent
-    for name, split, phrasings in (("tasks.jsonl", "train", TRAIN_PHRASINGS), ("eval_tasks.jsonl", "eval", EVAL_PHRASINGS)):
-        with open(here / name, "w") as f:
-            for row in rows(split, phrasings):
-                f.write(json.dumps(row) + "\n")
+    write_tasks(HERE, rows("train", TRAIN_PHRASINGS), rows("eval", EVAL_PHRASINGS))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,13 @@ measures whether the agent learned to call the tool with the question's key and 
 the result, whatever the phrasing and the table.
 """
 
-import json
+import sys
 from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from tasks_lib import digit_tasks, write_tasks  # noqa: E402
 
 # Every phrasing ends with the key, so it sits at the same distance from the reply in every prompt.
 TRAIN_PHRASINGS = [
@@ -31,17 +36,11 @@ EVAL_PHRASINGS = [
 
 
 def rows(split: str, phrasings: list[str]):
-    for p, phrasing in enumerate(phrasings):
-        for k in range(10):
-            yield {"task_id": f"{split}-p{p}-k{k}", "question": phrasing.format(k=k), "key": k}
+    return digit_tasks(split, phrasings, "k", lambda p, k: {"key": k})
 
 
 def main() -> None:
-    here = Path(__file__).parent
-    for name, split, phrasings in (("tasks.jsonl", "train", TRAIN_PHRASINGS), ("eval_tasks.jsonl", "eval", EVAL_PHRASINGS)):
-        with open(here / name, "w") as f:
-            for row in rows(split, phrasings):
-                f.write(json.dumps(row) + "\n")
+    write_tasks(HERE, rows("train", TRAIN_PHRASINGS), rows("eval", EVAL_PHRASINGS))
 
 
 if __name__ == "__main__":

@@ -21,34 +21,18 @@ into one sequence. Written to OUT.partial, then renamed. Same seed, same checkpo
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from warmup_lib import save_checkpoint, seconds_since, train_masked  # noqa: E402
+from warmup_lib import parse_args, read_tasks, warm_up  # noqa: E402
 from workflow import CODES, make_agent, make_toolkit  # noqa: E402  (the workflow's own agent and code alphabet)
 
 DIGITS = [str(d) for d in range(10)]
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="checkpoint folder to write")
-    p.add_argument("--model", default=None, help="starting checkpoint (default: the embedded tiny model)")
-    p.add_argument("--tasks", default=str(HERE / "tasks.jsonl"), help="tasks whose questions to train on")
-    p.add_argument("--steps", type=int, default=200, help="AdamW steps (linear decay to 0)")
-    p.add_argument("--batch_size", type=int, default=32, help="random episodes per step")
-    p.add_argument("--learning_rate", type=float, default=3e-3)
-    p.add_argument("--seed", type=int, default=0, help="seeds torch and the random digits")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads; 1 is fastest for this tiny model on a busy machine")
-    return p.parse_args(argv)
 
 
 async def agent_calls(question: str, key: int, code: int) -> list[tuple[list[dict], list[dict]]]:
@@ -123,23 +107,9 @@ class Episodes:
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv)
-    from transformers import AutoTokenizer
-
-    from astuner.tiny import ensure_tiny_model
-
-    out = Path(args.out)
-    if (out / "config.json").is_file():
-        print(f"warmup: {out} exists; nothing to do")
-        return
-    base = Path(args.model) if args.model else ensure_tiny_model()
-    started = time.time()
-    questions = [json.loads(line)["question"] for line in open(args.tasks) if line.strip()]
-    episodes = Episodes(AutoTokenizer.from_pretrained(base), questions)
-    model, tokenizer, loss = train_masked(base, episodes.sample, steps=args.steps, batch_size=args.batch_size,
-                                          learning_rate=args.learning_rate, seed=args.seed, threads=args.threads)
-    save_checkpoint(model, tokenizer, base, out, {**vars(args), "final_loss": loss, "seconds": seconds_since(started)})
-    print(f"warmup: wrote {out} in {time.time() - started:.1f} s (final loss {loss:.4f})")
+    args = parse_args(argv, doc=__doc__, tasks=HERE / "tasks.jsonl", steps=200, batch_size=32,
+                      batch_help="random episodes per step", seed_help="seeds torch and the random digits")
+    warm_up(args, lambda tokenizer: Episodes(tokenizer, [task["question"] for task in read_tasks(args.tasks)]).sample)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,13 @@ speaker's reply). Held-out tasks use other phrasings for both roles. Every phras
 the digit or the word, at a fixed distance from the reply (what the 2-layer tiny model needs).
 """
 
-import json
+import sys
 from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from tasks_lib import digit_tasks, write_tasks  # noqa: E402
 
 SPEAKER_TRAIN = ["Write as a word: {d}", "Spell out: {d}", "In words, {d}", "The word for {d}",
                  "Say the number {d}", "Name this digit: {d}", "Digit to word: {d}", "Write the digit {d}"]
@@ -17,15 +22,12 @@ LISTENER_TRAIN = ["Write as a digit: {word}", "The digit for {word}", "Word to d
 LISTENER_EVAL = ["Which digit is {word}", "In digits, {word}"]
 
 
+def rows(split: str, speaker: list[str], listener: list[str]):
+    return digit_tasks(split, speaker, "d", lambda p, d: {"digit": d, "listener_prompt": listener[(p + d) % len(listener)]})
+
+
 def main() -> None:
-    here = Path(__file__).parent
-    for name, split, speaker, listener in (("tasks.jsonl", "train", SPEAKER_TRAIN, LISTENER_TRAIN),
-                                           ("eval_tasks.jsonl", "eval", SPEAKER_EVAL, LISTENER_EVAL)):
-        with open(here / name, "w") as f:
-            for p, phrasing in enumerate(speaker):
-                for d in range(10):
-                    f.write(json.dumps({"task_id": f"{split}-p{p}-d{d}", "question": phrasing.format(d=d), "digit": d,
-                                        "listener_prompt": listener[(p + d) % len(listener)]}) + "\n")
+    write_tasks(HERE, rows("train", SPEAKER_TRAIN, LISTENER_TRAIN), rows("eval", SPEAKER_EVAL, LISTENER_EVAL))
 
 
 if __name__ == "__main__":
