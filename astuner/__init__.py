@@ -3,11 +3,11 @@
     from astuner import Workflow, WorkflowTask, WorkflowOutput, ModelTuner
 """
 
-from astuner.peers import allow_agentscope_tuner_without_dspy
+from astuner.compat.agentscope_tuner import allow_agentscope_tuner_without_dspy
 from astuner.trajectory import SCHEMA_VERSION, ModelCall, Trajectory, read_trajectories
 from astuner.workflow import Task, Workflow, WorkflowOutput, WorkflowTask
 
-# Files written for agentscope.tuner import it; without dspy installed that import would fail (astuner/peers.py).
+# Files written for agentscope.tuner import it; without dspy installed that import would fail (astuner/compat/).
 allow_agentscope_tuner_without_dspy()
 
 __all__ = [

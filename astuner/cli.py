@@ -89,7 +89,7 @@ def parse_config(config_cls, argv: list[str] | None, prog: str, description: str
     parser.add_argument("--config", default=None, help="A YAML recipe whose keys are the options below; flags override it.")
     if positional:
         field_type = str({f.name: f.type for f in dataclasses.fields(config_cls)}[positional])
-        parser.add_argument("_positional", metavar=positional.upper(), nargs="*" if "list" in field_type else "?",
+        parser.add_argument("positional_value", metavar=positional.upper(), nargs="*" if "list" in field_type else "?",
                             help=f"Same as --{positional}.")
     pre, _ = parser.parse_known_args(argv)
     if pre.config:
@@ -103,6 +103,6 @@ def parse_config(config_cls, argv: list[str] | None, prog: str, description: str
         parser.set_defaults(**recipe)
     namespace = parser.parse_args(argv)
     values = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(config_cls)}
-    if positional and namespace._positional:
-        values[positional] = namespace._positional
+    if positional and namespace.positional_value:
+        values[positional] = namespace.positional_value
     return config_cls(**values)

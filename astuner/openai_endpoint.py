@@ -195,8 +195,8 @@ async def chat_completion(tuner: ModelTuner, role: str, agent_name: str | None, 
     """One request through the run's tuner (recorded like any call) -> an OpenAI ChatCompletion as JSON."""
     from openai.types.chat import ChatCompletion
 
-    index = len(tuner.calls)  # _call reserves this slot before its first await
-    response = await tuner._call(role, agent_name, messages, tools, tool_choice, {})
+    index = len(tuner.calls)  # call_as_role reserves this slot before its first await
+    response = await tuner.call_as_role(role, agent_name, messages, tools, tool_choice, {})
     record = tuner.calls[index] if index < len(tuner.calls) else None
     text = "\n".join(b["text"] for b in response.content if b.get("type") == "text")
     tool_calls = [

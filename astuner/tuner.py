@@ -9,7 +9,7 @@ logprobs. Any other role is served by its registered default model and recorded 
 role registered without a default falls back to the engine, recorded as not trainable.
 
 AgentJet's spellings work too (`ajet.AjetTuner` is this class): `as_agentscope_model(...)`,
-`config` (astuner/tuner_config.py), and `as_raw_openai_sdk_client()` / `as_oai_baseurl_apikey()`,
+`config` (astuner/compat/tuner_config.py), and `as_raw_openai_sdk_client()` / `as_oai_baseurl_apikey()`,
 an OpenAI-compatible endpoint that collect serves (astuner/openai_endpoint.py).
 """
 
@@ -19,7 +19,7 @@ import functools
 import json
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from agentscope.message import TextBlock, ThinkingBlock, ToolUseBlock
 from agentscope.model import ChatModelBase, ChatResponse
@@ -27,14 +27,22 @@ from agentscope.model._model_usage import ChatUsage
 from pydantic import BaseModel
 
 from astuner.chat import FAMILY_CHOICES, detect_family, parse_completion, render_prompt_ids, special_tokens_of, template_kwargs_for
+from astuner.compat.tuner_config import ConfigTree, as_tree, build_tuner_config
 from astuner.engines import Engine, SamplingParams, derive_seed
 from astuner.trajectory import Completion, ModelCall, ToolCall, to_jsonable
-from astuner.tuner_config import ConfigTree, as_tree, build_tuner_config
-
-if TYPE_CHECKING:
-    from astuner.openai_endpoint import OpenAIEndpoint
 
 DEFAULT_ROLE = "default"
+
+
+class EndpointKeys(Protocol):
+    """What a ModelTuner needs of collect's OpenAI-compatible endpoint (astuner/openai_endpoint.py). A protocol,
+    so that the tuner does not import the endpoint, which imports the tuner to serve its calls."""
+
+    base_url: str | None
+
+    def key_for(self, tuner: ModelTuner, role: str, agent_name: str | None) -> str: ...
+
+    def revoke(self, tuner: ModelTuner) -> None: ...
 
 
 def _calling_agent_name() -> str | None:
@@ -61,7 +69,7 @@ class ModelTuner(ChatModelBase):
         sampling: SamplingParams,
         trainable_targets: list[str] | None = None,
         config: ConfigTree | None = None,
-        endpoint: OpenAIEndpoint | None = None,
+        endpoint: EndpointKeys | None = None,
         tool_format: str = "auto",
         template_kwargs: dict | None = None,
     ):
@@ -158,9 +166,13 @@ class ModelTuner(ChatModelBase):
 
     # ----- the chat model -------------------------------------------------------------
     async def __call__(self, messages: list[dict], tools: list[dict] | None = None, tool_choice: str | None = None, **kwargs) -> ChatResponse:
-        return await self._call(DEFAULT_ROLE, None, messages, tools, tool_choice, kwargs)
+        return await self.call_as_role(DEFAULT_ROLE, None, messages, tools, tool_choice, kwargs)
 
-    async def _call(self, role, agent_name, messages, tools, tool_choice, kwargs, auxiliary=None) -> ChatResponse:
+    async def call_as_role(self, role: str, agent_name: str | None, messages: list[dict], tools: list[dict] | None,
+                           tool_choice: str | None, kwargs: dict, auxiliary=None) -> ChatResponse:
+        """One chat call made as `role` by agent `agent_name` (None: the AgentScope agent on the call stack):
+        served by the engine, the role's default model or `auxiliary` (an astuner.auxiliary.AuxiliaryBackend),
+        and recorded in `calls`. Its slot in `calls` is reserved before the first await."""
         agent_name = agent_name or _calling_agent_name()
         trainable = self.is_trainable(role)
         default_model = None if trainable else self._defaults.get(role)
@@ -324,7 +336,7 @@ class RoleModel(ChatModelBase):
         self.tuner, self.role, self.agent_name = tuner, role, agent_name
 
     async def __call__(self, messages: list[dict], tools: list[dict] | None = None, tool_choice: str | None = None, **kwargs) -> ChatResponse:
-        return await self.tuner._call(self.role, self.agent_name, messages, tools, tool_choice, kwargs)
+        return await self.tuner.call_as_role(self.role, self.agent_name, messages, tools, tool_choice, kwargs)
 
 
 class AuxiliaryModel(ChatModelBase):
@@ -337,7 +349,7 @@ class AuxiliaryModel(ChatModelBase):
         self.tuner, self.backend = tuner, backend
 
     async def __call__(self, messages: list[dict], tools: list[dict] | None = None, tool_choice: str | None = None, **kwargs) -> ChatResponse:
-        return await self.tuner._call(self.backend.name, None, messages, tools, tool_choice, kwargs, auxiliary=self.backend)
+        return await self.tuner.call_as_role(self.backend.name, None, messages, tools, tool_choice, kwargs, auxiliary=self.backend)
 
 
 class OpenAIBaseUrlApiKey(BaseModel):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import copy
 import inspect
-import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from astuner.cli import import_object
+from astuner.compat.agentscope_tuner import run_workflow_func
 
 if TYPE_CHECKING:
     from astuner.tuner import ModelTuner
@@ -109,7 +109,8 @@ class FunctionWorkflow(Workflow):
     unchanged: task is the task row (Task.metadata); its WorkflowOutput(reward, response, metrics)
     maps to ours with response and metrics in metadata. A response that is an AgentScope `Msg`
     (or a pydantic model) is stored as its dict with `response_type` naming it, so that judge
-    hands the judge a `Msg` again. `auxiliary_models`: collect's --auxiliary-models."""
+    hands the judge a `Msg` again. `auxiliary_models`: collect's --auxiliary-models.
+    The contract is in astuner/compat/agentscope_tuner.py."""
 
     function = None  # set by for_function
 
@@ -118,31 +119,7 @@ class FunctionWorkflow(Workflow):
         return type(fn.__name__, (cls,), {"function": staticmethod(fn), "name": fn.__name__})
 
     async def execute(self, task: WorkflowTask, model_tuner: ModelTuner) -> WorkflowOutput:
-        fn = type(self).function
-        offered = {
-            "task": dict(task.task.metadata),
-            "model": model_tuner,
-            "auxiliary_models": getattr(model_tuner, "auxiliary_models", None) or {},
-            "system_prompt": None,
-            "logger": logging.getLogger(f"astuner.workflow.{fn.__name__}"),
-        }
-        params = inspect.signature(fn).parameters
-        takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        result = await fn(**{k: v for k, v in offered.items() if takes_all or k in params})
-        if isinstance(result, WorkflowOutput):
-            return result
-        if result is None or not hasattr(result, "reward"):
-            raise TypeError(f"{fn.__name__} returned {type(result).__name__}; expected a WorkflowOutput")
-        from astuner.peers import RESPONSE_TYPE_KEY, response_to_json
-
-        metadata = {}
-        if getattr(result, "response", None) is not None:
-            metadata["response"], type_name = response_to_json(result.response)
-            if type_name:
-                metadata[RESPONSE_TYPE_KEY] = type_name
-        if getattr(result, "metrics", None):
-            metadata["metrics"] = result.metrics
-        return WorkflowOutput(reward=result.reward, metadata=metadata)
+        return await run_workflow_func(type(self).function, dict(task.task.metadata), model_tuner, WorkflowOutput)
 
 
 def load_workflow(ref: str) -> type[Workflow]:

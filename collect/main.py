@@ -217,11 +217,11 @@ def run(cfg: CollectConfig) -> int:
 
     from astuner.auxiliary import close_backends, load_backends, parse_auxiliary_models
     from astuner.checkpoint import checkpoint_sha256
+    from astuner.compat.tuner_config import build_tuner_config
     from astuner.engines import ENGINES, load_engine, require_checkpoint
     from astuner.tasks import NO_QUERY, QUERY_FIELDS, load_tasks
     from astuner.tiny import ensure_tiny_model
     from astuner.trajectory import Checkpoint, Sampling, TraceFormatError
-    from astuner.tuner_config import build_tuner_config
     from astuner.chat import FAMILY_CHOICES
     from astuner.workflow import load_workflow
 

@@ -8,12 +8,13 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
+from astuner.compat.agentjet import output_fields
+from astuner.compat.tuner_config import as_tree, build_tuner_config
 from astuner.engines import Engine, SamplingParams, derive_seed
 from astuner.faults import crash_point
 from astuner.openai_endpoint import OpenAIEndpoint
 from astuner.trajectory import Checkpoint, Sampling, TaskRecord, Trajectory, to_jsonable, trajectory_id
 from astuner.tuner import AuxiliaryModel, ModelTuner
-from astuner.tuner_config import as_tree, build_tuner_config
 from astuner.workflow import Task, Workflow, WorkflowOutput, WorkflowTask
 
 from collect.writer import TraceWriter
@@ -31,7 +32,7 @@ class RunSpec:
     timeout_s: float = 600.0
     auxiliary: dict = field(default_factory=dict)  # name -> astuner.auxiliary.AuxiliaryBackend
     override_targets: bool = True  # False: the workflow keeps its own trainable_targets ('*', or none given)
-    tuner_config: dict | None = None  # model_tuner.config (astuner/tuner_config.py); None: the defaults
+    tuner_config: dict | None = None  # model_tuner.config (astuner/compat/tuner_config.py); None: the defaults
     tool_format: str = "auto"  # astuner.chat.FAMILY_CHOICES
     template_kwargs: dict = field(default_factory=dict)  # extra chat-template variables (--template-kwargs)
     workflow_name: str | None = None  # the recorded workflow name; None: the class's (set where the class is not at hand)
@@ -97,11 +98,7 @@ def _check_output(out, owner: str = "Workflow") -> tuple[float | None, dict]:
             raise TypeError(f"WorkflowOutput.reward must be a finite float or None, got {reward!r}")
         reward = float(reward)
     metadata = to_jsonable(out.metadata or {})
-    # AgentJet's extra fields ride in the metadata, where judge finds them
-    if getattr(out, "is_success", None) is not None:
-        metadata["is_success"] = bool(out.is_success)
-    if getattr(out, "log_metrics", None):
-        metadata["log_metrics"] = to_jsonable(out.log_metrics)
+    metadata.update(output_fields(out))  # AgentJet's is_success and log_metrics ride in the metadata, where judge finds them
     return reward, metadata
 
 

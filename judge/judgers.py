@@ -17,28 +17,24 @@ Specs on the command line (`--judger SPEC[=WEIGHT]`):
         judges in agentscope.tuner.model_selection too); or a class with
         `compute_reward(workflow_task, workflow_output) -> (reward, is_success)`.
         A function with attribute `level = "call"` scores calls instead of trajectories.
+        (The peers' judges are adapted in astuner/compat/.)
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import inspect
-import json
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
+from astuner.compat import peer_judger
+from astuner.compat.agentjet import success_label
+from astuner.scores import Score  # in astuner: compat's peer judgers return it too; judgers import it from here
+
 BUILTIN_VERSION = "builtin-1"
-
-
-@dataclass
-class Score:
-    value: float | None
-    label: str | None = None
-    explanation: str | None = None
-    error: str | None = None
 
 
 @dataclass
@@ -62,14 +58,10 @@ def _output(traj: dict, field: str) -> Any:
     return (traj.get("metadata") or {}).get(field)
 
 
-def _success_label(traj: dict) -> str | None:
-    success = (traj.get("metadata") or {}).get("is_success")  # WorkflowOutput.is_success, AgentJet's field
-    return None if success is None else ("success" if success else "failure")
-
-
 def workflow_reward(trajectories, **_):
-    return [t["reward"] if _success_label(t) is None else Score(_number(t["reward"]), label=_success_label(t))
-            for t in trajectories]
+    # AgentJet's WorkflowOutput.is_success labels the score
+    labels = [success_label(t.get("metadata")) for t in trajectories]
+    return [t["reward"] if label is None else Score(_number(t["reward"]), label=label) for t, label in zip(trajectories, labels)]
 
 
 def _compare(out_field: str, ref_field: str, equal: Callable[[Any, Any], Score | float]):
@@ -139,88 +131,31 @@ def _source_version(obj) -> str:
     return "src-" + hashlib.sha256(source.encode()).hexdigest()[:12]
 
 
-def _is_agentscope_judge(target) -> bool:
-    """agentscope.tuner's JudgeType: async, (task, response, [auxiliary_models], [logger]); its
-    built-in judges name the first parameter `_task`."""
-    if not inspect.iscoroutinefunction(target):
-        return False
-    names = list(inspect.signature(target).parameters)
-    return len(names) >= 2 and names[0] in ("task", "_task") and names[1] == "response"
-
-
-_BUILT_IN_JUDGES = "agentscope.tuner.model_selection"
-
-
-def _agentscope_judge(fn, auxiliary_models: dict | None = None):
-    """agentscope.tuner: async judge(task, response, auxiliary_models, logger) -> JudgeOutput(reward, metrics).
-
-    Called with the parameters it declares only. `response` is the object the workflow returned
-    (a Msg comes back as a Msg). Its built-in judges (model_selection) get what select_model
-    hands them: {"response": ..., "metrics": {..., execution_time, input/output/total_tokens, usage}}.
-    """
-    import logging
-
-    params = inspect.signature(fn).parameters
-    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    task_name, response_name = list(params)[:2]
-    optional = {"auxiliary_models": auxiliary_models or {}, "logger": logging.getLogger(f"judge.{fn.__name__}")}
-    optional = {k: v for k, v in optional.items() if takes_all or k in params}
-    composite = (getattr(fn, "__module__", "") or "").startswith(_BUILT_IN_JUDGES)
-
-    def judge(trajectories, **_):
-        async def one(traj):
-            response = traj["response"]
-            if composite:
-                metrics = {**(traj["metadata"].get("metrics") or {}), **_usage(traj)}
-                response = {"response": response, "metrics": metrics}
-            out = await fn(**{task_name: traj["task"], response_name: response}, **optional)
-            metrics = getattr(out, "metrics", None)
-            return Score(_number(getattr(out, "reward", out)), explanation=json.dumps(metrics, default=str) if metrics else None)
-
-        async def all_of():
-            return await asyncio.gather(*(one(t) for t in trajectories), return_exceptions=True)
-
-        return [Score(None, error=f"{type(r).__name__}: {r}") if isinstance(r, BaseException) else r for r in asyncio.run(all_of())]
-
-    return judge
-
-
-def _usage(traj: dict) -> dict:
-    """select_model's metrics of a run: its wall time and the tokens of its calls."""
-    inputs = float(sum(c.get("prompt_tokens") or 0 for c in traj["calls"]))
-    outputs = float(sum(c.get("completion_tokens") or 0 for c in traj["calls"]))
-    usage = {"input_tokens": inputs, "output_tokens": outputs, "total_tokens": inputs + outputs}
-    return {"execution_time": traj.get("duration_s") or 0.0, **usage, "usage": usage}
-
-
-def _compute_reward_judge(cls):
-    """AgentJet's judge class: cls(config).compute_reward(workflow_task, workflow_output) -> (reward, is_success)
-    or a bare reward; config is the tree workflows read as model_tuner.config (its defaults)."""
-    from astuner.tuner_config import as_tree, build_tuner_config
-    from astuner.workflow import Task, WorkflowOutput, WorkflowTask
-
-    try:
-        instance = cls(as_tree(build_tuner_config()))
-    except TypeError:
-        instance = cls()
-
-    def judge(trajectories, **_):
-        results = []
-        for traj in trajectories:
-            task = WorkflowTask(Task(traj["task_id"], traj["main_query"], traj["task"]), traj["sample_index"], traj["iteration"])
-            metadata = traj["metadata"] or {}
-            output = WorkflowOutput(reward=traj["reward"], metadata=metadata, is_success=metadata.get("is_success"),
-                                    log_metrics=metadata.get("log_metrics") or {})
-            result = instance.compute_reward(task, output)
-            raw, success = result if isinstance(result, (tuple, list)) and len(result) == 2 else (result, None)
-            results.append(Score(_number(raw), label=None if success is None else ("success" if success else "failure")))
-        return results
-
-    return judge
-
-
 def _number(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _llm_judge(template_file: str | None, *, model: str | None = None, engine: str = "transformers",
+               max_score: float = 10.0, max_tokens: int = 128, device: str | None = None):
+    """--judger llm[:TEMPLATE_FILE] with the --judge_* options -> an LLMJudge on its own engine."""
+    from astuner.checkpoint import checkpoint_sha256
+    from astuner.engines import ENGINES, load_engine
+    from astuner.tiny import ensure_tiny_model
+    from judge.llm import DEFAULT_TEMPLATE, LLMJudge
+
+    if engine not in ENGINES:
+        raise JudgerError(f"--judge_engine {engine!r}: unknown engine; choose one of {', '.join(ENGINES)}")
+
+    template = DEFAULT_TEMPLATE
+    if template_file:
+        try:
+            template = Path(template_file).read_text()
+        except OSError as exc:
+            raise JudgerError(f"--judger llm:{template_file}: cannot read the template ({exc.strerror})") from None
+    checkpoint = model or str(ensure_tiny_model())
+    kwargs = {"device": device} if device and engine == "transformers" else {}
+    return LLMJudge(load_engine(engine, checkpoint, option="--judge_model", **kwargs), template, max_score=max_score,
+                    max_tokens=max_tokens, checkpoint_sha256=checkpoint_sha256(checkpoint))
 
 
 def parse_judger(spec: str, llm_options: dict | None = None, auxiliary_models: dict | None = None) -> Judger:
@@ -249,9 +184,7 @@ def parse_judger(spec: str, llm_options: dict | None = None, auxiliary_models: d
         except ValueError as exc:
             raise JudgerError(f"--judger {spec!r}: {exc}") from None
     if kind == "llm":
-        from judge.llm import LLMJudge
-
-        judge = LLMJudge.from_options(arg_text or None, **(llm_options or {}))
+        judge = _llm_judge(arg_text or None, **(llm_options or {}))
         return Judger(name, judge.version, weight, judge)
     if ":" not in name:
         raise JudgerError(f"--judger {spec!r}: unknown judger; {_USAGE}")
@@ -262,12 +195,11 @@ def parse_judger(spec: str, llm_options: dict | None = None, auxiliary_models: d
     except (ImportError, FileNotFoundError, ValueError) as exc:
         raise JudgerError(str(exc).splitlines()[0]) from None
     version = _source_version(target)
-    if inspect.isclass(target) and hasattr(target, "compute_reward"):
-        return Judger(name, version, weight, _compute_reward_judge(target))
+    peer = peer_judger(target, auxiliary_models)  # an AgentJet judge class or an agentscope.tuner judge
+    if peer is not None:
+        return Judger(name, version, weight, peer)
     if not callable(target):
         raise JudgerError(f"--judger {spec!r}: {type(target).__name__} is not callable; {_USAGE}")
-    if _is_agentscope_judge(target):
-        return Judger(name, version, weight, _agentscope_judge(target, auxiliary_models))
     level = getattr(target, "level", "trajectory")
     if level not in ("trajectory", "call"):
         raise JudgerError(f"--judger {spec!r}: level {level!r}; use 'trajectory' or 'call'")

@@ -12,10 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from pathlib import Path
 
 from astuner.chat import text_of
-from judge.judgers import Score
+from astuner.scores import Score
 
 DEFAULT_TEMPLATE = """You are grading an AI agent's answer to a task.
 
@@ -63,28 +62,6 @@ class LLMJudge:
         self.sampling = SamplingParams(temperature=0.0, max_tokens=max_tokens)
         key = json.dumps([template, max_score, max_tokens, checkpoint_sha256])
         self.version = "llm-" + hashlib.sha256(key.encode()).hexdigest()[:12]
-
-    @classmethod
-    def from_options(cls, template_file: str | None, *, model: str | None = None, engine: str = "transformers",
-                     max_score: float = 10.0, max_tokens: int = 128, device: str | None = None) -> "LLMJudge":
-        from astuner.checkpoint import checkpoint_sha256
-        from astuner.engines import ENGINES, load_engine
-        from astuner.tiny import ensure_tiny_model
-        from judge.judgers import JudgerError
-
-        if engine not in ENGINES:
-            raise JudgerError(f"--judge_engine {engine!r}: unknown engine; choose one of {', '.join(ENGINES)}")
-
-        template = DEFAULT_TEMPLATE
-        if template_file:
-            try:
-                template = Path(template_file).read_text()
-            except OSError as exc:
-                raise JudgerError(f"--judger llm:{template_file}: cannot read the template ({exc.strerror})") from None
-        checkpoint = model or str(ensure_tiny_model())
-        kwargs = {"device": device} if device and engine == "transformers" else {}
-        return cls(load_engine(engine, checkpoint, option="--judge_model", **kwargs), template, max_score=max_score,
-                   max_tokens=max_tokens, checkpoint_sha256=checkpoint_sha256(checkpoint))
 
     def prompt(self, traj: dict) -> str:
         fields = _Fields({k: v for k, v in traj["metadata"].items()})

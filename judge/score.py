@@ -13,8 +13,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from astuner.compat.agentscope_tuner import RESPONSE_TYPE_KEY, response_from_json
 from astuner.faults import crash_point
-from astuner.peers import RESPONSE_TYPE_KEY, response_from_json
 
 from judge.judgers import Judger, Score, as_score
 

@@ -1,5 +1,5 @@
-"""`from ajet.task_judge.base_judge import BaseJudge`."""
+"""`from ajet.task_judge.base_judge import BaseJudge`, AgentJet's path: the class is in astuner/compat/agentjet.py."""
 
-from astuner.task_judge.base_judge import BaseJudge
+from astuner.compat.agentjet import BaseJudge
 
 __all__ = ["BaseJudge"]

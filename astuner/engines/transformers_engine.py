@@ -13,7 +13,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from astuner.engines import Engine, Generation, SamplingParams
+from astuner.engines.base import Engine, Generation, SamplingParams
 
 
 class TransformersEngine(Engine):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 
-from astuner.engines import Engine, Generation, SamplingParams
+from astuner.engines.base import Engine, Generation, SamplingParams
 
 
 class VLLMEngine(Engine):

@@ -1,4 +1,4 @@
-"""ASTuner's `astuner.schema.task`: the task records, defined in astuner.workflow."""
+"""ASTuner's `astuner.schema.task`, kept for peers' files: the task records, defined in astuner.workflow."""
 
 from astuner.workflow import Task, WorkflowOutput, WorkflowTask
 

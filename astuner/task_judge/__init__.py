@@ -1,1 +1,1 @@
-"""AgentJet/ASTuner's judge module path: `from astuner.task_judge.base_judge import BaseJudge`."""
+"""AgentJet/ASTuner's judge module path (`astuner.task_judge.base_judge`), kept for peers' files: see astuner/compat/."""
