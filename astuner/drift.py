@@ -1,4 +1,4 @@
-"""Drift measures that can be true (issue 15): how far a workflow's calls are from one growing sequence.
+"""Drift measures that can be true: how far a workflow's calls are from one growing sequence.
 
 extension      Does a call's prompt extend the same agent's previous prompt + sampled completion,
                token for token? If not: the first diverging position and a cause category. Where it

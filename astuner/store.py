@@ -1,14 +1,16 @@
-"""The store: one DuckDB file that judge writes and finetune reads. This is its only definition.
+"""The store: one DuckDB file that judge writes and finetune reads. Here: opening it, and its views.
+
+Its tables are made by the numbered migrations of astuner/migrations.py; the columns that hold record
+fields derive from the record model (astuner/store_schema.py).
 
 Tables
-    meta          key/value: schema_version, success_threshold.
+    meta          key/value: schema_version (the last migration applied), success_threshold.
     runs          one row per collect run (from its collect.json) and per judge/finetune command.
     trajectories  one row per trajectory record (ids, task, status, workflow reward, metadata).
-    calls         one row per model call (role, trainable, messages/tools as JSON text, token ids,
-                  logprobs, counts, latency, template_drift, and the drift
-                  measures of astuner/drift.py: extends_previous, divergence_at/_cause,
-                  rerender_drift_tokens).
+    calls         one row per model call (the record's call fields; ingest's template_drift and the drift
+                  measures of astuner/drift.py: extends_previous, divergence_at/_cause, rerender_drift_tokens).
     scores        one row per (trajectory, call_index, judger): call_index NULL = trajectory-level.
+    _migrations   the migrations applied.
 
 Views (the contract with finetune and with users' SQL)
     rewards         combined reward per trajectory: weighted mean of the trajectory-level scores

@@ -218,8 +218,8 @@ class ModelTuner(ChatModelBase):
         """The messages with `reasoning_content` back on this run's own replies that had thinking.
 
         AgentScope's formatters drop ThinkingBlocks, so without it a Qwen3 template renders the
-        earlier turn without its <think> block and the next prompt stops extending the sampled ids
-        (issue 15 item 4). These are the messages recorded and rendered: a re-render matches."""
+        earlier turn without its <think> block and the next prompt stops extending the sampled ids.
+        These are the messages recorded and rendered: a re-render matches."""
         if not self._reasoning:
             return messages
         out = []

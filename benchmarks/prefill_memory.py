@@ -7,7 +7,7 @@
 The checkpoint is random-init with one tiny layer but the real Qwen2.5 tokenizer (151,665 tokens)
 and its 151,936 embedding rows, built offline from dashscope's qwen.tiktoken (tests/family_models.py),
 so the logits tensor is the real one. "before" asks the model for logits at every prompt position
-(the engine until issue 15); "after" is the engine as it is (logits_to_keep=1). Memory is the peak
+(the engine before it kept only the last position); "after" is the engine as it is (logits_to_keep=1). Memory is the peak
 of process RSS (CPU, sampled every millisecond) or torch.cuda.max_memory_allocated (GPU) above
 what was in use before the call. "before" runs whose logits alone would exceed --max-before-gb are
 skipped and show their estimate, so the benchmark cannot exhaust a shared machine.

@@ -6,7 +6,7 @@
     python -m judge report --db runs/store.duckdb --out runs/report
 
 Subcommands: ingest, score, sql, report; `python -m judge SUBCOMMAND --help` shows its options.
-The store's tables and views are described in astuner/store.py and the README.
+The store's tables and views are described in docs/store.md (defined in astuner/migrations.py, astuner/store.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""AgentJet's API (issue 14, item 3): workflows and judges in its tutorials' style run unchanged."""
+"""AgentJet's API: workflows and judges in its tutorials' style run unchanged."""
 
 import asyncio
 import json

@@ -1,4 +1,4 @@
-"""Real model families (issue 15): the engine on padded vocabularies, tool-call / thinking parsing
+"""Real model families: the engine on padded vocabularies, tool-call / thinking parsing
 per family, and render parity over the real chat templates (tests/fixtures/templates)."""
 
 import json
@@ -225,7 +225,7 @@ def extends(previous, current) -> bool:
     return current.prompt_token_ids[: len(head)] == head
 
 
-# Written down per family (issue 15 item 3), on this scripted ReAct run: does the 2nd call's prompt extend
+# Written down per family, on this scripted ReAct run: does the 2nd call's prompt extend
 # the 1st call's prompt + sampled ids (else the cause), and does re-rendering the 1st call's conversation
 # from text change sampled tokens?
 EXPECTED = {

@@ -1,4 +1,4 @@
-"""Peer compatibility (issue 14): files written for agentscope.tuner and AgentJet run unchanged
+"""Peer compatibility: files written for agentscope.tuner and AgentJet run unchanged
 under collect and judge: imports without dspy, judges that get the Msg the workflow returned,
 auxiliary models (a local checkpoint, an OpenAI-compatible endpoint), AgentJet task rows,
 failed model calls on record, the embedded model's context, and csv line endings."""
