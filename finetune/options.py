@@ -42,6 +42,6 @@ class FinetuneConfig:
                 raise ValueError(f"--{option} {value!r}: use one of {', '.join(allowed)}")
         if self.top_k < 1:
             raise ValueError(f"--top_k {self.top_k}: must be >= 1")
-        if self.min_margin < 0:  # a pair's chosen reward is always strictly higher: below 0 would only read as a promise
+        if self.min_margin < 0:  # admits no more pairs than 0 does: refused rather than silently the same as 0
             raise ValueError(f"--min_margin {self.min_margin:g}: must be >= 0 (every pair's chosen reward is strictly higher); "
                              "use 0 for every pair")
