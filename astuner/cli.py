@@ -80,13 +80,37 @@ def one_line_errors(parser: argparse.ArgumentParser, help_flag: str = "--help") 
     return parser
 
 
-def parse_config(config_cls, argv: list[str] | None, prog: str, description: str, positional: str | None = None):
-    """`positional` names a field that may also be given without its flag (e.g. judge's TRACES)."""
+def _parser(config_cls, prog: str, description: str | None):
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(config_cls, prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     one_line_errors(parser)
     parser.add_argument("--config", default=None, help="A YAML recipe whose keys are the options below; flags override it.")
+    return parser
+
+
+def _config(config_cls, namespace: argparse.Namespace):
+    """The dataclass from parsed options: its __post_init__ checks their values."""
+    return config_cls(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(config_cls)})
+
+
+def config_from_options(config_cls, options: dict, prog: str):
+    """`config_cls` from a mapping of option: value, parsed as a --config file with these keys is (a YAML string
+    for a number is converted as a flag would be) and checked by the class, without running the stage; a bad value
+    raises ConfigError or the class's ValueError, one line. For checking a recipe's section before any stage starts."""
+    parser = _parser(config_cls, prog, None)
+
+    def error(message: str):
+        raise ConfigError(message)
+
+    parser.error = error  # a bad value is the caller's to report, not a reason to exit
+    parser.set_defaults(**options)
+    return _config(config_cls, parser.parse_args([]))
+
+
+def parse_config(config_cls, argv: list[str] | None, prog: str, description: str, positional: str | None = None):
+    """`positional` names a field that may also be given without its flag (e.g. judge's TRACES)."""
+    parser = _parser(config_cls, prog, description)
     if positional:
         field_type = str({f.name: f.type for f in dataclasses.fields(config_cls)}[positional])
         parser.add_argument("positional_value", metavar=positional.upper(), nargs="*" if "list" in field_type else "?",
@@ -102,7 +126,6 @@ def parse_config(config_cls, argv: list[str] | None, prog: str, description: str
             raise ConfigError(f"--config {path}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         parser.set_defaults(**recipe)
     namespace = parser.parse_args(argv)
-    values = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(config_cls)}
     if positional and namespace.positional_value:
-        values[positional] = namespace.positional_value
-    return config_cls(**values)
+        setattr(namespace, positional, namespace.positional_value)
+    return _config(config_cls, namespace)

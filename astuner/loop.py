@@ -43,8 +43,9 @@ LOOP_OWNED = {
     "finetune": ("db", "iterations", "output_dir", "model_name_or_path", "export", "config"),
 }
 PROGRESS = "progress.json"
-# Sections whose options are checked when the recipe is read: (module, its config dataclass, the command).
-# finetune's are TRL's (its stage checks them; importing TRL here would cost seconds).
+# Sections whose options (names, then values, by the stage's own config dataclass) are checked when the recipe
+# is read: (module, its config dataclass, the command). finetune's are TRL's (its stage checks them; importing
+# TRL here would cost seconds).
 STAGE_OPTIONS = {
     "collect": ("collect.main", "CollectConfig", "python -m collect"),
     "eval": ("collect.main", "CollectConfig", "python -m collect"),
@@ -79,7 +80,7 @@ def read_recipe(path: str | os.PathLike, run_dir: str | None = None, trainable_t
     import dataclasses
     import importlib
 
-    from astuner.cli import ConfigError, read_recipe as read_yaml
+    from astuner.cli import ConfigError, config_from_options, read_recipe as read_yaml
 
     path = Path(path)
     if not path.is_file():
@@ -127,6 +128,13 @@ def read_recipe(path: str | os.PathLike, run_dir: str | None = None, trainable_t
     )
     if trainable_targets is not None:  # one switch for every stage that reads the trajectories
         recipe.collect["trainable_targets"] = trainable_targets
+    for section, (module, config_class, command) in STAGE_OPTIONS.items():
+        if section == "eval" and recipe.eval is None:
+            continue
+        try:  # what the stage will make of its --config file, so a bad value is refused now, not after the stages before it
+            config_from_options(getattr(importlib.import_module(module), config_class), recipe.stage_config(section), command)
+        except (ConfigError, TypeError, ValueError) as exc:
+            raise RecipeError(f"--recipe {path}: {section}: {exc}") from None
     return recipe
 
 

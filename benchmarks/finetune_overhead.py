@@ -174,7 +174,8 @@ def main() -> None:
     from trl import DPOConfig, DPOTrainer, ModelConfig, SFTConfig, SFTTrainer
 
     from astuner.store import open_store
-    from finetune.data import Selection, build
+    from finetune.data import build
+    from finetune.options import FinetuneConfig
     from finetune.train import build_trainer, training_dataset
 
     hf_logging.set_verbosity_error()
@@ -198,7 +199,7 @@ def main() -> None:
     results = []
     for method in (["sft", "dpo"] if args.method == "both" else [args.method]):
         con = open_store(db, read_only=True)
-        data = build(con, Selection(method=method, min_reward=1.0, top_k=1))
+        data = build(con, FinetuneConfig(method=method, min_reward=1.0, top_k=1))
         con.close()
         print(data.summary())
         config_cls = SFTConfig if method == "sft" else DPOConfig

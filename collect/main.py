@@ -30,6 +30,9 @@ _IDENTITY = ("workflow_ref", "checkpoint", "engine", "sampling", "trainable_targ
 
 @dataclass
 class CollectConfig:
+    """collect's options, from flags or a --config file (astuner.cli.parse_config) or a recipe's collect/eval
+    section (astuner.loop checks it with this class before any stage runs). Values are checked in __post_init__."""
+
     workflow: str = field(
         default=str(EXAMPLES / "math_agent" / "workflow.py") + ":MathAgentWorkflow",
         metadata={"help": "The workflow: module:Class or path/to/file.py:Class (a Workflow subclass or an "
@@ -103,6 +106,68 @@ class CollectConfig:
     )
     max_steps: int | None = field(default=None, metadata={"help": "model_tuner.config.ajet.rollout.multi_turn.max_steps "
                                   "(over --tuner-config's)."})
+
+    def __post_init__(self):
+        """Every check that needs only the values (no file, import or model): one line naming the flag, the value and the fix."""
+        from astuner.chat import FAMILY_CHOICES
+        from astuner.engines import ENGINES
+
+        if self.engine not in ENGINES:
+            raise ValueError(f"--engine {self.engine!r}: unknown engine; choose one of {', '.join(ENGINES)}")
+        for name in ("samples_per_task", "concurrency", "max_tokens", "max_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
+        # the ranges vLLM enforces; the transformers engine would quietly read them as greedy or as no top-p
+        if self.temperature < 0:
+            raise ValueError(f"--temperature {self.temperature:g}: must be 0 (greedy) or more")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"--top-p {self.top_p:g}: must be above 0 and at most 1 (1: no nucleus cut)")
+        if self.timeout_s <= 0:
+            raise ValueError(f"--timeout-s {self.timeout_s}: must be positive")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"--workers {self.workers}: must be 0 (runs in this process) or more")
+        if self.max_run_memory_mb is not None:
+            if self.max_run_memory_mb <= 0:
+                raise ValueError(f"--max-run-memory-mb {self.max_run_memory_mb:g}: must be positive")
+            if self.workers == 0:
+                raise ValueError("--max-run-memory-mb needs worker processes: drop --workers 0 or give --workers 1 or more")
+        if self.flush_interval_s < 0:
+            raise ValueError(f"--flush-interval-s {self.flush_interval_s}: must be 0 or more")
+        if self.tool_format not in FAMILY_CHOICES:
+            raise ValueError(f"--tool-format {self.tool_format!r}: unknown format; choose one of {', '.join(FAMILY_CHOICES)}")
+        for parsed in ("template_variables", "shard_range", "engine_kwargs"):  # each parses its option: a bad one raises now
+            getattr(self, parsed)
+
+    @property
+    def template_variables(self) -> dict:
+        """--template-kwargs parsed."""
+        try:
+            variables = json.loads(self.template_kwargs) if self.template_kwargs else {}
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--template-kwargs {self.template_kwargs!r}: not JSON ({exc.msg}); e.g. '{{\"enable_thinking\": false}}'") from None
+        if not isinstance(variables, dict):
+            raise ValueError(f"--template-kwargs {self.template_kwargs!r}: must be a JSON object, e.g. '{{\"enable_thinking\": false}}'")
+        return variables
+
+    @property
+    def shard_range(self) -> tuple[int, int] | None:
+        """--shard K/N as (K, N); None without --shard."""
+        if self.shard is None:
+            return None
+        k, sep, n = self.shard.partition("/")
+        if not (sep and k.isdigit() and n.isdigit() and 0 <= int(k) < int(n)):
+            raise ValueError(f"--shard {self.shard!r}: expected K/N with 0 <= K < N, e.g. --shard 0/4")
+        return int(k), int(n)
+
+    @property
+    def engine_kwargs(self) -> dict:
+        """What load_engine takes besides the engine and the model: transformers' flags, or vllm's --engine-args."""
+        if self.engine == "transformers":
+            return {"device": self.device, "max_batch_size": self.max_batch_size}
+        try:
+            return json.loads(self.engine_args) if self.engine_args else {}
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--engine-args {self.engine_args!r}: not JSON ({exc.msg}); e.g. '{{\"tensor_parallel_size\": 2}}'") from None
 
 
 def _targets(cfg: CollectConfig, workflow_cls) -> tuple[list[str] | None, bool]:
@@ -187,15 +252,6 @@ def _failure_location(traceback_text: str | None, workflow_cls) -> str:
     return f" (at {frames[-1][0]}:{frames[-1][1]})" if frames else ""
 
 
-def _shard(spec: str | None) -> tuple[int, int] | None:
-    if spec is None:
-        return None
-    k, sep, n = spec.partition("/")
-    if not (sep and k.isdigit() and n.isdigit() and 0 <= int(k) < int(n)):
-        raise ValueError(f"--shard {spec!r}: expected K/N with 0 <= K < N, e.g. --shard 0/4")
-    return int(k), int(n)
-
-
 def main(argv: list[str] | None = None) -> int:
     from astuner.cli import ConfigError, parse_config
 
@@ -218,11 +274,10 @@ def run(cfg: CollectConfig) -> int:
     from astuner.auxiliary import close_backends, load_backends, parse_auxiliary_models
     from astuner.checkpoint import checkpoint_sha256
     from astuner.compat.tuner_config import build_tuner_config
-    from astuner.engines import ENGINES, load_engine, require_checkpoint
+    from astuner.engines import load_engine, require_checkpoint
     from astuner.tasks import NO_QUERY, QUERY_FIELDS, load_tasks
     from astuner.tiny import ensure_tiny_model
     from astuner.trajectory import Checkpoint, Sampling, TraceFormatError
-    from astuner.chat import FAMILY_CHOICES
     from astuner.workflow import load_workflow
 
     from collect.pool import default_workers, run_collect_pool, start_fork_server
@@ -230,39 +285,7 @@ def run(cfg: CollectConfig) -> int:
     from collect.writer import TraceWriter
 
     hf_logging.disable_progress_bar()  # our own bar is the one to watch
-    if cfg.engine not in ENGINES:
-        raise ValueError(f"--engine {cfg.engine!r}: unknown engine; choose one of {', '.join(ENGINES)}")
-    for name in ("samples_per_task", "concurrency", "max_tokens", "max_batch_size"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
-    if cfg.timeout_s <= 0:
-        raise ValueError(f"--timeout-s {cfg.timeout_s}: must be positive")
-    if cfg.workers is not None and cfg.workers < 0:
-        raise ValueError(f"--workers {cfg.workers}: must be 0 (runs in this process) or more")
-    if cfg.max_run_memory_mb is not None:
-        if cfg.max_run_memory_mb <= 0:
-            raise ValueError(f"--max-run-memory-mb {cfg.max_run_memory_mb:g}: must be positive")
-        if cfg.workers == 0:
-            raise ValueError("--max-run-memory-mb needs worker processes: drop --workers 0 or give --workers 1 or more")
-    if cfg.flush_interval_s < 0:
-        raise ValueError(f"--flush-interval-s {cfg.flush_interval_s}: must be 0 or more")
-    if cfg.tool_format not in FAMILY_CHOICES:
-        raise ValueError(f"--tool-format {cfg.tool_format!r}: unknown format; choose one of {', '.join(FAMILY_CHOICES)}")
-    try:
-        template_kwargs = json.loads(cfg.template_kwargs) if cfg.template_kwargs else {}
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--template-kwargs {cfg.template_kwargs!r}: not JSON ({exc.msg}); e.g. '{{\"enable_thinking\": false}}'") from None
-    if not isinstance(template_kwargs, dict):
-        raise ValueError(f"--template-kwargs {cfg.template_kwargs!r}: must be a JSON object, e.g. '{{\"enable_thinking\": false}}'")
-
-    shard = _shard(cfg.shard)
-    if cfg.engine == "transformers":
-        engine_kwargs = {"device": cfg.device, "max_batch_size": cfg.max_batch_size}
-    else:
-        try:
-            engine_kwargs = json.loads(cfg.engine_args) if cfg.engine_args else {}
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"--engine-args {cfg.engine_args!r}: not JSON ({exc.msg}); e.g. '{{\"tensor_parallel_size\": 2}}'") from None
+    shard = cfg.shard_range  # the values were checked when cfg was made
     auxiliary = parse_auxiliary_models(cfg.auxiliary_models)
     workflow_cls = load_workflow(cfg.workflow)
     tasks = load_tasks(cfg.tasks, cfg.query_field, cfg.id_field, cfg.limit)
@@ -309,7 +332,7 @@ def run(cfg: CollectConfig) -> int:
     workers = default_workers() if cfg.workers is None else cfg.workers
     if workers:
         start_fork_server()  # its imports overlap the engine's loading
-    engine = load_engine(cfg.engine, model_path, **engine_kwargs)
+    engine = load_engine(cfg.engine, model_path, **cfg.engine_kwargs)
     try:
         backends = load_backends(auxiliary, engine, model_path, sampling, cfg.device)
     except BaseException:
@@ -328,7 +351,7 @@ def run(cfg: CollectConfig) -> int:
         override_targets=override_targets,
         tuner_config=tuner_config,
         tool_format=cfg.tool_format,
-        template_kwargs=template_kwargs,
+        template_kwargs=cfg.template_variables,
     )
     try:
         if workers == 0:

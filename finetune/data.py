@@ -24,34 +24,59 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from astuner.store import CALL_REWARDS, DPO_PAIRS
+from finetune.options import FinetuneConfig
 
-METHODS = ("sft", "dpo")
 SFT_COLUMNS = ("input_ids", "completion_mask")
 DPO_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
-PAIRINGS = ("best_worst", "all")
-PAIR_BY = ("trajectory", "call")
 
 
 class EmptyDatasetError(ValueError):
     """The selection produced no training data; the message says which count was zero."""
 
 
-@dataclass
-class Selection:
-    """What to read from the store; `iterations=None` means the latest iteration in it."""
+class SftCall(NamedTuple):
+    """A row of the SFT query: one trainable call of a selected trajectory."""
 
-    method: str = "sft"
-    iterations: list[int] | None = None
-    top_k: int = 1
-    min_reward: float = 1.0
-    min_margin: float = 0.0
-    pairing: str = "best_worst"
-    pair_by: str = "trajectory"
-    min_call_reward: float | None = None
-    roles: list[str] = field(default_factory=list)
+    task_id: str
+    iteration: int
+    trajectory_id: str
+    reward: float
+    task_rank: int
+    call_index: int
+    role: str
+    agent_name: str | None
+    prompt_token_ids: list[int]
+    completion_token_ids: list[int]
+    template_drift: bool | None
+    trained: bool = True  # False: below --min_call_reward; its completion stays in the sequence, masked
+
+
+class DpoPair(NamedTuple):
+    """A row of the DPO query: two calls of one prompt, chosen from the higher-reward one."""
+
+    task_id: str
+    iteration: int
+    role: str
+    prompt_token_ids: list[int]
+    chosen_trajectory_id: str
+    chosen_call_index: int
+    chosen_completion_ids: list[int]
+    chosen_reward: float
+    rejected_trajectory_id: str
+    rejected_call_index: int
+    rejected_completion_ids: list[int]
+    rejected_reward: float
+    margin: float
+
+
+def _select(row_type, **expressions: str) -> str:
+    """The SELECT list of `row_type`'s fields in order (rows then unpack into it by position);
+    a field given an expression is `expression AS field`."""
+    return ", ".join(f"{expressions[name]} AS {name}" if name in expressions else name for name in row_type._fields)
 
 
 @dataclass
@@ -100,42 +125,34 @@ def resolve_iterations(con, iterations: list[int] | None) -> list[int]:
     return sorted(set(iterations))
 
 
-def _filters(sel: Selection, iterations: list[int]) -> tuple[str, list]:
+def _filters(iterations: list[int], roles: list[str] = ()) -> tuple[str, list]:
     where = f"iteration IN ({', '.join('?' for _ in iterations)})"
     params: list = list(iterations)
-    if sel.roles:
-        where += f" AND role IN ({', '.join('?' for _ in sel.roles)})"
-        params += list(sel.roles)
+    if roles:
+        where += f" AND role IN ({', '.join('?' for _ in roles)})"
+        params += list(roles)
     return where, params
 
 
-def build(con, sel: Selection) -> BuiltDataset:
-    if sel.method not in METHODS:
-        raise ValueError(f"--method {sel.method!r}: use sft or dpo")
-    if sel.pairing not in PAIRINGS:
-        raise ValueError(f"--pairing {sel.pairing!r}: use one of {', '.join(PAIRINGS)}")
-    if sel.pair_by not in PAIR_BY:
-        raise ValueError(f"--pair_by {sel.pair_by!r}: use one of {', '.join(PAIR_BY)}")
-    if sel.top_k < 1:
-        raise ValueError(f"--top_k {sel.top_k}: must be >= 1")
+def build(con, sel: FinetuneConfig) -> BuiltDataset:
+    """The training data `sel` selects (its values were checked when it was made)."""
     iterations = resolve_iterations(con, sel.iterations)
     return (_build_sft if sel.method == "sft" else _build_dpo)(con, sel, iterations)
 
 
 # ---------------------------------------------------------------- SFT
 
-def _build_sft(con, sel: Selection, iterations: list[int]) -> BuiltDataset:
-    where, params = _filters(sel, iterations)
+def _build_sft(con, sel: FinetuneConfig, iterations: list[int]) -> BuiltDataset:
+    where, params = _filters(iterations, sel.roles)
     # with --min_call_reward, a call whose own call-level reward is below it (or absent) stays in its sequence as
     # context, its completion masked: an episode that earned its reward in one call does not teach the others
     trained, join = "TRUE", ""
     if sel.min_call_reward is not None:
         trained, join = "coalesce(cr.reward >= ?, FALSE)", f"LEFT JOIN ({CALL_REWARDS}) cr USING (trajectory_id, call_index) "
-    query = (f"SELECT task_id, iteration, trajectory_id, s.reward, task_rank, call_index, role, agent_name, "
-             f"prompt_token_ids, completion_token_ids, template_drift, {trained} AS trained FROM sft_candidates s {join}"
+    query = (f"SELECT {_select(SftCall, reward='s.reward', trained=trained)} FROM sft_candidates s {join}"
              f"WHERE {where} AND task_rank <= ? AND s.reward >= ? ORDER BY task_id, iteration, task_rank, call_index")
     params = ([] if sel.min_call_reward is None else [sel.min_call_reward]) + params + [sel.top_k, sel.min_reward]
-    calls = con.execute(query, params).fetchall()
+    calls = [SftCall(*row) for row in con.execute(query, params).fetchall()]
     if not calls:
         raise EmptyDatasetError(_why_no_sft(con, sel, iterations))
     rows = merge_calls(calls)
@@ -149,33 +166,33 @@ def _build_sft(con, sel: Selection, iterations: list[int]) -> BuiltDataset:
         "samples": len(rows), "calls": len(calls), "merged_calls": sum(len(r["call_indices"]) - 1 for r in rows),
         # trained sequences made of two or more calls (a sequence of 3 calls is 1 here, 2 in merged_calls)
         "merged_sequences": sum(1 for r in rows if len(r["call_indices"]) > 1),
-        "trajectories": len({c[2] for c in calls}), "tasks": len({c[0] for c in calls}),
+        "trajectories": len({c.trajectory_id for c in calls}), "tasks": len({c.task_id for c in calls}),
         "completion_tokens": sum(sum(r["completion_mask"]) for r in rows), "tokens": sum(len(r["input_ids"]) for r in rows),
-        "by_role": dict(Counter(c[6] for c in calls)), "drifted_calls": sum(1 for c in calls if c[10]),
-        "masked_calls": sum(1 for c in calls if not c[11]),  # below --min_call_reward: context, not trained
+        "by_role": dict(Counter(c.role for c in calls)), "drifted_calls": sum(1 for c in calls if c.template_drift),
+        "masked_calls": sum(1 for c in calls if not c.trained),  # below --min_call_reward: context, not trained
     }
     return BuiltDataset("sft", rows, iterations, query, params, counts)
 
 
-def merge_calls(calls) -> list[dict]:
+def merge_calls(calls: list[SftCall]) -> list[dict]:
     """Calls in (trajectory, call_index) order -> sequences; an agent's call that extends its
-    previous sequence's ids is appended to it (masked gap, unmasked completion). A call row may end
-    with a `trained` flag: False keeps its completion in the sequence, masked."""
+    previous sequence's ids is appended to it (masked gap, unmasked completion). A call not
+    `trained` keeps its completion in the sequence, masked."""
     rows: list[dict] = []
     open_seq: dict[tuple[str, str], dict] = {}  # (trajectory, agent) -> its latest sequence
-    for task_id, iteration, traj_id, reward, _rank, call_index, role, agent, prompt, completion, _drift, *flag in calls:
-        trained = int(flag[0]) if flag else 1
-        key = (traj_id, agent or role)
+    for call in calls:
+        prompt, completion, role, trained = call.prompt_token_ids, call.completion_token_ids, call.role, int(call.trained)
+        key = (call.trajectory_id, call.agent_name or role)
         seq = open_seq.get(key)
         if seq is not None and seq["role"] == role and len(prompt) >= len(seq["input_ids"]) and prompt[: len(seq["input_ids"])] == seq["input_ids"]:
             gap = prompt[len(seq["input_ids"]):]
             seq["input_ids"] += gap + list(completion)
             seq["completion_mask"] += [0] * len(gap) + [trained] * len(completion)
-            seq["call_indices"].append(call_index)
+            seq["call_indices"].append(call.call_index)
             continue
         seq = {
-            "task_id": task_id, "iteration": iteration, "trajectory_id": traj_id, "role": role, "agent_name": agent,
-            "call_indices": [call_index], "reward": reward,
+            "task_id": call.task_id, "iteration": call.iteration, "trajectory_id": call.trajectory_id, "role": role,
+            "agent_name": call.agent_name, "call_indices": [call.call_index], "reward": call.reward,
             "input_ids": list(prompt) + list(completion), "completion_mask": [0] * len(prompt) + [trained] * len(completion),
         }
         open_seq[key] = seq
@@ -183,8 +200,8 @@ def merge_calls(calls) -> list[dict]:
     return rows
 
 
-def _why_no_sft(con, sel: Selection, iterations: list[int]) -> str:
-    where, params = _filters(Selection(roles=[]), iterations)
+def _why_no_sft(con, sel: FinetuneConfig, iterations: list[int]) -> str:
+    where, params = _filters(iterations)
     n, ok, scored, best = con.execute(
         f"SELECT count(*), count(*) FILTER (status = 'ok'), count(reward) FILTER (status = 'ok'), "
         f"max(reward) FILTER (status = 'ok') FROM rewards WHERE {where}", params).fetchall()[0]
@@ -205,18 +222,17 @@ def _why_no_sft(con, sel: Selection, iterations: list[int]) -> str:
 
 # ---------------------------------------------------------------- DPO
 
-def _dpo_candidates(sel: Selection) -> str:
+def _dpo_candidates(sel: FinetuneConfig) -> str:
     """The view, or with --pair_by call the same pairs ranked by each call's own reward (a subquery)."""
     if sel.pair_by == "trajectory":
         return "dpo_candidates"
     return f"({DPO_PAIRS.format(reward='cr.reward', join=f' JOIN ({CALL_REWARDS}) cr USING (trajectory_id, call_index)')})"
 
 
-def _build_dpo(con, sel: Selection, iterations: list[int]) -> BuiltDataset:
-    where, params = _filters(sel, iterations)
+def _build_dpo(con, sel: FinetuneConfig, iterations: list[int]) -> BuiltDataset:
+    where, params = _filters(iterations, sel.roles)
     candidates = _dpo_candidates(sel)
-    query = (f"SELECT task_id, iteration, role, prompt_token_ids, chosen_trajectory_id, chosen_call_index, chosen_completion_ids, "
-             f"chosen_reward, rejected_trajectory_id, rejected_call_index, rejected_completion_ids, rejected_reward, margin "
+    query = (f"SELECT {_select(DpoPair)} "
              # ties in margin go to the lowest sample indices: trajectory ids hash the random run id, so
              # ordering by them would pick other pairs in a rerun of the same seeds
              f"FROM (SELECT d.*, c.sample_index AS chosen_sample, r.sample_index AS rejected_sample FROM {candidates} d "
@@ -224,22 +240,24 @@ def _build_dpo(con, sel: Selection, iterations: list[int]) -> BuiltDataset:
              f"JOIN trajectories r ON r.trajectory_id = d.rejected_trajectory_id) WHERE {where} AND margin >= ? "
              f"ORDER BY task_id, iteration, margin DESC, chosen_sample, chosen_call_index, rejected_sample, rejected_call_index")
     params = params + [sel.min_margin]
-    pairs = con.execute(query, params).fetchall()
+    pairs = [DpoPair(*row) for row in con.execute(query, params).fetchall()]
     if not pairs:
         raise EmptyDatasetError(_why_no_dpo(con, sel, iterations))
     rows, seen, best_taken = [], set(), set()
-    for (task_id, iteration, role, prompt, c_traj, c_idx, chosen, c_reward, r_traj, r_idx, rejected, r_reward, margin) in pairs:
-        prompt_key = (task_id, iteration, tuple(prompt))
-        content_key = (prompt_key, tuple(chosen), tuple(rejected))
+    for pair in pairs:
+        prompt_key = (pair.task_id, pair.iteration, tuple(pair.prompt_token_ids))
+        content_key = (prompt_key, tuple(pair.chosen_completion_ids), tuple(pair.rejected_completion_ids))
         if content_key in seen or (sel.pairing == "best_worst" and prompt_key in best_taken):
             continue  # the same pair of token sequences from other samples; or this prompt has its widest pair
         seen.add(content_key)
         best_taken.add(prompt_key)
         rows.append({
-            "task_id": task_id, "iteration": iteration, "role": role,
-            "chosen_trajectory_id": c_traj, "chosen_call_index": c_idx, "chosen_reward": c_reward,
-            "rejected_trajectory_id": r_traj, "rejected_call_index": r_idx, "rejected_reward": r_reward, "margin": margin,
-            "prompt_ids": list(prompt), "chosen_ids": list(chosen), "rejected_ids": list(rejected),
+            "task_id": pair.task_id, "iteration": pair.iteration, "role": pair.role,
+            "chosen_trajectory_id": pair.chosen_trajectory_id, "chosen_call_index": pair.chosen_call_index,
+            "chosen_reward": pair.chosen_reward, "rejected_trajectory_id": pair.rejected_trajectory_id,
+            "rejected_call_index": pair.rejected_call_index, "rejected_reward": pair.rejected_reward, "margin": pair.margin,
+            "prompt_ids": list(pair.prompt_token_ids), "chosen_ids": list(pair.chosen_completion_ids),
+            "rejected_ids": list(pair.rejected_completion_ids),
         })
     margins = [r["margin"] for r in rows]
     counts = {
@@ -254,8 +272,8 @@ def _build_dpo(con, sel: Selection, iterations: list[int]) -> BuiltDataset:
     return BuiltDataset("dpo", rows, iterations, query, params, counts)
 
 
-def _why_no_dpo(con, sel: Selection, iterations: list[int]) -> str:
-    where, params = _filters(Selection(roles=[]), iterations)
+def _why_no_dpo(con, sel: FinetuneConfig, iterations: list[int]) -> str:
+    where, params = _filters(iterations)
     its = f"iteration {','.join(map(str, iterations))}"
     scored = con.execute(f"SELECT count(*) FROM rewards WHERE {where} AND status = 'ok' AND reward IS NOT NULL", params).fetchall()[0][0]
     if scored == 0:
@@ -266,7 +284,7 @@ def _why_no_dpo(con, sel: Selection, iterations: list[int]) -> str:
         if n_call == 0:
             return (f"no DPO pairs: --pair_by call, and {its} has 0 call-level scores; score the calls with a judger "
                     "whose function has level = 'call' (python -m judge score --judger FILE.py:FUNC), or use --pair_by trajectory")
-    where, params = _filters(sel, iterations)
+    where, params = _filters(iterations, sel.roles)
     candidates = _dpo_candidates(sel)
     n, widest = con.execute(f"SELECT count(*), max(margin) FROM {candidates} WHERE {where}", params).fetchall()[0]
     if n == 0:
@@ -278,7 +296,7 @@ def _why_no_dpo(con, sel: Selection, iterations: list[int]) -> str:
 
 def collected_checkpoint(con, iterations: list[int]) -> str:
     """The one checkpoint these iterations were sampled from: the default parent to train."""
-    where, params = _filters(Selection(), iterations)
+    where, params = _filters(iterations)
     paths = [row[0] for row in con.execute(
         f"SELECT DISTINCT checkpoint_path FROM trajectories WHERE {where} ORDER BY 1", params).fetchall()]
     if len(paths) != 1 or paths[0] is None:

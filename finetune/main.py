@@ -29,16 +29,16 @@ import os
 import sys
 from pathlib import Path
 
-from finetune.data import METHODS, EmptyDatasetError, Selection, build, collected_checkpoint, export
+from finetune.data import EmptyDatasetError, build, collected_checkpoint, export
 from finetune.launch import LaunchError, check_data_parallel, check_launcher_env, has_accelerator, is_main_process, say
-from finetune.options import FinetuneArguments
+from finetune.options import FinetuneConfig
 
 ACCELERATE_CONFIGS = Path(__file__).resolve().parent / "accelerate"
 
 
 def _method_of(argv: list[str]) -> tuple[str, str | None, dict]:
     """--method decides which TRL config class parses the rest, so read it (flag, else recipe) first.
-    Returns (method, the --config path, its recipe)."""
+    Returns (method, the --config path, its recipe). Its value is checked with the others, by FinetuneConfig."""
     import argparse
 
     from astuner.cli import read_recipe
@@ -48,15 +48,12 @@ def _method_of(argv: list[str]) -> tuple[str, str | None, dict]:
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
     recipe = read_recipe(known.config) if known.config else {}  # read here too, so a bad file is one clear line
-    method = known.method or recipe.get("method")
-    method = method or "sft"
-    if method not in METHODS:
-        raise ValueError(f"--method {method!r}: use one of {', '.join(METHODS)}")
+    method = known.method or recipe.get("method") or "sft"
     return method, known.config, recipe
 
 
 def parse_args(argv: list[str]):
-    """-> (FinetuneArguments, SFTConfig | DPOConfig, ModelConfig), from --config recipe.yaml and flags."""
+    """-> (FinetuneConfig, SFTConfig | DPOConfig, ModelConfig), from --config recipe.yaml and flags."""
     import warnings
 
     # TRL's configs still set gradient_checkpointing, which transformers 5 renames: noise to users.
@@ -67,7 +64,7 @@ def parse_args(argv: list[str]):
 
     from astuner.cli import one_line_errors
 
-    parser = TrlParser((FinetuneArguments, SFTConfig if method == "sft" else DPOConfig, ModelConfig), prog="python -m finetune",
+    parser = TrlParser((FinetuneConfig, DPOConfig if method == "dpo" else SFTConfig, ModelConfig), prog="python -m finetune",
                        description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
     one_line_errors(parser, "--help-all")
     unknown = sorted(set(recipe) - {action.dest for action in parser._actions} - {"env"})  # `env`: TrlParser's environment
@@ -111,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def run(args: FinetuneArguments, training_args, model_args) -> int:
+def run(args: FinetuneConfig, training_args, model_args) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # checkpoints are local folders; never reach a hub
     from astuner.engines import require_checkpoint
     from astuner.store import open_store
@@ -126,10 +123,7 @@ def run(args: FinetuneArguments, training_args, model_args) -> int:
         check_data_parallel(training_args)  # before any data or model is loaded
     con = open_store(args.db, read_only=True)
     try:
-        selection = Selection(method=args.method, iterations=args.iterations or None, top_k=args.top_k, min_reward=args.min_reward,
-                              min_margin=args.min_margin, pairing=args.pairing, pair_by=args.pair_by,
-                              min_call_reward=args.min_call_reward, roles=args.roles)
-        built = build(con, selection)
+        built = build(con, args)
         parent = model_args.model_name_or_path or collected_checkpoint(con, built.iterations)
     finally:
         con.close()

@@ -22,7 +22,7 @@ from astuner.faults import crash_point
 
 from finetune.data import DPO_COLUMNS, BuiltDataset, to_dataset
 from finetune.launch import all_ranks, check_wrapped, clear_work, is_main_process, output_lock, say
-from finetune.options import MANIFEST, FinetuneArguments
+from finetune.options import MANIFEST, FinetuneConfig
 
 MANIFEST_VERSION = 1
 
@@ -143,7 +143,7 @@ def build_trainer(method: str, training_args, model_args, dataset, tokenizer):
                        processing_class=tokenizer, peft_config=get_peft_config(model_args))
 
 
-def train(args: FinetuneArguments, training_args, model_args, built: BuiltDataset, output_dir: Path) -> Path:
+def train(args: FinetuneConfig, training_args, model_args, built: BuiltDataset, output_dir: Path) -> Path:
     from transformers import AutoTokenizer
 
     parent = model_args.model_name_or_path
@@ -160,7 +160,7 @@ def train(args: FinetuneArguments, training_args, model_args, built: BuiltDatase
     return output_dir
 
 
-def _train(args: FinetuneArguments, training_args, model_args, built: BuiltDataset, tokenizer, dataset_sha: str,
+def _train(args: FinetuneConfig, training_args, model_args, built: BuiltDataset, tokenizer, dataset_sha: str,
            output_dir: Path, work: Path, resume: str | None, world_size: int) -> None:
     from transformers.utils import logging as hf_logging
 

@@ -13,8 +13,9 @@ import pytest
 from helpers import make_call, make_traj, workflow_ref, write, write_tasks
 
 from astuner.store import open_store
-from finetune.data import Selection, build, merge_calls
+from finetune.data import SftCall, build, merge_calls
 from finetune.main import main
+from finetune.options import FinetuneConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--max_steps", "4", "--per_device_train_batch_size", "4", "--gradient_checkpointing", "false", "--seed", "0",
@@ -50,7 +51,7 @@ def store_calls(db):
 def built(db, **selection):
     con = open_store(db, read_only=True)
     try:
-        return build(con, Selection(**selection))
+        return build(con, FinetuneConfig(**selection))
     finally:
         con.close()
 
@@ -63,7 +64,7 @@ def test_merge_masks_exactly_the_trained_completions():
         ("t", 0, "a", 1.0, 1, 2, "solver", "S", [10, 11, 12, 20, 21, 30, 40, 41, 31], [22, 23], None),
         ("t", 0, "a", 1.0, 1, 3, "solver", "S", [50, 51], [24], None),
     ]
-    rows = merge_calls(calls)
+    rows = merge_calls([SftCall(*c) for c in calls])
     assert [r["input_ids"] for r in rows] == [[10, 11, 12, 20, 21, 30, 40, 41, 31, 22, 23], [50, 51, 24]]
     assert [r["completion_mask"] for r in rows] == [[0, 0, 0, 1, 1, 0, 0, 0, 0, 1, 1], [0, 0, 1]]
     assert [r["call_indices"] for r in rows] == [[0, 2], [3]]

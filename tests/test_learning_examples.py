@@ -88,12 +88,13 @@ def test_tool_use_episode_is_one_sequence_with_two_trained_spans(tool_warmup, to
         assert response_id in gap and str(first.completion.tool_calls[0].name) == "code"
     # finetune's own counts, as finetune.json records them: merged sequences = the two-call sequences
     from astuner.store import open_store
-    from finetune.data import Selection, build
+    from finetune.data import build
+    from finetune.options import FinetuneConfig
 
     con = open_store(db, read_only=True)
     try:
-        counts = build(con, Selection(min_reward=0.0, top_k=4)).counts
-        dpo_counts = build(con, Selection(method="dpo", pairing="all")).counts
+        counts = build(con, FinetuneConfig(min_reward=0.0, top_k=4)).counts
+        dpo_counts = build(con, FinetuneConfig(method="dpo", pairing="all")).counts
     finally:
         con.close()
     assert counts["merged_sequences"] == len(merged) == sum(len(r["call_indices"]) - 1 for r in sft) == counts["merged_calls"]

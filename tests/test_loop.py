@@ -105,6 +105,22 @@ def test_recipe_errors(tmp_path, capsys):
     assert recipe.stage_config("collect")["trainable_targets"] == "critic" == recipe.stage_config("eval")["trainable_targets"]
 
 
+def test_recipe_bad_value_refused_before_any_stage(tmp_path, capsys):
+    """A value the stage would refuse (collect's samples_per_task: 0, eval's top_p: 2, a number that is not one) is
+    one line naming the section, the option and the value, before the run folder or any stage is started."""
+    for section, key, value, message in [("collect", "samples_per_task", 0, "collect: --samples-per-task 0: must be at least 1"),
+                                         ("eval", "top_p", 2, "eval: --top-p 2: must be above 0 and at most 1"),
+                                         ("collect", "concurrency", "many", "collect: argument --concurrency: invalid int value: 'many'")]:
+        recipe = yaml.safe_load(write_recipe(tmp_path).read_text())
+        recipe[section][key] = value
+        path = tmp_path / f"bad-{key}.yaml"
+        path.write_text(yaml.safe_dump(recipe))
+        assert main(["iterate", "--recipe", str(path), "--iterations", "1"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"iterate: error: --recipe {path}: {message}"), err
+        assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("recipe", sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("examples/*/*.yaml")))
 def test_shipped_recipes_parse_and_their_files_load(recipe, monkeypatch):
     """Every example's recipe: known keys, an importable Workflow, task files that load."""

@@ -256,7 +256,8 @@ def test_agentjet_task_rows(tmp_path, capsys):
 
 # ---------------------------------------------------------------- 5. failed model calls
 def test_failed_calls_are_recorded_and_never_trained(tmp_path, capsys):
-    from finetune.data import Selection, build
+    from finetune.data import build
+    from finetune.options import FinetuneConfig
 
     from astuner.store import open_store
 
@@ -275,7 +276,7 @@ def test_failed_calls_are_recorded_and_never_trained(tmp_path, capsys):
         (0, True, False), (1, False, True), (2, False, True)]
     con = open_store(str(db), read_only=True)
     try:
-        data = build(con, Selection(min_reward=0.0))
+        data = build(con, FinetuneConfig(min_reward=0.0))
     finally:
         con.close()
     assert [r["call_indices"] for r in data.rows] == [[0]]  # finetune trains on the call that worked only
