@@ -14,6 +14,9 @@ from typing import Callable
 
 @dataclass(frozen=True)
 class SamplingParams:
+    """One request's sampling, as an engine takes it: the collect's recorded options
+    (astuner.trajectory.Sampling) with this call's own seed, derived from the recorded base seed."""
+
     temperature: float = 1.0
     top_p: float = 1.0
     max_tokens: int = 256
