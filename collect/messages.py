@@ -21,8 +21,8 @@ from astuner.workflow import Task
 
 
 class Message:
-    """Pickled as (class, field values): about half the cost of the dataclass default (a
-    collect sends a few per model call)."""
+    """Pickled as (class, field values): a third cheaper than the dataclass default, which reads
+    dataclasses.fields() each time (a collect sends a few messages per model call)."""
 
     __slots__ = ()
 
