@@ -37,8 +37,10 @@ from pathlib import Path
 from astuner.engines import Engine
 from astuner.workflow import Task
 
+from collect.messages import (CallMade, GenReply, GenRequest, Idle, InitError, Message, Ready, RunDone, RunStarted,
+                              StartRun, Stop)
 from collect.runner import CollectStats, Recorder, RunSpec, make_trajectory
-from collect.worker import EngineRef, WorkerSetup, worker_main
+from collect.worker import AuxiliaryRef, EngineRef, WorkerSetup, worker_main
 
 GRACE_S = 1.0  # past its deadline this long (and not ended by its own timeout): the run's worker is stopped
 TICK_S = 0.1
@@ -83,22 +85,33 @@ class Run:
 
 
 class WorkerHandle:
+    """Collect's side of one worker slot: the process now in it, and what collect knows of it."""
+
     def __init__(self, index: int, capacity: int):
         self.index, self.capacity = index, capacity
-        self.process = self.conn = self.status = None
+        self.status = None
+        self.baseline_rss = 0
+        self.memory_checked = 0.0
+        self.reset(None)
+
+    def reset(self, crash_file: str | None) -> None:
+        """For a new process in this slot (its first, or a replacement): nothing sent, nothing known."""
+        self.process = self.conn = None
         self.runs: dict[int, Run] = {}
         self.waiting = 0  # its model calls in collect's engines now
         self.posted = self.acked = 0  # messages sent to it / of those, how many it has handled and gone idle after
         self.ready = self.dead = False
         self.stopped_for: str | None = None  # why collect stopped it (None: it died by itself)
-        self.baseline_rss = 0
-        self.memory_checked = 0.0
-        self.crash_file: str | None = None
-        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.crash_file = crash_file
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()  # a new one: the old process's sender may still hold its own
 
-    def post(self, message: tuple | None) -> None:
-        self.posted += message is not None
+    def post(self, message: Message) -> None:
+        self.posted += 1
         self._outbox.put(message)
+
+    def stop_sender(self) -> None:
+        """The sender thread ends once it has sent what was posted before."""
+        self._outbox.put(None)
 
     def held(self, now: float) -> bool:
         """One run has executed on its loop for more than HELD_S without yielding (the watchdog's word)."""
@@ -131,7 +144,7 @@ class WorkerPool:
             if backend.engine is not None and all(backend.engine is not e for e in self.engines):
                 self.engines.append(backend.engine)
             key = None if backend.engine is None else next(i for i, e in enumerate(self.engines) if e is backend.engine)
-            auxiliary.append((name, key, backend.sampling, backend.spec if key is None else None))
+            auxiliary.append(AuxiliaryRef(name, key, backend.sampling, backend.spec if key is None else None))
         self.tmp = tempfile.mkdtemp(prefix="astuner-collect-")
         self.setup = WorkerSetup(
             spec=dataclasses.replace(spec, workflow_cls=None, auxiliary={}),
@@ -151,12 +164,8 @@ class WorkerPool:
 
     # ----- workers ----------------------------------------------------------------------
     def _spawn(self, handle: WorkerHandle) -> None:
-        handle.process = handle.conn = None
-        handle.runs, handle.ready, handle.dead, handle.stopped_for, handle.waiting = {}, False, False, None, 0
-        handle.posted = handle.acked = 0
-        handle._outbox = queue.SimpleQueue()
         self.spawned += 1
-        handle.crash_file = os.path.join(self.tmp, f"worker-{self.spawned}.crash")
+        handle.reset(crash_file=os.path.join(self.tmp, f"worker-{self.spawned}.crash"))
         parent, child = self.ctx.Pipe(duplex=True)
         handle.status = self.ctx.RawArray("d", [-1.0, 0.0, 0.0])  # [run key or -1, since, beat]: the watchdog's
         setup = dataclasses.replace(self.setup, crash_file=handle.crash_file)
@@ -201,57 +210,56 @@ class WorkerPool:
                 process.kill()
             except psutil.Error:
                 pass
-        handle.post(None)
+        handle.stop_sender()
 
     # ----- messages ---------------------------------------------------------------------
-    def _on_message(self, handle: WorkerHandle, process, message: tuple) -> None:
+    def _on_message(self, handle: WorkerHandle, process, message: Message) -> None:
         if handle.dead or handle.process is not process:
             return  # a stopped worker's last words: its runs are already recorded or queued again
-        kind = message[0]
         try:
-            if kind == "ready":
-                handle.ready = True
-                handle.baseline_rss = _rss(process.pid)
-                self.init_failures = 0
-            elif kind == "init_error":
-                self._fail(ValueError(f"--workflow {self.spec.workflow_ref}: a worker process could not set it up: {message[1]}"))
-                return
-            elif kind == "started":
-                if (run := handle.runs.get(message[1])) is not None:
-                    run.started_wall, run.started_mono = message[2], time.monotonic()
-            elif kind == "call":
-                if (run := handle.runs.get(message[1])) is not None:
-                    run.calls[message[2].index] = message[2]
-            elif kind == "idle":
-                handle.acked = message[1]
-            elif kind == "gen":
-                handle.waiting += 1
-                asyncio.ensure_future(self._generate(handle, process, *message[1:]))
-            elif kind == "done":
-                run = handle.runs.pop(message[1])
-                calls = [run.calls[i] for i in sorted(run.calls)]
-                self.recorder.record(message[2].model_copy(update={"calls": calls}), message[3])
+            match message:
+                case GenRequest():
+                    handle.waiting += 1
+                    asyncio.ensure_future(self._generate(handle, process, message))
+                case Idle(received):
+                    handle.acked = received
+                case CallMade(key, call):
+                    if (run := handle.runs.get(key)) is not None:
+                        run.calls[call.index] = call
+                case RunStarted(key, wall_time):
+                    if (run := handle.runs.get(key)) is not None:
+                        run.started_wall, run.started_mono = wall_time, time.monotonic()
+                case RunDone(key, trajectory, roles):
+                    run = handle.runs.pop(key)
+                    calls = [run.calls[i] for i in sorted(run.calls)]
+                    self.recorder.record(trajectory.model_copy(update={"calls": calls}), roles)
+                case Ready():
+                    handle.ready = True
+                    handle.baseline_rss = _rss(process.pid)
+                    self.init_failures = 0
+                case InitError(text):
+                    self._fail(ValueError(f"--workflow {self.spec.workflow_ref}: a worker process could not set it up: {text}"))
         except Exception as exc:  # UnregisteredTargetError, or a bug: the collect stops with it
             self._fail(exc)
             return
-        if kind in ("ready", "done"):  # a worker has room now
+        if isinstance(message, (Ready, RunDone)):  # a worker has room now
             self._dispatch()
 
-    async def _generate(self, handle: WorkerHandle, process, request: int, engine_key: int, prompt_ids, sampling) -> None:
+    async def _generate(self, handle: WorkerHandle, process, message: GenRequest) -> None:
         try:
-            generation, error = await self.engines[engine_key].generate(prompt_ids, sampling), None
+            generation, error = await self.engines[message.engine_key].generate(message.prompt_ids, message.sampling), None
         except Exception as exc:  # the call fails in the run, as it would in one process
             generation, error = None, _picklable(exc)
         if handle.process is process and not handle.dead:
             handle.waiting -= 1
-            handle.post(("gen", request, generation, error))
+            handle.post(GenReply(message.request, generation, error))
 
     def _on_exit(self, handle: WorkerHandle, process) -> None:
         if handle.process is not process:
             return
         if handle.stopped_for is None and not self.closing:
             handle.dead = True
-            handle.post(None)
+            handle.stop_sender()
             runs = list(handle.runs.values())
             if not handle.ready:
                 self.init_failures += 1
@@ -314,7 +322,7 @@ class WorkerPool:
         run.started_wall = run.started_mono = None
         run.calls = {}
         handle.runs[run.key] = run
-        handle.post(("run", run.key, run.task, run.sample_index))
+        handle.post(StartRun(run.key, run.task, run.sample_index))
 
     def _requeue(self, run: Run, solo: bool = False) -> None:
         run.requeues += 1
@@ -328,8 +336,8 @@ class WorkerPool:
 
     def _record(self, run: Run, status: str, error: str, tb: str | None = None) -> None:
         calls = [run.calls[i] for i in sorted(run.calls)]
-        traj = make_trajectory(self.spec, self.engine.name, run.task, run.sample_index, status, error, tb, None, {},
-                               run.started_wall or time.time(), calls)
+        traj = make_trajectory(self.spec, self.engine.name, run.task, run.sample_index, status=status, error=error,
+                               tb=tb, started=run.started_wall or time.time(), calls=calls)
         try:
             self.recorder.record(traj, set())
         except Exception as exc:
@@ -429,8 +437,8 @@ class WorkerPool:
             if handle.process is None:
                 continue
             if graceful and not handle.dead:
-                handle.post(("stop",))
-                handle.post(None)
+                handle.post(Stop())
+                handle.stop_sender()
             else:
                 self._stop(handle, "end")
         shutil.rmtree(self.tmp, ignore_errors=True)

@@ -52,6 +52,17 @@ class UnregisteredTargetError(ValueError):
                          f"(registered: {', '.join(known) or 'none'})")
 
 
+@dataclass(slots=True)
+class RoleStats:
+    """The model calls of one role in a collect (the table collect prints at the end)."""
+
+    calls: int = 0
+    trainable_calls: int = 0
+    completion_tokens: int = 0
+    counted_calls: int = 0  # calls that reported their completion tokens (default models may not)
+    agents: set = field(default_factory=set)  # agent names ("-": none)
+
+
 @dataclass
 class CollectStats:
     ok: int = 0
@@ -62,8 +73,7 @@ class CollectStats:
     completion_tokens: int = 0
     seconds: float = 0.0
     registered_roles: set = field(default_factory=set)
-    # role -> [calls, trainable calls, completion tokens, calls that counted tokens, agent names]
-    by_role: dict = field(default_factory=dict)
+    by_role: dict[str, RoleStats] = field(default_factory=dict)
     first_failure: Trajectory | None = None  # the first run recorded with status error or timeout
     failed_calls: int = 0  # model calls that raised (recorded with their error), in runs of any status
     first_failed_call: str | None = None
@@ -137,13 +147,16 @@ async def run_one(spec: RunSpec, engine: Engine, task: Task, sample_index: int,
     await tuner.aclose()  # the run's OpenAI clients and endpoint keys
     # a call cancelled by the timeout left its reserved slot empty (one that raised is recorded with its error)
     calls = [c for c in tuner.calls if c is not None]
-    return make_trajectory(spec, engine.name, task, sample_index, status, error, tb, reward, metadata, started, calls), \
-        set(tuner.registered_roles)
+    traj = make_trajectory(spec, engine.name, task, sample_index, status=status, error=error, tb=tb, reward=reward,
+                           metadata=metadata, started=started, calls=calls)
+    return traj, set(tuner.registered_roles)
 
 
-def make_trajectory(spec: RunSpec, engine_name: str, task: Task, sample_index: int, status: str, error: str | None,
-                    tb: str | None, reward: float | None, metadata: dict, started: float, calls: list) -> Trajectory:
-    """The record of one run, finished now: by run_one, or by collect for a run whose worker process it had to stop."""
+def make_trajectory(spec: RunSpec, engine_name: str, task: Task, sample_index: int, *, status: str, started: float,
+                    calls: list, error: str | None = None, tb: str | None = None, reward: float | None = None,
+                    metadata: dict | None = None) -> Trajectory:
+    """The record of one run (the run: spec, engine, task, sample; how it went: the rest), finished now:
+    by run_one, or by collect for a run whose worker process it had to stop."""
     finished = time.time()
     return Trajectory(
         trajectory_id=trajectory_id(spec.run_id, task.task_id, sample_index),
@@ -161,7 +174,7 @@ def make_trajectory(spec: RunSpec, engine_name: str, task: Task, sample_index: i
         error=error,
         traceback=tb,
         reward=reward,
-        metadata=metadata,
+        metadata={} if metadata is None else metadata,
         started_at=started,
         finished_at=finished,
         duration_s=round(finished - started, 6),
@@ -203,13 +216,15 @@ class Recorder:
                 stats.failed_calls += 1
                 if stats.first_failed_call is None:
                     stats.first_failed_call = f"task {traj.task.task_id} sample {traj.sample_index} call {call.index} ({call.role}): {call.error}"
-            row = stats.by_role.setdefault(call.role, [0, 0, 0, 0, set()])
-            row[0] += 1
-            row[1] += call.trainable
+            counts = stats.by_role.get(call.role)
+            if counts is None:
+                counts = stats.by_role[call.role] = RoleStats()
+            counts.calls += 1
+            counts.trainable_calls += call.trainable
             if call.completion_tokens is not None:
-                row[2] += call.completion_tokens
-                row[3] += 1
-            row[4].add(call.agent_name or "-")
+                counts.completion_tokens += call.completion_tokens
+                counts.counted_calls += 1
+            counts.agents.add(call.agent_name or "-")
         if traj.status != "ok" and stats.first_failure is None:
             stats.first_failure = traj
         if self.targets_unchecked and traj.status == "ok":
@@ -277,10 +292,10 @@ async def run_collect(
 
 def role_table(stats: CollectStats) -> str:
     rows = [("role", "agents", "calls", "trainable", "mean completion tokens")]
-    for role, (calls, trainable, tokens, counted, agents) in sorted(stats.by_role.items()):
-        names = ", ".join(sorted(agents))
-        mean = f"{tokens / counted:.1f}" if counted else "-"  # default models may not report usage
-        rows.append((role, names if len(names) <= 40 else names[:37] + "...", str(calls), str(trainable), mean))
+    for role, row in sorted(stats.by_role.items()):
+        names = ", ".join(sorted(row.agents))
+        mean = f"{row.completion_tokens / row.counted_calls:.1f}" if row.counted_calls else "-"
+        rows.append((role, names if len(names) <= 40 else names[:37] + "...", str(row.calls), str(row.trainable_calls), mean))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

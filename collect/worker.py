@@ -1,19 +1,9 @@
 """A collect worker process: runs workflows on its own event loop; model calls go to collect's engine.
 
 Started by collect/pool.py (multiprocessing, forkserver). It talks to collect over one duplex
-multiprocessing Pipe of pickled tuples (lists of ints and floats pickle exactly, so the ids
-and logprobs that come back are the engine's):
-
-    collect -> worker   ("run", key, task, sample_index)   ("gen", request, Generation | None, exception | None)
-                        ("stop",)
-    worker -> collect   ("ready",)  ("init_error", text)   ("started", key, wall_time)
-                        ("gen", request, engine_key, prompt_ids, SamplingParams)
-                        ("call", key, ModelCall)            ("done", key, Trajectory without its calls, roles)
-                        ("idle", messages received so far)
-
-"idle": the work that collect's messages woke up (runs resumed by their generations, new runs)
-has all run to its next wait. Until then collect's engine holds its next batch for this worker's
-requests (Engine.expected_requests), as the engine in one process does for the runs of its loop.
+multiprocessing Pipe of the messages in collect/messages.py. It reports Idle when its event loop
+is about to wait (IdleSelector): every callback collect's messages made ready has run, and what
+those made ready in turn.
 
 A watchdog thread writes, every WATCH_S, which run the event loop is executing (and since when)
 into shared memory: when a run holds the loop past its deadline (time.sleep, a busy loop),
@@ -27,6 +17,7 @@ import contextvars
 import faulthandler
 import gc
 import os
+import selectors
 import signal
 import sys
 import threading
@@ -36,10 +27,12 @@ from dataclasses import dataclass, field
 # Imported here, not in main(): the fork server preloads this module, so every worker starts with them
 from transformers import AutoTokenizer
 
-from astuner.auxiliary import AuxiliaryBackend, endpoint_model
+from astuner.auxiliary import AuxiliaryBackend, AuxiliarySpec, endpoint_model
 from astuner.engines import Engine, Generation, SamplingParams
 from astuner.openai_endpoint import OpenAIEndpoint
 from astuner.workflow import load_workflow
+from collect.messages import (CallMade, GenReply, GenRequest, Idle, InitError, Message, Ready, RunDone, RunStarted,
+                              StartRun, Stop)
 from collect.runner import run_one
 
 WATCH_S = 0.05
@@ -58,10 +51,21 @@ class EngineRef:
 
 
 @dataclass
+class AuxiliaryRef:
+    """One of the run's auxiliary models: served by collect's engine `engine_key` with `sampling`,
+    or (engine_key None) an endpoint the worker calls itself, per `spec`."""
+
+    name: str
+    engine_key: int | None
+    sampling: SamplingParams | None
+    spec: AuxiliarySpec | None
+
+
+@dataclass
 class WorkerSetup:
     spec: object  # collect.runner.RunSpec without workflow_cls (loaded here from workflow_ref) and auxiliary
     engines: list[EngineRef]
-    auxiliary: list[tuple]  # (name, engine key or None, SamplingParams or None, AuxiliarySpec or None)
+    auxiliary: list[AuxiliaryRef]
     environ: dict = field(default_factory=dict)  # collect's, at start: the fork server's is older
     sys_path: list = field(default_factory=list)
     cwd: str | None = None  # collect's: the fork server's may be another (relative task and workflow paths)
@@ -83,6 +87,27 @@ class RemoteEngine(Engine):
         raise NotImplementedError("a worker's engine serves one request at a time (collect batches them)")
 
 
+class IdleSelector(selectors.DefaultSelector):
+    """The event loop's selector, which calls `before_wait` whenever the loop is about to wait: a
+    loop with callbacks ready to run only polls (timeout 0), one with none waits (None or > 0)."""
+
+    def __init__(self, before_wait):
+        super().__init__()
+        self.before_wait = before_wait
+
+    def select(self, timeout=None):
+        if timeout is None or timeout > 0:
+            self.before_wait()
+        return super().select(timeout)
+
+
+@dataclass
+class RunEnded:
+    """Into the worker's own inbox when a run ends: the main loop looks again whether to stop."""
+
+    key: int
+
+
 class Worker:
     def __init__(self, conn, status, setup: WorkerSetup):
         self.conn, self.status, self.setup = conn, status, setup
@@ -95,10 +120,10 @@ class Worker:
         self._task_keys: dict = {}  # asyncio.Task -> run key, for the watchdog (child tasks inherit their run's)
         self._stopping = False
         self._received = 0  # collect's messages handled
-        self._idle_check = False
+        self._idle_due = False  # collect's messages woke work up since the last Idle
 
     # ----- plumbing ---------------------------------------------------------------------
-    def send(self, message: tuple) -> None:
+    def send(self, message: Message) -> None:
         with self._send_lock:
             self.conn.send(message)
 
@@ -108,7 +133,7 @@ class Worker:
         future = self.loop.create_future()
         self._requests[request] = future
         try:
-            self.send(("gen", request, engine_key, prompt_ids, sampling))
+            self.send(GenRequest(request, engine_key, prompt_ids, sampling))
             return await future
         finally:
             self._requests.pop(request, None)
@@ -130,28 +155,25 @@ class Worker:
         for message in messages:
             self._on_message(message)
 
-    def _on_message(self, message: tuple) -> None:
+    def _on_message(self, message: Message) -> None:
         self._received += 1
-        if not self._idle_check:
-            self._idle_check = True
-            self.loop.call_soon(self._report_idle)
-        kind = message[0]
-        if kind == "gen":
-            _, request, generation, error = message
-            future = self._requests.get(request)
+        self._idle_due = True
+        if isinstance(message, GenReply):
+            future = self._requests.get(message.request)
             if future is not None and not future.done():
-                future.set_exception(error) if error is not None else future.set_result(generation)
+                if message.error is not None:
+                    future.set_exception(message.error)
+                else:
+                    future.set_result(message.generation)
         else:
             self.inbox.put_nowait(message)
 
-    def _report_idle(self) -> None:
-        """Once nothing is ready to run (the loop is about to wait), tell collect: ("idle", received).
-        `_ready` is asyncio's private queue of ready callbacks (CPython's loops; absent: report at once)."""
-        if getattr(self.loop, "_ready", None):
-            self.loop.call_soon(self._report_idle)  # after what is ready now, and what that makes ready
-            return
-        self._idle_check = False
-        self.send(("idle", self._received))
+    def before_wait(self) -> None:
+        """The loop is about to wait (IdleSelector): nothing is ready to run, so the work collect's
+        messages woke up has all run to its next wait; tell collect so, once per such wake-up."""
+        if self._idle_due:
+            self._idle_due = False
+            self.send(Idle(self._received))
 
     def _task_factory(self, loop, coro, **kwargs):
         task = asyncio.Task(coro, loop=loop, **kwargs)
@@ -188,11 +210,12 @@ class Worker:
                 if ref.checkpoint not in tokenizers:
                     tokenizers[ref.checkpoint] = AutoTokenizer.from_pretrained(ref.checkpoint)
                 engines[ref.key] = RemoteEngine(ref, tokenizers[ref.checkpoint], self)
-            spec.auxiliary = {name: AuxiliaryBackend(name, model=endpoint_model(aux)) if key is None
-                              else AuxiliaryBackend(name, engine=engines[key], sampling=sampling)
-                              for name, key, sampling, aux in self.setup.auxiliary}
+            spec.auxiliary = {
+                aux.name: AuxiliaryBackend(aux.name, model=endpoint_model(aux.spec)) if aux.engine_key is None
+                else AuxiliaryBackend(aux.name, engine=engines[aux.engine_key], sampling=aux.sampling)
+                for aux in self.setup.auxiliary}
         except BaseException as exc:  # collect loaded the same workflow: this is rare, and fatal to the collect
-            self.send(("init_error", f"{type(exc).__name__}: {exc}".splitlines()[0][:500]))
+            self.send(InitError(f"{type(exc).__name__}: {exc}".splitlines()[0][:500]))
             return
         threading.Thread(target=self._watch, name="collect-watchdog", daemon=True).start()
         endpoint = OpenAIEndpoint()
@@ -200,28 +223,27 @@ class Worker:
         # sight, a full collection (the heap of torch, transformers and AgentScope) pauses the loop
         # for ~0.2 s instead of scanning them all again
         gc.freeze()
-        self.send(("ready",))
+        self.send(Ready())
         try:
             while not (self._stopping and not self._runs):
-                message = await self.inbox.get()
-                if message[0] == "run":
-                    _, key, task, sample_index = message
-                    self._runs[key] = self._start(spec, engines[0], endpoint, key, task, sample_index)
-                elif message[0] == "stop":
-                    self._stopping = True
-                elif message[0] == "finished":
-                    self._runs.pop(message[1], None)
+                match await self.inbox.get():
+                    case StartRun(key, task, sample_index):
+                        self._runs[key] = self._start(spec, engines[0], endpoint, key, task, sample_index)
+                    case Stop():
+                        self._stopping = True
+                    case RunEnded(key):
+                        self._runs.pop(key, None)
         finally:
             await endpoint.close()
 
     def _start(self, spec, engine, endpoint, key: int, task, sample_index: int) -> asyncio.Task:
         async def run() -> None:
-            self.send(("started", key, time.time()))
+            self.send(RunStarted(key, time.time()))
             traj, roles = await run_one(spec, engine, task, sample_index, endpoint,
-                                        on_call=lambda call: self.send(("call", key, call)))
+                                        on_call=lambda call: self.send(CallMade(key, call)))
             # its calls went one by one, as they were made: collect puts them back (sent once, not twice)
-            self.send(("done", key, traj.model_copy(update={"calls": []}), roles))
-            self.inbox.put_nowait(("finished", key))
+            self.send(RunDone(key, traj.model_copy(update={"calls": []}), roles))
+            self.inbox.put_nowait(RunEnded(key))
 
         token = RUN_KEY.set(key)
         try:
@@ -243,5 +265,13 @@ def worker_main(conn, status, setup: WorkerSetup) -> None:
         os.chdir(setup.cwd)
     if setup.crash_file:
         faulthandler.enable(file=open(setup.crash_file, "w"), all_threads=False)
-    asyncio.run(Worker(conn, status, setup).main())
+    worker = Worker(conn, status, setup)
+
+    def new_loop() -> asyncio.AbstractEventLoop:
+        loop = asyncio.SelectorEventLoop(IdleSelector(worker.before_wait))
+        asyncio.set_event_loop(loop)  # as asyncio.run does (a loop_factory's loop is not set)
+        return loop
+
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        runner.run(worker.main())
     conn.close()
