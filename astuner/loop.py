@@ -80,7 +80,8 @@ def read_recipe(path: str | os.PathLike, run_dir: str | None = None, trainable_t
     import dataclasses
     import importlib
 
-    from astuner.cli import ConfigError, config_from_options, read_recipe as read_yaml
+    from astuner.cli import ConfigError, config_from_options
+    from astuner.cli import read_recipe as read_yaml
 
     path = Path(path)
     if not path.is_file():

@@ -11,7 +11,7 @@ and m002 adds the drift columns they may lack.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 MIGRATIONS: list[Callable] = []
 

@@ -289,7 +289,7 @@ async def run_python(code: str, limits: SandboxLimits | None = None) -> SandboxR
             try:
                 try:
                     await asyncio.wait_for(proc.wait(), limits.timeout_s)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     timed_out = True
                     if "pidns" in child_layers() and proc.returncode is None:
                         os.kill(proc.pid, signal.SIGUSR1)  # the waiter outside the namespace kills and reaps its PID 1

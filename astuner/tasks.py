@@ -13,8 +13,9 @@ import hashlib
 import importlib
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from astuner.workflow import Task
 

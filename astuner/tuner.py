@@ -26,7 +26,14 @@ from agentscope.model import ChatModelBase, ChatResponse
 from agentscope.model._model_usage import ChatUsage
 from pydantic import BaseModel
 
-from astuner.chat import FAMILY_CHOICES, detect_family, parse_completion, render_prompt_ids, special_tokens_of, template_kwargs_for
+from astuner.chat import (
+    FAMILY_CHOICES,
+    detect_family,
+    parse_completion,
+    render_prompt_ids,
+    special_tokens_of,
+    template_kwargs_for,
+)
 from astuner.compat.tuner_config import ConfigTree, as_tree, build_tuner_config
 from astuner.engines import Engine, SamplingParams, derive_seed
 from astuner.trajectory import Completion, ModelCall, ToolCall, to_jsonable

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import copy
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from astuner.cli import import_object
 from astuner.compat.agentscope_tuner import run_workflow_func

@@ -153,8 +153,9 @@ def main() -> int:
     if not args.cpu and torch.cuda.device_count() < n:
         print(f"needs {n} GPUs, this machine has {torch.cuda.device_count()}; run with --cpu to check on CPU", file=sys.stderr)
         return 2
-    from astuner.tiny import ensure_tiny_model
     from transformers import AutoTokenizer
+
+    from astuner.tiny import ensure_tiny_model
 
     out = Path(args.out or tempfile.mkdtemp(prefix="finetune-multi-gpu-"))
     out.mkdir(parents=True, exist_ok=True)

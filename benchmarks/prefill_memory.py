@@ -14,6 +14,7 @@ skipped and show their estimate, so the benchmark cannot exhaust a shared machin
 """
 
 import argparse
+import functools
 import os
 import sys
 import tempfile
@@ -103,7 +104,7 @@ def main() -> None:
                     results[mode] = None, estimate
                     continue
                 engine._logits_to_keep = keep and mode == "after"
-                peak, seconds = _peak_above_baseline(lambda: engine.generate_batch(prompts, sampling), engine.device)
+                peak, seconds = _peak_above_baseline(functools.partial(engine.generate_batch, prompts, sampling), engine.device)
                 results[mode] = peak, seconds
             engine._logits_to_keep = keep
             before, after = results["before"], results["after"]

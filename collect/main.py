@@ -279,7 +279,6 @@ def run(cfg: CollectConfig) -> int:
     from astuner.tiny import ensure_tiny_model
     from astuner.trajectory import Checkpoint, Sampling, TraceFormatError
     from astuner.workflow import load_workflow
-
     from collect.pool import default_workers, run_collect_pool, start_fork_server
     from collect.runner import RunSpec, UnregisteredTargetError, role_table, run_collect
     from collect.writer import TraceWriter

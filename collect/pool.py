@@ -36,9 +36,19 @@ from pathlib import Path
 
 from astuner.engines import Engine
 from astuner.workflow import Task
-
-from collect.messages import (CallMade, GenReply, GenRequest, Idle, InitError, Message, Ready, RunDone, RunStarted,
-                              StartRun, Stop)
+from collect.messages import (
+    CallMade,
+    GenReply,
+    GenRequest,
+    Idle,
+    InitError,
+    Message,
+    Ready,
+    RunDone,
+    RunStarted,
+    StartRun,
+    Stop,
+)
 from collect.runner import CollectStats, Recorder, RunSpec, make_trajectory
 from collect.worker import AuxiliaryRef, EngineRef, WorkerSetup, worker_main
 

@@ -16,7 +16,6 @@ from astuner.openai_endpoint import OpenAIEndpoint
 from astuner.trajectory import Checkpoint, Sampling, TaskRecord, Trajectory, to_jsonable, trajectory_id
 from astuner.tuner import AuxiliaryModel, ModelTuner
 from astuner.workflow import Task, Workflow, WorkflowOutput, WorkflowTask
-
 from collect.writer import TraceWriter
 
 

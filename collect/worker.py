@@ -31,8 +31,19 @@ from astuner.auxiliary import AuxiliaryBackend, AuxiliarySpec, endpoint_model
 from astuner.engines import Engine, Generation, SamplingParams
 from astuner.openai_endpoint import OpenAIEndpoint
 from astuner.workflow import load_workflow
-from collect.messages import (CallMade, GenReply, GenRequest, Idle, InitError, Message, Ready, RunDone, RunStarted,
-                              StartRun, Stop)
+from collect.messages import (
+    CallMade,
+    GenReply,
+    GenRequest,
+    Idle,
+    InitError,
+    Message,
+    Ready,
+    RunDone,
+    RunStarted,
+    StartRun,
+    Stop,
+)
 from collect.runner import run_one
 
 WATCH_S = 0.05

@@ -4,8 +4,8 @@ object a line, next to the example's workflow (tasks.jsonl and eval_tasks.jsonl)
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 
 def write_tasks(folder: Path, train: Iterable[dict], held_out: Iterable[dict]) -> None:

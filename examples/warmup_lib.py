@@ -13,8 +13,8 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 Sample = Callable[[random.Random], tuple[list[int], list[int]]]
 

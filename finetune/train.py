@@ -19,7 +19,6 @@ from transformers import TrainerCallback
 from trl import DPOTrainer, SFTTrainer, get_peft_config
 
 from astuner.faults import crash_point
-
 from finetune.data import DPO_COLUMNS, BuiltDataset, to_dataset
 from finetune.launch import all_ranks, check_wrapped, clear_work, is_main_process, output_lock, say
 from finetune.options import MANIFEST, FinetuneConfig

@@ -26,9 +26,10 @@ import hashlib
 import inspect
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from astuner.compat import peer_judger
 from astuner.compat.agentjet import success_label

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 from astuner.compat.agentscope_tuner import RESPONSE_TYPE_KEY, response_from_json
 from astuner.faults import crash_point
-
 from judge.judgers import Judger, Score, as_score
 
 

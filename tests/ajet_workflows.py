@@ -5,7 +5,6 @@ BaseJudge.compute_reward. Each runs under collect / judge as it is."""
 
 import json
 import re
-from typing import List
 
 from agentscope.message import Msg, TextBlock
 from agentscope.model import ChatModelBase, ChatResponse
@@ -32,7 +31,7 @@ class PydanticWerewolves(Workflow):
     """ASTuner-era advanced mode with a pydantic Field and register_model's return value."""
 
     name: str = Field(default="pydantic_werewolves", description="Name of the workflow.")
-    trainable_targets: List[str] | None = Field(default=["werewolf"], description="List of agents to be fine-tuned.")
+    trainable_targets: list[str] | None = Field(default=["werewolf"], description="List of agents to be fine-tuned.")
 
     async def execute(self, workflow_task: WorkflowTask, model_tuner: ModelTuner) -> WorkflowOutput:
         from agentscope.agent import ReActAgent

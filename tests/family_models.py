@@ -94,20 +94,23 @@ def build_family_model(family: str, out_dir: str | os.PathLike, *, layers: int =
     shape = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=32768, tie_word_embeddings=True)
     if family.startswith("qwen"):
-        from transformers import Qwen2Config as Config, Qwen2ForCausalLM as Model
+        from transformers import Qwen2Config as Config
+        from transformers import Qwen2ForCausalLM as Model
 
         raw = _qwen_tokenizer_object(qwen3=family == "qwen3")
         kwargs = dict(eos_token="<|im_end|>", pad_token="<|endoftext|>")
         rows, eos, klass = QWEN_ROWS, ["<|im_end|>", "<|endoftext|>"], "Qwen2Tokenizer"
     elif family == "llama3.2":
-        from transformers import LlamaConfig as Config, LlamaForCausalLM as Model
+        from transformers import LlamaConfig as Config
+        from transformers import LlamaForCausalLM as Model
 
         raw = _tiny_tokenizer_object(["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
                                       "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>", "<|python_tag|>"])
         kwargs = dict(bos_token="<|begin_of_text|>", eos_token="<|eot_id|>")
         rows, eos, klass = None, ["<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"], None
     elif family == "mistral-nemo":
-        from transformers import MistralConfig as Config, MistralForCausalLM as Model
+        from transformers import MistralConfig as Config
+        from transformers import MistralForCausalLM as Model
 
         raw = _tiny_tokenizer_object(["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]",
                                       "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]", "[/TOOL_RESULTS]", "[TOOL_CALLS]"])

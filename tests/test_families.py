@@ -4,10 +4,10 @@ per family, and render parity over the real chat templates (tests/fixtures/templ
 import json
 
 import pytest
+from family_models import FAMILIES, build_family_model
 
 from astuner.chat import detect_family, parse_completion, render_prompt, render_prompt_ids
 from astuner.engines import SamplingParams, load_engine
-from family_models import FAMILIES, build_family_model
 
 
 @pytest.fixture(scope="session")
@@ -277,7 +277,7 @@ def test_ingest_measures_family_drift(tmp_path, family_tokenizer, family_dir, ca
     from judge.main import main as judge_main
 
     trajectories = []
-    for n, family in enumerate(FAMILIES):
+    for family in FAMILIES:
         calls, _ = _scripted_react(family, family_tokenizer(family), family_dir(family))
         records = [c.model_dump() for c in calls]
         trajectories.append(make_traj(f"t-{family}", 0, calls=records, checkpoint=str(family_dir(family))))
@@ -297,8 +297,8 @@ def test_ingest_measures_family_drift(tmp_path, family_tokenizer, family_dir, ca
     assert judge_main(["ingest", str(tmp_path / "traces"), "--db", str(db)]) == 0
     assert "extension:" not in capsys.readouterr().out
     # the report shows the rates per checkpoint and role
-    from judge.report import write_report
     from astuner.store import open_store
+    from judge.report import write_report
 
     con = open_store(db, read_only=True)
     try:

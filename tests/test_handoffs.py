@@ -9,8 +9,8 @@ from pathlib import Path
 from helpers import assert_token_exact, load
 
 from astuner.engines import Engine, Generation
-from astuner.trajectory import Checkpoint, Sampling
 from astuner.tasks import load_tasks
+from astuner.trajectory import Checkpoint, Sampling
 from astuner.workflow import load_workflow
 from collect.runner import RunSpec, run_collect
 from collect.writer import TraceWriter

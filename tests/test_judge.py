@@ -400,8 +400,10 @@ def test_python_m_judge_end_to_end(tmp_path):
     """The commands a user pastes, as subprocesses: ingest, score, sql."""
     db = tmp_path / "s.duckdb"
     traces = write(tmp_path / "traces" / "p.jsonl", [make_traj("t0", 0, reward=1.0, final="4"), make_traj("t1", 0, reward=0.0, final="3")])
-    run = lambda *args: subprocess.run([sys.executable, "-m", "judge", *args], capture_output=True, text=True, timeout=300,
-                                       cwd=TESTS.parent)
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "judge", *args], capture_output=True, text=True, timeout=300,
+                              cwd=TESTS.parent)
+
     assert run("ingest", str(traces), "--db", str(db)).returncode == 0
     assert run("score", "--db", str(db), "--judger", "workflow", "exact=2").returncode == 0
     result = run("sql", "SELECT task_id, reward FROM rewards ORDER BY 1", "--db", str(db), "--format", "csv")

@@ -144,9 +144,10 @@ def test_tool_use_episode_is_one_sequence_with_two_trained_spans(tool_warmup, to
 
 def test_tool_use_dpo_tables_are_shared_by_a_group_and_new_every_iteration():
     sys.path.insert(0, str(TOOL))
+    from workflow import CODES, LookupAgent, LookupAgentSharedTables
+
     from astuner import Task, WorkflowTask
     from astuner.loop import read_recipe
-    from workflow import CODES, LookupAgent, LookupAgentSharedTables
 
     task = Task(task_id="train-p0-k7", main_query="Code of box 7", metadata={"key": 7})
     agent, group = LookupAgentSharedTables(), LookupAgentSharedTables.table_group

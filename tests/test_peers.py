@@ -74,9 +74,10 @@ def test_agentscope_tuner_workflow_and_judges_run_unchanged(tmp_path, tokenizer)
 
 
 def test_prompt_tuning_says_it_needs_dspy():
-    import astuner  # noqa: F401  (installs the stand-in)
     from agentscope.tuner import PromptTuneConfig, tune_prompt  # noqa: F401
     from agentscope.tuner.prompt_tune._wrapper import _WorkflowWrapperModule
+
+    import astuner  # noqa: F401  (installs the stand-in)
 
     with pytest.raises(ImportError, match="needs dspy"):
         _WorkflowWrapperModule()
@@ -256,10 +257,9 @@ def test_agentjet_task_rows(tmp_path, capsys):
 
 # ---------------------------------------------------------------- 5. failed model calls
 def test_failed_calls_are_recorded_and_never_trained(tmp_path, capsys):
+    from astuner.store import open_store
     from finetune.data import build
     from finetune.options import FinetuneConfig
-
-    from astuner.store import open_store
 
     out = collect(tmp_path, f"{TESTS / 'peer_rows.py'}:CatchesFailedCalls", math_tasks(tmp_path, 1))
     assert "collect: 2 model calls raised (recorded with their error, trainable: false); first: task t0 sample 0 call 1 (default): " \
@@ -284,10 +284,9 @@ def test_failed_calls_are_recorded_and_never_trained(tmp_path, capsys):
 
 # ---------------------------------------------------------------- 6. the embedded model's context
 def test_embedded_model_fits_long_multi_turn_prompts(tmp_path, engine, tiny_model, tokenizer):
+    import astuner.tiny as tiny
     from astuner.engines import SamplingParams
     from astuner.tiny import build_tiny_model
-
-    import astuner.tiny as tiny
 
     assert engine.max_context == 32768 and tokenizer.model_max_length == 32768
     # a 9-player werewolves day: ~3,000 tokens of history, then more turns on top

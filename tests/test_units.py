@@ -159,7 +159,7 @@ def test_tasks_from_every_source(tmp_path, monkeypatch):
 
 def test_trace_reader_names_file_and_line(tmp_path):
     f = tmp_path / "part-000001.jsonl"
-    f.write_text('{"schema_version": %d}\n' % SCHEMA_VERSION)
+    f.write_text(f'{{"schema_version": {SCHEMA_VERSION}}}\n')
     with pytest.raises(TraceFormatError, match=r"part-000001\.jsonl:1: field 'trajectory_id'"):
         list(read_trajectories(tmp_path))
     f.write_text('{"schema_version": 99}\n')
@@ -172,9 +172,8 @@ def test_trace_reader_names_file_and_line(tmp_path):
 
 def test_reference_import_name():
     import agentscope_tuner
-    from agentscope_tuner import ModelTuner, Workflow, WorkflowOutput, WorkflowTask
-
     import astuner
+    from agentscope_tuner import ModelTuner, Workflow, WorkflowOutput, WorkflowTask
 
     assert (Workflow, WorkflowTask, WorkflowOutput, ModelTuner) == (
         astuner.Workflow, astuner.WorkflowTask, astuner.WorkflowOutput, astuner.ModelTuner)

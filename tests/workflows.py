@@ -2,9 +2,8 @@
 
 import asyncio
 
-from agentscope.message import Msg
+from agentscope.message import Msg, TextBlock
 from agentscope.model import ChatModelBase, ChatResponse
-from agentscope.message import TextBlock
 from pydantic import BaseModel, Field
 
 from astuner import ModelTuner, Workflow, WorkflowOutput, WorkflowTask

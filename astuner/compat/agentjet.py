@@ -12,7 +12,8 @@ re-export astuner's classes.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from astuner.compat.tuner_config import as_tree, build_tuner_config
 from astuner.scores import Score

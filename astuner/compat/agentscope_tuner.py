@@ -23,7 +23,8 @@ import json
 import logging
 import sys
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from astuner.scores import Score
 

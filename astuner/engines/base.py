@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import abc
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class Engine(abc.ABC):
     def generate_batch(self, prompts: list[list[int]], sampling: list[SamplingParams]) -> list[Generation]:
         """The raw engine: all requests in one go (benchmarks compare collect against this)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional: an engine that holds nothing needs no close)
         pass
 
     def decode(self, ids: list[int]) -> str:

@@ -10,7 +10,7 @@ from agentscope.agent import ReActAgent
 from agentscope.formatter import DashScopeChatFormatter
 from agentscope.memory import InMemoryMemory
 from agentscope.message import Msg
-from agentscope.tool import ToolResponse, Toolkit
+from agentscope.tool import Toolkit, ToolResponse
 
 from astuner import ModelTuner, Workflow, WorkflowOutput, WorkflowTask
 from astuner.sandbox import execute_python_code
