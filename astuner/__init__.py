@@ -1,6 +1,6 @@
 """astuner: turn AgentScope workflows into token-exact training data and better models.
 
-    from astuner import Workflow, WorkflowTask, WorkflowOutput, ModelTuner
+from astuner import Workflow, WorkflowTask, WorkflowOutput, ModelTuner
 """
 
 from astuner.compat.agentscope_tuner import allow_agentscope_tuner_without_dspy

@@ -27,8 +27,10 @@ from typing import Any
 
 OPTION = "--auxiliary-models"
 _SAMPLING_KEYS = ("temperature", "top_p", "max_tokens")
-_KEYS = {"path": {"path", "engine", "device", *_SAMPLING_KEYS},
-         "base_url": {"base_url", "model", "api_key", "api_key_env", *_SAMPLING_KEYS}}
+_KEYS = {
+    "path": {"path", "engine", "device", *_SAMPLING_KEYS},
+    "base_url": {"base_url", "model", "api_key", "api_key_env", *_SAMPLING_KEYS},
+}
 _EXAMPLE = '\'{"judge": "path/to/checkpoint"}\' or \'{"judge": {"base_url": "http://host:port/v1", "model": "NAME"}}\''
 
 
@@ -81,13 +83,19 @@ def _spec(name: str, raw: Any, option: str) -> AuxiliarySpec:
     if isinstance(raw, str) and raw:
         raw = {"path": raw}
     if not isinstance(raw, dict):
-        raise ValueError(f"{where}: expected a checkpoint folder or a mapping with path or base_url, got {json.dumps(raw)}")
+        raise ValueError(
+            f"{where}: expected a checkpoint folder or a mapping with path or base_url, got {json.dumps(raw)}"
+        )
     kinds = [k for k in _KEYS if k in raw]
     if len(kinds) != 1:
-        raise ValueError(f"{where}: give exactly one of path (a local checkpoint) or base_url (an OpenAI-compatible endpoint)")
+        raise ValueError(
+            f"{where}: give exactly one of path (a local checkpoint) or base_url (an OpenAI-compatible endpoint)"
+        )
     unknown = sorted(set(raw) - _KEYS[kinds[0]])
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; a {kinds[0]} spec takes {', '.join(sorted(_KEYS[kinds[0]]))}")
+        raise ValueError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; a {kinds[0]} spec takes {', '.join(sorted(_KEYS[kinds[0]]))}"
+        )
     spec = AuxiliarySpec(name=name, **raw)
     if spec.base_url is not None:
         if not isinstance(spec.base_url, str) or not spec.base_url.startswith(("http://", "https://")):
@@ -113,10 +121,17 @@ def endpoint_model(spec: AuxiliarySpec):
     """An endpoint spec -> AgentScope's OpenAIChatModel on it (not streaming)."""
     from agentscope.model import OpenAIChatModel
 
-    key = spec.api_key or (os.environ[spec.api_key_env] if spec.api_key_env else None) or "EMPTY"  # local servers take any
+    key = (
+        spec.api_key or (os.environ[spec.api_key_env] if spec.api_key_env else None) or "EMPTY"
+    )  # local servers take any
     generate = {k: getattr(spec, k) for k in _SAMPLING_KEYS if getattr(spec, k) is not None}
-    return OpenAIChatModel(model_name=spec.model, api_key=key, stream=False,
-                           client_kwargs={"base_url": spec.base_url}, generate_kwargs=generate)
+    return OpenAIChatModel(
+        model_name=spec.model,
+        api_key=key,
+        stream=False,
+        client_kwargs={"base_url": spec.base_url},
+        generate_kwargs=generate,
+    )
 
 
 @dataclass
@@ -143,13 +158,17 @@ def load_backends(specs: dict[str, AuxiliarySpec], main_engine, main_path: Path,
         if key not in engines:
             kwargs = {"device": spec.device or device} if spec.engine == "transformers" else {}
             engines[key] = load_engine(spec.engine, spec.path, option=f"{OPTION}: {name!r}: path", **kwargs)
-        params = SamplingParams(**{k: getattr(spec, k) if getattr(spec, k) is not None else getattr(sampling, k) for k in _SAMPLING_KEYS})
+        params = SamplingParams(
+            **{k: getattr(spec, k) if getattr(spec, k) is not None else getattr(sampling, k) for k in _SAMPLING_KEYS}
+        )
         backends[name] = AuxiliaryBackend(name, engine=engines[key], sampling=params, spec=spec)
     return backends
 
 
 def close_backends(backends: dict, main_engine) -> None:
-    for engine in {id(b.engine): b.engine for b in backends.values() if b.engine is not None and b.engine is not main_engine}.values():
+    for engine in {
+        id(b.engine): b.engine for b in backends.values() if b.engine is not None and b.engine is not main_engine
+    }.values():
         engine.close()
 
 

@@ -90,7 +90,9 @@ def template_kwargs_for(tokenizer, template_kwargs: dict | None = None) -> dict:
     the same on any later day.
     """
     kwargs = dict(template_kwargs or {})
-    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else json.dumps(tokenizer.chat_template)
+    template = (
+        tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else json.dumps(tokenizer.chat_template)
+    )
     if "date_string" not in kwargs and "strftime_now" in (template or ""):
         import datetime
 
@@ -98,7 +100,9 @@ def template_kwargs_for(tokenizer, template_kwargs: dict | None = None) -> dict:
     return kwargs
 
 
-def render_prompt(tokenizer, messages: list[dict], tools: list[dict] | None, template_kwargs: dict | None = None) -> str:
+def render_prompt(
+    tokenizer, messages: list[dict], tools: list[dict] | None, template_kwargs: dict | None = None
+) -> str:
     return tokenizer.apply_chat_template(
         normalize_messages(messages),
         tools=tools or None,
@@ -108,13 +112,17 @@ def render_prompt(tokenizer, messages: list[dict], tools: list[dict] | None, tem
     )
 
 
-def render_prompt_ids(tokenizer, messages: list[dict], tools: list[dict] | None, template_kwargs: dict | None = None) -> list[int]:
+def render_prompt_ids(
+    tokenizer, messages: list[dict], tools: list[dict] | None, template_kwargs: dict | None = None
+) -> list[int]:
     return render_prompts_ids(tokenizer, [(messages, tools)], template_kwargs)[0]
 
 
 def render_prompts_ids(tokenizer, calls: list[tuple], template_kwargs: dict | None = None) -> list[list[int]]:
     """Batched render_prompt_ids: one tokenizer call for many (messages, tools[, template_kwargs]) tuples."""
-    texts = [render_prompt(tokenizer, call[0], call[1], call[2] if len(call) > 2 else template_kwargs) for call in calls]
+    texts = [
+        render_prompt(tokenizer, call[0], call[1], call[2] if len(call) > 2 else template_kwargs) for call in calls
+    ]
     # The template already wrote every special token; adding BOS/EOS would change the prompt.
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
@@ -256,7 +264,9 @@ def _split_thinking(text: str) -> tuple[str | None, str]:
     return reasoning.strip("\n"), text[end + len("</think>") :].lstrip("\n")
 
 
-def parse_completion(text: str, family: str = "hermes", strip_tokens: list[str] | tuple[str, ...] = ()) -> ParsedCompletion:
+def parse_completion(
+    text: str, family: str = "hermes", strip_tokens: list[str] | tuple[str, ...] = ()
+) -> ParsedCompletion:
     """Split a completion, decoded with its control tokens kept, into text, reasoning and tool calls.
 
     A malformed call stays in the text: it is the model's mistake to learn from, not a reason to
@@ -268,7 +278,9 @@ def parse_completion(text: str, family: str = "hermes", strip_tokens: list[str] 
     reasoning = None
     if family == "qwen3":
         reasoning, text = _split_thinking(text)
-    parser = {"hermes": _parse_hermes, "qwen3": _parse_hermes, "llama3": _parse_llama3, "mistral": _parse_mistral}[family]
+    parser = {"hermes": _parse_hermes, "qwen3": _parse_hermes, "llama3": _parse_llama3, "mistral": _parse_mistral}[
+        family
+    ]
     text, calls = parser(text, family)
     for token in sorted(set(strip_tokens), key=len, reverse=True):
         if token:

@@ -39,10 +39,16 @@ def import_object(ref: str, option: str, kind: str = "function"):
             except Exception as exc:
                 del sys.modules[name]
                 # the line of the user's file that raised (a SyntaxError names its own line)
-                lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve() == path.resolve()]
+                lines = [
+                    f.lineno
+                    for f in traceback.extract_tb(exc.__traceback__)
+                    if Path(f.filename).resolve() == path.resolve()
+                ]
                 at = f" at line {lines[-1]}" if lines else ""
                 message = str(exc).splitlines()[0] if str(exc) else ""
-                raise ImportError(f"{option} {ref!r}: importing {path} failed{at}: {type(exc).__name__}: {message}") from exc
+                raise ImportError(
+                    f"{option} {ref!r}: importing {path} failed{at}: {type(exc).__name__}: {message}"
+                ) from exc
     else:
         try:
             module = importlib.import_module(module_part)
@@ -73,6 +79,7 @@ def read_recipe(path: str | Path) -> dict:
 
 def one_line_errors(parser: argparse.ArgumentParser, help_flag: str = "--help") -> argparse.ArgumentParser:
     """A bad flag is one line naming it (argparse's default also prints the whole usage, dozens of lines for TRL)."""
+
     def error(message: str):
         parser.exit(2, f"{parser.prog}: error: {message} (all options: {parser.prog} {help_flag})\n")
 
@@ -83,9 +90,13 @@ def one_line_errors(parser: argparse.ArgumentParser, help_flag: str = "--help") 
 def _parser(config_cls, prog: str, description: str | None):
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(config_cls, prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = HfArgumentParser(
+        config_cls, prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     one_line_errors(parser)
-    parser.add_argument("--config", default=None, help="A YAML recipe whose keys are the options below; flags override it.")
+    parser.add_argument(
+        "--config", default=None, help="A YAML recipe whose keys are the options below; flags override it."
+    )
     return parser
 
 
@@ -113,8 +124,12 @@ def parse_config(config_cls, argv: list[str] | None, prog: str, description: str
     parser = _parser(config_cls, prog, description)
     if positional:
         field_type = str({f.name: f.type for f in dataclasses.fields(config_cls)}[positional])
-        parser.add_argument("positional_value", metavar=positional.upper(), nargs="*" if "list" in field_type else "?",
-                            help=f"Same as --{positional}.")
+        parser.add_argument(
+            "positional_value",
+            metavar=positional.upper(),
+            nargs="*" if "list" in field_type else "?",
+            help=f"Same as --{positional}.",
+        )
     pre, _ = parser.parse_known_args(argv)
     if pre.config:
         path = Path(pre.config)
@@ -123,7 +138,9 @@ def parse_config(config_cls, argv: list[str] | None, prog: str, description: str
         recipe = {k.replace("-", "_"): v for k, v in recipe.items()}
         unknown = sorted(set(recipe) - known)
         if unknown:
-            raise ConfigError(f"--config {path}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise ConfigError(
+                f"--config {path}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
         parser.set_defaults(**recipe)
     namespace = parser.parse_args(argv)
     if positional and namespace.positional_value:

@@ -23,12 +23,12 @@ from typing import Any
 CAUSES = {
     "tools_changed": "the tool schemas differ from the previous call's (ReActAgent drops them for its summary call)",
     "history_edited": "the previous call's messages are not a prefix of this call's (a message was removed or changed, "
-                      "e.g. ReActAgent's <system-hint>)",
+    "e.g. ReActAgent's <system-hint>)",
     "prompt_rerendered": "same messages, but the template renders the earlier prompt differently (Mistral moves the "
-                         "system message and tools to the last user turn)",
+    "system message and tools to the last user turn)",
     "thinking_stripped": "the template drops the previous turn's <think> block",
     "completion_rerendered": "the template writes the previous reply differently from the sampled ids (JSON spacing, "
-                             "BPE re-tokenization, a dropped control token)",
+    "BPE re-tokenization, a dropped control token)",
 }
 
 
@@ -79,8 +79,19 @@ def extension(previous: dict[str, Any], current: dict[str, Any]) -> tuple[bool, 
 
 # apply_chat_template's own parameters that change how it tokenizes: a call whose template_kwargs
 # carry one of them is re-rendered the per-call way (tokenize=True), so its value stays what it was.
-_TOKENIZE_PARAMS = frozenset({"tokenize", "padding", "truncation", "max_length", "return_tensors", "return_dict",
-                              "return_assistant_tokens_mask", "tokenizer_kwargs", "sanitize_control_tokens"})
+_TOKENIZE_PARAMS = frozenset(
+    {
+        "tokenize",
+        "padding",
+        "truncation",
+        "max_length",
+        "return_tensors",
+        "return_dict",
+        "return_assistant_tokens_mask",
+        "tokenizer_kwargs",
+        "sanitize_control_tokens",
+    }
+)
 
 
 def _reply_of(tokenizer, completion: list[int], family: str, strip_tokens: list[str]) -> dict[str, Any]:
@@ -90,8 +101,10 @@ def _reply_of(tokenizer, completion: list[int], family: str, strip_tokens: list[
     parsed = parse_completion(tokenizer.decode(completion, skip_special_tokens=False), family, strip_tokens)
     reply: dict[str, Any] = {"role": "assistant", "content": parsed.text}
     if parsed.calls:
-        reply["tool_calls"] = [{"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["input"]}}
-                               for c in parsed.calls]
+        reply["tool_calls"] = [
+            {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["input"]}}
+            for c in parsed.calls
+        ]
     if parsed.reasoning:
         reply["reasoning_content"] = parsed.reasoning
     return reply
@@ -103,8 +116,9 @@ def rerender_drift_tokens(tokenizer, call: dict[str, Any], family: str | None = 
     return rerender_drift_tokens_batch(tokenizer, [call], family)[0]
 
 
-def rerender_drift_tokens_batch(tokenizer, calls: list[dict[str, Any]], family: str | None = None,
-                                strip_tokens: list[str] | None = None) -> list[int]:
+def rerender_drift_tokens_batch(
+    tokenizer, calls: list[dict[str, Any]], family: str | None = None, strip_tokens: list[str] | None = None
+) -> list[int]:
     """rerender_drift_tokens of many calls of one tokenizer: the texts are rendered one by one (each call has
     its own tools and template variables) and tokenized in one batch, and the diff is skipped where the
     re-render starts with the sampled ids. Values are the per-call ones, token for token:
@@ -122,17 +136,23 @@ def rerender_drift_tokens_batch(tokenizer, calls: list[dict[str, Any]], family: 
             conversation = normalize_messages(list(call["messages"]) + [reply])
             kwargs = call.get("template_kwargs") or {}
             if _TOKENIZE_PARAMS.intersection(kwargs):
-                again[n] = list(tokenizer.apply_chat_template(conversation, tools=call.get("tools") or None, tokenize=True,
-                                                              return_dict=False, **kwargs))
+                again[n] = list(
+                    tokenizer.apply_chat_template(
+                        conversation, tools=call.get("tools") or None, tokenize=True, return_dict=False, **kwargs
+                    )
+                )
             else:
-                texts[n] = tokenizer.apply_chat_template(conversation, tools=call.get("tools") or None, tokenize=False,
-                                                         return_dict=False, **kwargs)
+                texts[n] = tokenizer.apply_chat_template(
+                    conversation, tools=call.get("tools") or None, tokenize=False, return_dict=False, **kwargs
+                )
         except Exception:  # the template refuses the re-rendered history: nothing of it is reproduced
             pass
     if texts:
         try:
             # the arguments apply_chat_template(tokenize=True) tokenizes with
-            ids = tokenizer(list(texts.values()), add_special_tokens=False, padding=False, truncation=False)["input_ids"]
+            ids = tokenizer(list(texts.values()), add_special_tokens=False, padding=False, truncation=False)[
+                "input_ids"
+            ]
         except Exception:  # one text the tokenizer refuses: find it, as the per-call path would
             ids = []
             for text in texts.values():

@@ -99,17 +99,23 @@ def read_recipe(path: str | os.PathLike, run_dir: str | None = None, trainable_t
         if value is None:
             continue
         if not isinstance(value, dict):
-            raise RecipeError(f"--recipe {path}: {section} must be a mapping of option: value, got {type(value).__name__}")
+            raise RecipeError(
+                f"--recipe {path}: {section} must be a mapping of option: value, got {type(value).__name__}"
+            )
         value = {str(k).replace("-", "_"): v for k, v in value.items()}
         owned = sorted(set(value) & set(LOOP_OWNED[section]))
         if owned:
-            raise RecipeError(f"--recipe {path}: {section}.{owned[0]} is set by the loop for each iteration; remove it from the recipe")
+            raise RecipeError(
+                f"--recipe {path}: {section}.{owned[0]} is set by the loop for each iteration; remove it from the recipe"
+            )
         if section in STAGE_OPTIONS:  # refused now, before a stage fails on it with the run dir started
             module, config_class, command = STAGE_OPTIONS[section]
             options = {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), config_class))}
             unknown = sorted(set(value) - options)
             if unknown:
-                raise RecipeError(f"--recipe {path}: {section}.{unknown[0]} is not an option of {command} (see {command} --help)")
+                raise RecipeError(
+                    f"--recipe {path}: {section}.{unknown[0]} is not an option of {command} (see {command} --help)"
+                )
         if isinstance(value.get("trainable_targets"), list):  # collect takes them comma-separated
             value["trainable_targets"] = ",".join(map(str, value["trainable_targets"]))
         raw[section] = value
@@ -133,7 +139,9 @@ def read_recipe(path: str | os.PathLike, run_dir: str | None = None, trainable_t
         if section == "eval" and recipe.eval is None:
             continue
         try:  # what the stage will make of its --config file, so a bad value is refused now, not after the stages before it
-            config_from_options(getattr(importlib.import_module(module), config_class), recipe.stage_config(section), command)
+            config_from_options(
+                getattr(importlib.import_module(module), config_class), recipe.stage_config(section), command
+            )
         except (ConfigError, TypeError, ValueError) as exc:
             raise RecipeError(f"--recipe {path}: {section}: {exc}") from None
     return recipe
@@ -150,7 +158,9 @@ def _accelerate_config(name: str | None) -> str | None:
         folder = Path(spec.origin).parent / "accelerate" if spec and spec.origin else None
         if folder is None or not (folder / f"{name}.yaml").is_file():
             shipped = sorted(p.stem for p in folder.glob("*.yaml")) if folder else []
-            raise RecipeError(f"accelerate_config {name!r}: no such shipped config; use one of {', '.join(shipped)} or a path")
+            raise RecipeError(
+                f"accelerate_config {name!r}: no such shipped config; use one of {', '.join(shipped)} or a path"
+            )
         return str(folder / f"{name}.yaml")
     if not Path(name).is_file():
         raise RecipeError(f"accelerate_config {name!r}: no such file")
@@ -183,24 +193,93 @@ def plan(recipe: Recipe, iterations: int, base_model: str) -> list[Stage]:
     for k in range(iterations + 1):
         model = base_model if k == 0 else str(run / f"iter-{k - 1}" / "checkpoint")
         it, db, eval_db = run / f"iter-{k}", str(run / "store.duckdb"), str(run / "eval.duckdb")
-        evaluate = [
-            Stage(k, "eval", [["python", "-m", "collect", "--config", str(run / "eval.yaml"), "--model", model,
-                               "--iteration", str(k), "--out", str(it / "eval")]]),
-            Stage(k, "judge-eval", [["python", "-m", "judge", "ingest", str(it / "eval" / "traces"), "--db", eval_db],
-                                    [*judge_score, "--db", eval_db, "--where", f"iteration = {k}"]]),
-        ] if recipe.eval is not None else []
+        evaluate = (
+            [
+                Stage(
+                    k,
+                    "eval",
+                    [
+                        [
+                            "python",
+                            "-m",
+                            "collect",
+                            "--config",
+                            str(run / "eval.yaml"),
+                            "--model",
+                            model,
+                            "--iteration",
+                            str(k),
+                            "--out",
+                            str(it / "eval"),
+                        ]
+                    ],
+                ),
+                Stage(
+                    k,
+                    "judge-eval",
+                    [
+                        ["python", "-m", "judge", "ingest", str(it / "eval" / "traces"), "--db", eval_db],
+                        [*judge_score, "--db", eval_db, "--where", f"iteration = {k}"],
+                    ],
+                ),
+            ]
+            if recipe.eval is not None
+            else []
+        )
         if k == iterations:  # after the last round: only the held-out evaluation of the final checkpoint
             stages += evaluate
             break
         stages += [
-            Stage(k, "collect", [["python", "-m", "collect", "--config", str(run / "collect.yaml"), "--model", model,
-                                  "--iteration", str(k), "--out", str(it)]]),
-            Stage(k, "judge", [["python", "-m", "judge", "ingest", str(it / "traces"), "--db", db],
-                               [*judge_score, "--db", db, "--where", f"iteration = {k}"]]),
+            Stage(
+                k,
+                "collect",
+                [
+                    [
+                        "python",
+                        "-m",
+                        "collect",
+                        "--config",
+                        str(run / "collect.yaml"),
+                        "--model",
+                        model,
+                        "--iteration",
+                        str(k),
+                        "--out",
+                        str(it),
+                    ]
+                ],
+            ),
+            Stage(
+                k,
+                "judge",
+                [
+                    ["python", "-m", "judge", "ingest", str(it / "traces"), "--db", db],
+                    [*judge_score, "--db", db, "--where", f"iteration = {k}"],
+                ],
+            ),
             *evaluate,
-            Stage(k, "finetune", [[*accelerate, "-m", "finetune", "--config", str(run / "finetune.yaml"), "--db", db,
-                                   "--iterations", str(k), "--model_name_or_path", model, "--output_dir", str(it / "checkpoint")]],
-                  output=it / "checkpoint"),
+            Stage(
+                k,
+                "finetune",
+                [
+                    [
+                        *accelerate,
+                        "-m",
+                        "finetune",
+                        "--config",
+                        str(run / "finetune.yaml"),
+                        "--db",
+                        db,
+                        "--iterations",
+                        str(k),
+                        "--model_name_or_path",
+                        model,
+                        "--output_dir",
+                        str(it / "checkpoint"),
+                    ]
+                ],
+                output=it / "checkpoint",
+            ),
         ]
     return stages
 
@@ -241,7 +320,9 @@ def _start(recipe: Recipe) -> dict:
         return progress
     ours = {"recipe.yaml", *(f"{section}.yaml" for section in SECTIONS)}  # a start killed before progress.json
     if any(p.name not in ours and not p.name.endswith(".tmp") for p in run.iterdir()):
-        raise RecipeError(f"{run} is not empty and holds no {PROGRESS} (not a run of this loop); use another --run-dir or remove it")
+        raise RecipeError(
+            f"{run} is not empty and holds no {PROGRESS} (not a run of this loop); use another --run-dir or remove it"
+        )
     for section, options in sections.items():
         _write_atomic(run / f"{section}.yaml", yaml.safe_dump(options, sort_keys=False))
     _write_atomic(run / "recipe.yaml", recipe.path.read_text())
@@ -256,29 +337,50 @@ def run_stages(recipe: Recipe, stages: list[Stage], progress: dict) -> int:
     progress_path = recipe.run_dir / PROGRESS
     todo = [s for s in stages if s.key not in progress["done"]]
     if len(todo) < len(stages):
-        print(f"iterate: {len(stages) - len(todo)} of {len(stages)} stages already done in {recipe.run_dir}; resuming at "
-              f"{todo[0].key if todo else 'the results'}", flush=True)
-    bar = tqdm(total=len(stages), initial=len(stages) - len(todo), desc="iterate", unit="stage", file=sys.stdout,
-               disable=not todo, position=0, leave=True)
+        print(
+            f"iterate: {len(stages) - len(todo)} of {len(stages)} stages already done in {recipe.run_dir}; resuming at "
+            f"{todo[0].key if todo else 'the results'}",
+            flush=True,
+        )
+    bar = tqdm(
+        total=len(stages),
+        initial=len(stages) - len(todo),
+        desc="iterate",
+        unit="stage",
+        file=sys.stdout,
+        disable=not todo,
+        position=0,
+        leave=True,
+    )
     env = {"HF_HUB_OFFLINE": "1", **os.environ}  # every checkpoint is a local folder: never reach a hub
     for stage in todo:
         started = time.time()
         if stage.output is not None and stage.output.is_dir():
-            print(f"\n[iteration {stage.iteration} {stage.name}] {stage.output} is complete (a run killed before recording it); "
-                  "not run again", flush=True)
+            print(
+                f"\n[iteration {stage.iteration} {stage.name}] {stage.output} is complete (a run killed before recording it); "
+                "not run again",
+                flush=True,
+            )
             shutil.rmtree(f"{stage.output}.partial", ignore_errors=True)  # what that run had left to delete
         else:
             for command in stage.commands:
                 print(f"\n[iteration {stage.iteration} {stage.name}] $ {shlex.join(command)}", flush=True)
                 rc = subprocess.call(_executable(command), env=env)
                 if rc != 0:
-                    print(f"\niterate: iteration {stage.iteration} {stage.name} failed (exit {rc}): {shlex.join(command)}\n"
-                          f"iterate: fix the cause and run the same iterate command again; the {len(progress['done'])} finished "
-                          "stages are kept", file=sys.stderr, flush=True)
+                    print(
+                        f"\niterate: iteration {stage.iteration} {stage.name} failed (exit {rc}): {shlex.join(command)}\n"
+                        f"iterate: fix the cause and run the same iterate command again; the {len(progress['done'])} finished "
+                        "stages are kept",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     return rc
         crash_point("loop.stage_done")  # the stage's work is done, not yet recorded
-        progress["done"][stage.key] = {"seconds": round(time.time() - started, 1), "finished_at": time.time(),
-                                       "commands": [shlex.join(c) for c in stage.commands]}
+        progress["done"][stage.key] = {
+            "seconds": round(time.time() - started, 1),
+            "finished_at": time.time(),
+            "commands": [shlex.join(c) for c in stage.commands],
+        }
         _write_atomic(progress_path, json.dumps(progress, indent=2))
         bar.update(1)
     bar.close()
@@ -309,18 +411,20 @@ def results(recipe: Recipe, iterations: int, progress: dict) -> list[dict]:
         seconds = sum(v["seconds"] for key, v in progress["done"].items() if key.split("/")[0] == str(k))
         held_out_n, held_out_reward = held_out.get(k, (None, None))
         samples, train_reward = train.get(k, (None, None))
-        rows.append({
-            "iteration": k,
-            "held_out_reward": held_out_reward,
-            "held_out_n": held_out_n,
-            "train_reward": train_reward,
-            "samples": samples,
-            "train_examples": trained.get("counts", {}).get("samples"),
-            # SFT: trained sequences made of several calls of one agent (an episode's calls merged)
-            "merged_sequences": trained.get("counts", {}).get("merged_sequences"),
-            "train_loss": (trained.get("metrics") or {}).get("train_loss"),
-            "seconds": round(seconds),
-        })
+        rows.append(
+            {
+                "iteration": k,
+                "held_out_reward": held_out_reward,
+                "held_out_n": held_out_n,
+                "train_reward": train_reward,
+                "samples": samples,
+                "train_examples": trained.get("counts", {}).get("samples"),
+                # SFT: trained sequences made of several calls of one agent (an episode's calls merged)
+                "merged_sequences": trained.get("counts", {}).get("merged_sequences"),
+                "train_loss": (trained.get("metrics") or {}).get("train_loss"),
+                "seconds": round(seconds),
+            }
+        )
     return rows
 
 
@@ -361,7 +465,9 @@ def iterate(args: argparse.Namespace) -> int:
     recipe = read_recipe(args.recipe, args.run_dir, args.trainable_targets)
     iterations = args.iterations if args.iterations is not None else recipe.iterations
     if iterations is None or iterations < 0:
-        raise RecipeError(f"--iterations {iterations}: give the number of collect-judge-finetune rounds, e.g. --iterations 3")
+        raise RecipeError(
+            f"--iterations {iterations}: give the number of collect-judge-finetune rounds, e.g. --iterations 3"
+        )
     if recipe.model:
         from astuner.engines import require_checkpoint
 
@@ -372,8 +478,11 @@ def iterate(args: argparse.Namespace) -> int:
         base_model = str(ensure_tiny_model())
     stages = plan(recipe, iterations, base_model)
     progress = _start(recipe)
-    print(f"iterate: {iterations} iteration(s) of {recipe.path} in {recipe.run_dir}: {len(stages)} stages; "
-          f"checkpoint 0 is {base_model}", flush=True)
+    print(
+        f"iterate: {iterations} iteration(s) of {recipe.path} in {recipe.run_dir}: {len(stages)} stages; "
+        f"checkpoint 0 is {base_model}",
+        flush=True,
+    )
     rc = run_stages(recipe, stages, progress)
     if rc != 0:
         return rc
@@ -381,24 +490,47 @@ def iterate(args: argparse.Namespace) -> int:
     table = markdown_table(rows)
     _write_atomic(recipe.run_dir / "results.md", f"# {recipe.path}\n\n{table}\n")
     plot(rows, recipe.run_dir / "reward.png", f"{recipe.path}: mean reward per checkpoint")
-    print(f"\n{table}\n\niterate: wrote {recipe.run_dir / 'results.md'} and {recipe.run_dir / 'reward.png'}; "
-          f"final checkpoint {recipe.run_dir / f'iter-{iterations - 1}' / 'checkpoint' if iterations else base_model}", flush=True)
+    print(
+        f"\n{table}\n\niterate: wrote {recipe.run_dir / 'results.md'} and {recipe.run_dir / 'reward.png'}; "
+        f"final checkpoint {recipe.run_dir / f'iter-{iterations - 1}' / 'checkpoint' if iterations else base_model}",
+        flush=True,
+    )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     from astuner.cli import one_line_errors
 
-    parser = argparse.ArgumentParser(prog="python -m astuner", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m astuner", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", metavar="iterate")
-    it = commands.add_parser("iterate", help="collect -> judge -> finetune, N times, from one recipe", description=__doc__,
-                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    it = commands.add_parser(
+        "iterate",
+        help="collect -> judge -> finetune, N times, from one recipe",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     one_line_errors(it)
-    it.add_argument("--recipe", required=True, help="The recipe YAML: run_dir, model, collect, eval, judge, finetune, accelerate_config.")
-    it.add_argument("--iterations", type=int, default=None, help="Collect-judge-finetune rounds (default: the recipe's `iterations`).")
+    it.add_argument(
+        "--recipe",
+        required=True,
+        help="The recipe YAML: run_dir, model, collect, eval, judge, finetune, accelerate_config.",
+    )
+    it.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="Collect-judge-finetune rounds (default: the recipe's `iterations`).",
+    )
     it.add_argument("--run-dir", "--run_dir", dest="run_dir", default=None, help="Overrides the recipe's run_dir.")
-    it.add_argument("--trainable-targets", "--trainable_targets", dest="trainable_targets", default=None,
-                    help="Comma-separated roles to train ('*' = all), overriding the recipe and the workflow.")
+    it.add_argument(
+        "--trainable-targets",
+        "--trainable_targets",
+        dest="trainable_targets",
+        default=None,
+        help="Comma-separated roles to train ('*' = all), overriding the recipe and the workflow.",
+    )
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

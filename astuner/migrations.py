@@ -26,9 +26,14 @@ def latest_version() -> int:
 
 
 def _columns(con, table: str) -> set[str]:
-    return {row[0] for row in con.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' AND table_name = ? "
-        "AND table_catalog = current_database()", [table]).fetchall()}
+    return {
+        row[0]
+        for row in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' AND table_name = ? "
+            "AND table_catalog = current_database()",
+            [table],
+        ).fetchall()
+    }
 
 
 def _add_columns(con, table: str, columns: dict[str, str]) -> None:
@@ -120,15 +125,19 @@ INSERT INTO meta VALUES ('schema_version', '1'), ('success_threshold', '1.0');
 @migration
 def m002_drift_columns(con) -> None:
     """The drift measures of astuner/drift.py (stores of version 1 gained them in place, so some have them)."""
-    _add_columns(con, "calls", {
-        "tool_format": "VARCHAR",            # hermes | qwen3 | llama3 | mistral: the parser of an engine call
-        "extends_previous": "BOOLEAN",       # prompt starts with the same agent's previous prompt + completion; NULL = its first
-        "divergence_at": "INTEGER",          # not extending: first diverging position in prompt_token_ids
-        "divergence_cause": "VARCHAR",       # tools_changed | history_edited | prompt_rerendered | thinking_stripped | completion_rerendered
-        "rerender_drift_tokens": "INTEGER",  # of prompt + completion ids, how many a re-render from text would not reproduce
-        "drift_measured": "BOOLEAN",         # NULL = not measured yet (new, or left by a killed ingest)
-        "template_kwargs": "JSON",           # extra chat-template variables the prompt was rendered with
-    })
+    _add_columns(
+        con,
+        "calls",
+        {
+            "tool_format": "VARCHAR",  # hermes | qwen3 | llama3 | mistral: the parser of an engine call
+            "extends_previous": "BOOLEAN",  # prompt starts with the same agent's previous prompt + completion; NULL = its first
+            "divergence_at": "INTEGER",  # not extending: first diverging position in prompt_token_ids
+            "divergence_cause": "VARCHAR",  # tools_changed | history_edited | prompt_rerendered | thinking_stripped | completion_rerendered
+            "rerender_drift_tokens": "INTEGER",  # of prompt + completion ids, how many a re-render from text would not reproduce
+            "drift_measured": "BOOLEAN",  # NULL = not measured yet (new, or left by a killed ingest)
+            "template_kwargs": "JSON",  # extra chat-template variables the prompt was rendered with
+        },
+    )
 
 
 @migration
@@ -139,8 +148,12 @@ def m003_call_error_and_reasoning(con) -> None:
 
 
 def applied(con) -> list[str]:
-    tables = {row[0] for row in con.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_catalog = current_database()").fetchall()}
+    tables = {
+        row[0]
+        for row in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_catalog = current_database()"
+        ).fetchall()
+    }
     if "_migrations" in tables:
         return [row[0] for row in con.execute("SELECT name FROM _migrations ORDER BY name").fetchall()]
     if "meta" in tables:  # written before migrations were recorded: schema version 1

@@ -68,7 +68,9 @@ class OpenAIEndpoint:
         self._main_loop = asyncio.get_running_loop()
         self._heartbeat = self._main_loop.create_task(self._beating())
         self._server_loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._server_loop.run_forever, name="astuner-openai-endpoint", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server_loop.run_forever, name="astuner-openai-endpoint", daemon=True
+        )
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._serve(sock), self._server_loop)
 
@@ -101,7 +103,9 @@ class OpenAIEndpoint:
             return
         self._heartbeat.cancel()
         try:
-            await asyncio.wait_for(asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._shutdown(), self._server_loop)), 10)
+            await asyncio.wait_for(
+                asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._shutdown(), self._server_loop)), 10
+            )
         except Exception:  # a server that never started, or would not stop: the port is closed below anyway
             pass
         self._server_loop.call_soon_threadsafe(self._server_loop.stop)
@@ -145,8 +149,12 @@ class OpenAIEndpoint:
         from aiohttp import web
 
         if self._route(request) is None:
-            return _error(401, "unknown API key: use the api_key of model_tuner.as_oai_baseurl_apikey()", "authentication_error")
-        return web.json_response({"object": "list", "data": [{"id": "astuner", "object": "model", "owned_by": "astuner"}]})
+            return _error(
+                401, "unknown API key: use the api_key of model_tuner.as_oai_baseurl_apikey()", "authentication_error"
+            )
+        return web.json_response(
+            {"object": "list", "data": [{"id": "astuner", "object": "model", "owned_by": "astuner"}]}
+        )
 
     def _route(self, request):
         auth = request.headers.get("Authorization", "")
@@ -158,8 +166,12 @@ class OpenAIEndpoint:
 
         route = self._route(request)
         if route is None:
-            return _error(401, "unknown or revoked API key (a key works only during its own run): use the api_key of "
-                          "model_tuner.as_oai_baseurl_apikey()", "authentication_error")
+            return _error(
+                401,
+                "unknown or revoked API key (a key works only during its own run): use the api_key of "
+                "model_tuner.as_oai_baseurl_apikey()",
+                "authentication_error",
+            )
         tuner, role, agent_name = route
         try:
             body = await request.json()
@@ -176,11 +188,16 @@ class OpenAIEndpoint:
             tool_choice = json.dumps(tool_choice)
         try:
             completion = await self._on_main_loop(
-                chat_completion(tuner, role, agent_name, body["messages"], body.get("tools") or None, tool_choice))
+                chat_completion(tuner, role, agent_name, body["messages"], body.get("tools") or None, tool_choice)
+            )
         except _LoopBlocked:
-            return _error(503, f"collect's event loop has not run for {BLOCKED_S:g}s: the workflow called this endpoint with a "
-                          "synchronous client (requests, openai.OpenAI), which blocks the loop that serves it; use an async "
-                          "client (openai.AsyncOpenAI, httpx.AsyncClient, aiohttp)", "server_error")
+            return _error(
+                503,
+                f"collect's event loop has not run for {BLOCKED_S:g}s: the workflow called this endpoint with a "
+                "synchronous client (requests, openai.OpenAI), which blocks the loop that serves it; use an async "
+                "client (openai.AsyncOpenAI, httpx.AsyncClient, aiohttp)",
+                "server_error",
+            )
         except Exception as exc:  # the workflow sees an API error, as from any provider; the run goes on
             return _error(500, f"{type(exc).__name__}: {exc}", "server_error")
         return web.json_response(completion)
@@ -190,8 +207,14 @@ class _LoopBlocked(Exception):
     pass
 
 
-async def chat_completion(tuner: ModelTuner, role: str, agent_name: str | None, messages: list[dict],
-                          tools: list[dict] | None, tool_choice: str | None) -> dict[str, Any]:
+async def chat_completion(
+    tuner: ModelTuner,
+    role: str,
+    agent_name: str | None,
+    messages: list[dict],
+    tools: list[dict] | None,
+    tool_choice: str | None,
+) -> dict[str, Any]:
     """One request through the run's tuner (recorded like any call) -> an OpenAI ChatCompletion as JSON."""
     from openai.types.chat import ChatCompletion
 
@@ -200,8 +223,13 @@ async def chat_completion(tuner: ModelTuner, role: str, agent_name: str | None, 
     record = tuner.calls[index] if index < len(tuner.calls) else None
     text = "\n".join(b["text"] for b in response.content if b.get("type") == "text")
     tool_calls = [
-        {"id": b["id"], "type": "function", "function": {"name": b["name"], "arguments": json.dumps(b.get("input", {}))}}
-        for b in response.content if b.get("type") == "tool_use"
+        {
+            "id": b["id"],
+            "type": "function",
+            "function": {"name": b["name"], "arguments": json.dumps(b.get("input", {}))},
+        }
+        for b in response.content
+        if b.get("type") == "tool_use"
     ]
     finish = getattr(record, "finish_reason", None) or "stop"
     if tool_calls and finish == "stop":
@@ -218,8 +246,11 @@ async def chat_completion(tuner: ModelTuner, role: str, agent_name: str | None, 
         "created": int(time.time()),
         "model": getattr(record, "model", None) or tuner.model_name,
         "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                  "total_tokens": prompt_tokens + completion_tokens},
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
     }
     # the SDK's own model checks the shape, so every client can parse what we send
     return ChatCompletion.model_validate(payload).model_dump(mode="json", exclude_unset=True)

@@ -251,8 +251,14 @@ def _text(data: bytes, dropped: int) -> str:
 async def run_python(code: str, limits: SandboxLimits | None = None) -> SandboxResult:
     """Run `code` as `main.py` in a fresh sandboxed interpreter (see the module docstring)."""
     limits = limits or DEFAULT_LIMITS
-    cfg = {"mem": limits.memory_mb << 20, "cpu": math.ceil(limits.timeout_s) + 1, "fsize": limits.file_size_mb << 20,
-           "nofile": limits.max_open_files, "kernel": limits.kernel_layers and sys.platform == "linux", "audit": limits.audit_hook}
+    cfg = {
+        "mem": limits.memory_mb << 20,
+        "cpu": math.ceil(limits.timeout_s) + 1,
+        "fsize": limits.file_size_mb << 20,
+        "nofile": limits.max_open_files,
+        "kernel": limits.kernel_layers and sys.platform == "linux",
+        "audit": limits.audit_hook,
+    }
     layers_r, layers_w = os.pipe()
     os.set_blocking(layers_r, False)
     layer_bytes = bytearray()
@@ -268,23 +274,47 @@ async def run_python(code: str, limits: SandboxLimits | None = None) -> SandboxR
         with tempfile.TemporaryDirectory(prefix="astuner-sandbox-", ignore_cleanup_errors=True) as wd:
             with open(os.path.join(wd, "main.py"), "w", encoding="utf-8") as f:
                 f.write(code)
-            env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONUTF8": "1", "PYTHONIOENCODING": "utf-8", "HOME": wd,
-                   "TMPDIR": wd, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+            env = {
+                "PATH": "/usr/bin:/bin",
+                "LANG": "C.UTF-8",
+                "PYTHONUTF8": "1",
+                "PYTHONIOENCODING": "utf-8",
+                "HOME": wd,
+                "TMPDIR": wd,
+                "OMP_NUM_THREADS": "1",
+                "OPENBLAS_NUM_THREADS": "1",
+                "MKL_NUM_THREADS": "1",
+            }
             cfg["fd"] = layers_w
             # Our own pipes, not asyncio's: its proc.wait() would also wait for a descendant holding them open.
             (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe()
             try:
                 proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-I", "-B", "-u", "-X", "utf8", "-c", _BOOTSTRAP, json.dumps(cfg),
-                    stdin=asyncio.subprocess.DEVNULL, stdout=out_w, stderr=err_w,
-                    cwd=wd, env=env, start_new_session=True, pass_fds=(layers_w,),
+                    sys.executable,
+                    "-I",
+                    "-B",
+                    "-u",
+                    "-X",
+                    "utf8",
+                    "-c",
+                    _BOOTSTRAP,
+                    json.dumps(cfg),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=out_w,
+                    stderr=err_w,
+                    cwd=wd,
+                    env=env,
+                    start_new_session=True,
+                    pass_fds=(layers_w,),
                 )
             except BaseException:
                 os.close(out_r), os.close(err_r)
                 raise
             finally:
                 os.close(layers_w), os.close(out_w), os.close(err_w)
-            readers = [asyncio.ensure_future(_drain(os.fdopen(fd, "rb", 0), limits.max_output_bytes)) for fd in (out_r, err_r)]
+            readers = [
+                asyncio.ensure_future(_drain(os.fdopen(fd, "rb", 0), limits.max_output_bytes)) for fd in (out_r, err_r)
+            ]
             timed_out = False
             try:
                 try:
@@ -311,8 +341,9 @@ async def run_python(code: str, limits: SandboxLimits | None = None) -> SandboxR
     if timed_out:
         note = f"TimeoutError: The code execution exceeded the timeout of {limits.timeout_s} seconds."
         stderr = f"{stderr}\n{note}" if stderr else note
-    return SandboxResult(proc.returncode, _text(out, out_dropped), stderr, timed_out, out_dropped > 0, err_dropped > 0,
-                         layers, proc.pid)
+    return SandboxResult(
+        proc.returncode, _text(out, out_dropped), stderr, timed_out, out_dropped > 0, err_dropped > 0, layers, proc.pid
+    )
 
 
 async def execute_python_code(code: str, timeout: float = 30, **kwargs: Any) -> "ToolResponse":  # noqa: F821

@@ -95,13 +95,13 @@ FROM tc a JOIN tc b
   ON a.task_id = b.task_id AND a.iteration = b.iteration AND a.prompt_hash = b.prompt_hash AND a.reward > b.reward
 WHERE a.prompt_token_ids = b.prompt_token_ids AND a.completion_token_ids <> b.completion_token_ids"""
 # A call's own reward: the weighted mean of its call-level scores (as `rewards` is of the trajectory-level ones).
-CALL_REWARDS = ("SELECT trajectory_id, call_index, sum(value * weight) / nullif(sum(weight), 0) AS reward "
-                "FROM scores WHERE call_index IS NOT NULL AND value IS NOT NULL GROUP BY 1, 2")
+CALL_REWARDS = (
+    "SELECT trajectory_id, call_index, sum(value * weight) / nullif(sum(weight), 0) AS reward "
+    "FROM scores WHERE call_index IS NOT NULL AND value IS NOT NULL GROUP BY 1, 2"
+)
 _VIEWS = _VIEWS.replace("__DPO_PAIRS__", DPO_PAIRS.format(reward="r.reward", join=""))
 
 VIEWS = ("rewards", "task_stats", "best_per_task", "sft_candidates", "dpo_candidates")
-
-
 
 
 def create_views(con) -> None:
@@ -159,14 +159,20 @@ def open_store(path: str | os.PathLike, *, read_only: bool = False, create: bool
                 "wait for it to finish or stop it"
             ) from None
         if "not a valid DuckDB database file" in text:
-            raise StoreError(f"{path}: cannot open as a DuckDB store (not a DuckDB file); --db takes a store written by "
-                             "python -m judge ingest, or a new path") from None
+            raise StoreError(
+                f"{path}: cannot open as a DuckDB store (not a DuckDB file); --db takes a store written by "
+                "python -m judge ingest, or a new path"
+            ) from None
         raise StoreError(f"{path}: cannot open as a DuckDB store ({text.splitlines()[0]})") from None
     except duckdb.Error as exc:
         con.close()
         raise StoreError(f"{path}: cannot open as a DuckDB store ({str(exc).splitlines()[0]})") from None
-    tables = {row[0] for row in con.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_catalog = 'store'").fetchall()}
+    tables = {
+        row[0]
+        for row in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_catalog = 'store'"
+        ).fetchall()
+    }
     if not tables and not read_only:
         migrate(con)
         create_views(con)

@@ -109,7 +109,14 @@ def _walk(model: type[BaseModel], table: str, path: tuple[str, ...], prefix: str
             continue
         read = duckdb_type(annotation)
         default = _default(info)
-        yield RecordColumn(table, full, column.sql or read, read, path + (name,), None if default in (None, [], {}) and read != "JSON" else default)
+        yield RecordColumn(
+            table,
+            full,
+            column.sql or read,
+            read,
+            path + (name,),
+            None if default in (None, [], {}) and read != "JSON" else default,
+        )
 
 
 def record_columns() -> dict[str, list[RecordColumn]]:
@@ -196,7 +203,9 @@ def unknown_keys_query(files_param: str = "?") -> str:
     small texts one extraction gives, not from the whole line again."""
     paths = list(_record_paths(Trajectory, "$"))
     plain = [(path, model) for path, many, model in paths if not many]
-    elements = [(path, model) for path, many, model in paths if many and path.count("[*]") == 1 and path.endswith("[*]")]
+    elements = [
+        (path, model) for path, many, model in paths if many and path.count("[*]") == 1 and path.endswith("[*]")
+    ]
     nested = [(path, model) for path, many, model in paths if (path, model) not in elements and many]
     anchors = [path for path, _ in nested if any(path.rsplit(".", 1)[0] == e for e, _ in elements)]
     selects = [f"json_keys(json, [{', '.join(_sql_literal(p) for p, _ in plain)}]) AS k0"]
@@ -208,13 +217,15 @@ def unknown_keys_query(files_param: str = "?") -> str:
         selects.append(f"json_extract(json, '{anchor}') AS a{i}")
         for path, model in nested:
             if path == anchor or path.startswith(anchor + "."):
-                relative = "$" + path[len(anchor):]
+                relative = "$" + path[len(anchor) :]
                 keys = f"list_transform(a{i}, lambda x: json_keys(x, '{relative}'))"
                 keys = f"flatten({keys})" if "[*]" not in relative else f"flatten(flatten({keys}))"
                 checks.append(f"NOT list_has_all({_allowed(model)}, {keys})")
-    return (f"SELECT DISTINCT filename FROM (SELECT filename, {', '.join(selects)} FROM read_json_objects({files_param}, "
-            "format='newline_delimited', filename=true, maximum_object_size=1073741824)) "
-            f"WHERE coalesce({' OR '.join(checks)}, false)")
+    return (
+        f"SELECT DISTINCT filename FROM (SELECT filename, {', '.join(selects)} FROM read_json_objects({files_param}, "
+        "format='newline_delimited', filename=true, maximum_object_size=1073741824)) "
+        f"WHERE coalesce({' OR '.join(checks)}, false)"
+    )
 
 
 def _allowed(model: type[BaseModel]) -> str:
@@ -240,7 +251,9 @@ def _missing(model: type[BaseModel], expr: str) -> list[str]:
         if column.flatten:
             checks += _missing(annotation, sub)
         elif column.table:
-            checks.append(f"len(list_filter({sub}, lambda c: {' OR '.join(_missing(_list_item(annotation), 'c'))})) > 0")
+            checks.append(
+                f"len(list_filter({sub}, lambda c: {' OR '.join(_missing(_list_item(annotation), 'c'))})) > 0"
+            )
     return checks
 
 
@@ -252,9 +265,13 @@ def schema_mismatches(con) -> list[str]:
         for column in columns:
             expected.setdefault(table, {})[column.name] = column.sql
     for table, columns in expected.items():
-        have = dict(con.execute(
-            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? "
-            "AND table_catalog = current_database()", [table]).fetchall())
+        have = dict(
+            con.execute(
+                "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? "
+                "AND table_catalog = current_database()",
+                [table],
+            ).fetchall()
+        )
         for name, sql in columns.items():
             if name not in have:
                 problems.append(f"{table}.{name} ({sql}) is not in the store: add a migration (astuner/migrations.py)")

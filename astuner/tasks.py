@@ -104,7 +104,9 @@ def _generator_rows(ref: str) -> Iterable[tuple[str, Any]]:
         yield f"{ref}:item {i}", row
 
 
-def load_tasks(source: str, query_field: str | None = None, id_field: str | None = None, limit: int | None = None) -> list[Task]:
+def load_tasks(
+    source: str, query_field: str | None = None, id_field: str | None = None, limit: int | None = None
+) -> list[Task]:
     path = Path(source)
     if path.exists():
         if path.is_dir():

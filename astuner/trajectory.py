@@ -59,7 +59,9 @@ class Completion(_Record):
 class ModelCall(_Record):
     """One call of a chat model inside a workflow run."""
 
-    index: Annotated[int, Column(name="call_index")] = Field(description="Position of the call within its trajectory, from 0.")
+    index: Annotated[int, Column(name="call_index")] = Field(
+        description="Position of the call within its trajectory, from 0."
+    )
     role: str = Field(description="The role the model was registered under ('default' for model_tuner itself).")
     agent_name: str | None = Field(description="Name of the AgentScope agent that made the call, if any.")
     trainable: bool = Field(description="True when the role is a trainable target: finetune learns from it.")
@@ -80,12 +82,18 @@ class ModelCall(_Record):
     completion_tokens: int | None = None
     latency_s: float
     # Added within version 1 (optional, so every earlier record still reads): a call that raised.
-    error: str | None = Field(default=None, description="The exception of a call that raised; such a call is never trainable.")
+    error: str | None = Field(
+        default=None, description="The exception of a call that raised; such a call is never trainable."
+    )
     # Added within version 1 (optional): which tool-call/reasoning format parsed an engine call (astuner.chat.FAMILIES).
-    tool_format: str | None = Field(default=None, description="Engine calls: hermes, qwen3, llama3 or mistral (--tool-format).")
+    tool_format: str | None = Field(
+        default=None, description="Engine calls: hermes, qwen3, llama3 or mistral (--tool-format)."
+    )
     template_kwargs: dict[str, Any] | None = Field(
-        default=None, description="Engine calls: extra chat-template variables the prompt was rendered with (--template-kwargs, "
-        "the fixed date_string of templates that render today's date).")
+        default=None,
+        description="Engine calls: extra chat-template variables the prompt was rendered with (--template-kwargs, "
+        "the fixed date_string of templates that render today's date).",
+    )
 
 
 class TaskRecord(_Record):
@@ -132,7 +140,8 @@ class Trajectory(_Record):
     traceback: str | None = None
     # The store names it for what it is, beside the judged `reward` of its views.
     reward: Annotated[float | None, Column(name="workflow_reward")] = Field(
-        default=None, description="What WorkflowOutput.reward returned (None: left to the judgers).")
+        default=None, description="What WorkflowOutput.reward returned (None: left to the judgers)."
+    )
     metadata: dict[str, Any] = Field(default_factory=dict)
     started_at: Annotated[float, Column(sql="TIMESTAMPTZ")] = Field(description="Unix time.")
     finished_at: Annotated[float, Column(sql="TIMESTAMPTZ")]

@@ -134,7 +134,9 @@ class ModelTuner(ChatModelBase):
         return not self.trainable_targets or role in self.trainable_targets
 
     # ----- AgentJet's OpenAI-compatible access ------------------------------------------
-    def as_oai_baseurl_apikey(self, agent_name: str | None = None, target_tag: str = DEFAULT_ROLE) -> OpenAIBaseUrlApiKey:
+    def as_oai_baseurl_apikey(
+        self, agent_name: str | None = None, target_tag: str = DEFAULT_ROLE
+    ) -> OpenAIBaseUrlApiKey:
         """`.base_url`, `.api_key` (and `.model`) of an OpenAI-compatible endpoint serving `target_tag`.
 
         Requests with this key are recorded in this run like AgentScope calls. Use an async client
@@ -142,7 +144,9 @@ class ModelTuner(ChatModelBase):
         that serves it, and gets a 503 naming the cause (astuner/openai_endpoint.py).
         """
         if self._endpoint is None:
-            raise RuntimeError("as_oai_baseurl_apikey(): this ModelTuner has no endpoint; it is served by python -m collect")
+            raise RuntimeError(
+                "as_oai_baseurl_apikey(): this ModelTuner has no endpoint; it is served by python -m collect"
+            )
         self._defaults.setdefault(target_tag, None)
         key = self._endpoint.key_for(self, target_tag, agent_name)
         return OpenAIBaseUrlApiKey(base_url=self._endpoint.base_url, api_key=key)
@@ -172,11 +176,21 @@ class ModelTuner(ChatModelBase):
                 pass
 
     # ----- the chat model -------------------------------------------------------------
-    async def __call__(self, messages: list[dict], tools: list[dict] | None = None, tool_choice: str | None = None, **kwargs) -> ChatResponse:
+    async def __call__(
+        self, messages: list[dict], tools: list[dict] | None = None, tool_choice: str | None = None, **kwargs
+    ) -> ChatResponse:
         return await self.call_as_role(DEFAULT_ROLE, None, messages, tools, tool_choice, kwargs)
 
-    async def call_as_role(self, role: str, agent_name: str | None, messages: list[dict], tools: list[dict] | None,
-                           tool_choice: str | None, kwargs: dict, auxiliary=None) -> ChatResponse:
+    async def call_as_role(
+        self,
+        role: str,
+        agent_name: str | None,
+        messages: list[dict],
+        tools: list[dict] | None,
+        tool_choice: str | None,
+        kwargs: dict,
+        auxiliary=None,
+    ) -> ChatResponse:
         """One chat call made as `role` by agent `agent_name` (None: the AgentScope agent on the call stack):
         served by the engine, the role's default model or `auxiliary` (an astuner.auxiliary.AuxiliaryBackend),
         and recorded in `calls`. Its slot in `calls` is reserved before the first await."""
@@ -258,8 +272,11 @@ class ModelTuner(ChatModelBase):
         # recorded text (gen.text) drops them, as it always has.
         family = detect_family(engine.tokenizer) if self.tool_format == "auto" else self.tool_format
         tokenizer = engine.tokenizer
-        parsed = parse_completion(tokenizer.decode(gen.completion_token_ids, skip_special_tokens=False), family,
-                                  strip_tokens=special_tokens_of(tokenizer))
+        parsed = parse_completion(
+            tokenizer.decode(gen.completion_token_ids, skip_special_tokens=False),
+            family,
+            strip_tokens=special_tokens_of(tokenizer),
+        )
         text, calls = parsed.text, parsed.calls
         if parsed.reasoning:
             self._reasoning[_reply_key(text, [c["id"] for c in calls])] = parsed.reasoning
@@ -342,7 +359,9 @@ class RoleModel(ChatModelBase):
         super().__init__(model_name=f"{tuner.model_name}#{role}", stream=False)
         self.tuner, self.role, self.agent_name = tuner, role, agent_name
 
-    async def __call__(self, messages: list[dict], tools: list[dict] | None = None, tool_choice: str | None = None, **kwargs) -> ChatResponse:
+    async def __call__(
+        self, messages: list[dict], tools: list[dict] | None = None, tool_choice: str | None = None, **kwargs
+    ) -> ChatResponse:
         return await self.tuner.call_as_role(self.role, self.agent_name, messages, tools, tool_choice, kwargs)
 
 
@@ -355,8 +374,12 @@ class AuxiliaryModel(ChatModelBase):
         super().__init__(model_name=model_name, stream=False)
         self.tuner, self.backend = tuner, backend
 
-    async def __call__(self, messages: list[dict], tools: list[dict] | None = None, tool_choice: str | None = None, **kwargs) -> ChatResponse:
-        return await self.tuner.call_as_role(self.backend.name, None, messages, tools, tool_choice, kwargs, auxiliary=self.backend)
+    async def __call__(
+        self, messages: list[dict], tools: list[dict] | None = None, tool_choice: str | None = None, **kwargs
+    ) -> ChatResponse:
+        return await self.tuner.call_as_role(
+            self.backend.name, None, messages, tools, tool_choice, kwargs, auxiliary=self.backend
+        )
 
 
 class OpenAIBaseUrlApiKey(BaseModel):
@@ -379,7 +402,6 @@ def _openai_client_class():
             return _ChatWithDefaultModel(super().chat)
 
     return TunerOpenAI
-
 
 
 class _ChatWithDefaultModel:

@@ -46,8 +46,12 @@ MARKER = "soak.json"  # marks an --out folder this script made (and may clear)
 
 def write_tasks(path: Path, n_tasks: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({"task_id": f"soak-{i:05d}", "query": f"Soak task {i}: say one word."}) + "\n"
-                            for i in range(n_tasks)))
+    path.write_text(
+        "".join(
+            json.dumps({"task_id": f"soak-{i:05d}", "query": f"Soak task {i}: say one word."}) + "\n"
+            for i in range(n_tasks)
+        )
+    )
     return path
 
 
@@ -55,12 +59,40 @@ def expected_keys(n_tasks: int, samples_per_task: int) -> list[tuple[str, int]]:
     return [(f"soak-{i:05d}", s) for i in range(n_tasks) for s in range(samples_per_task)]
 
 
-def collect_command(out: Path, tasks: Path, *, agent: bool = False, concurrency: int = 64, timeout_s: float = 5.0,
-                    samples_per_task: int = 4, max_tokens: int = 4, seed: int = 0, model: str | None = None) -> list[str]:
+def collect_command(
+    out: Path,
+    tasks: Path,
+    *,
+    agent: bool = False,
+    concurrency: int = 64,
+    timeout_s: float = 5.0,
+    samples_per_task: int = 4,
+    max_tokens: int = 4,
+    seed: int = 0,
+    model: str | None = None,
+) -> list[str]:
     cls = "SoakAgentWorkflow" if agent else "SoakWorkflow"
-    cmd = [sys.executable, "-m", "collect", "--workflow", f"{WORKFLOW_FILE}:{cls}", "--tasks", str(tasks),
-           "--samples-per-task", str(samples_per_task), "--concurrency", str(concurrency), "--timeout-s", f"{timeout_s:g}",
-           "--max-tokens", str(max_tokens), "--seed", str(seed), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "collect",
+        "--workflow",
+        f"{WORKFLOW_FILE}:{cls}",
+        "--tasks",
+        str(tasks),
+        "--samples-per-task",
+        str(samples_per_task),
+        "--concurrency",
+        str(concurrency),
+        "--timeout-s",
+        f"{timeout_s:g}",
+        "--max-tokens",
+        str(max_tokens),
+        "--seed",
+        str(seed),
+        "--out",
+        str(out),
+    ]
     return cmd + (["--model", str(model)] if model else [])
 
 
@@ -85,13 +117,20 @@ class CollectRun:
 
     @property
     def ok(self) -> bool:
-        return bool(self.returncodes) and self.returncodes[-1] == 0 and all(
-            rc == 0 or (i == 0 and self.killed_at is not None) for i, rc in enumerate(self.returncodes))
+        return (
+            bool(self.returncodes)
+            and self.returncodes[-1] == 0
+            and all(rc == 0 or (i == 0 and self.killed_at is not None) for i, rc in enumerate(self.returncodes))
+        )
 
 
 def run_collect(cmd: list[str], out: Path, kill_at: int | None = None, timeout_s: float = 1800.0) -> CollectRun:
     """Run collect to the end; with kill_at, SIGKILL it once that many records are on disk, then resume."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     result = CollectRun()
     log_path = out / "collect.log"
     attempts = 2 if kill_at else 1
@@ -185,7 +224,11 @@ def check_traces(out: Path, keys: list[tuple[str, int]], timeout_s: float, calls
         if (calls_per_run is not None and n_calls != calls_per_run) or n_calls < 1:
             check.problem(f"{key}: {n_calls} model calls recorded, expected {calls_per_run or 'at least 1'}")
         for call in t.calls:
-            if not call.trainable or not call.completion_token_ids or len(call.completion_logprobs or []) != len(call.completion_token_ids):
+            if (
+                not call.trainable
+                or not call.completion_token_ids
+                or len(call.completion_logprobs or []) != len(call.completion_token_ids)
+            ):
                 check.problem(f"{key}: call {call.index} lacks trainable token ids/logprobs")
         if want == "error":
             wanted = f"RuntimeError: {error_message(*key)}"
@@ -196,7 +239,9 @@ def check_traces(out: Path, keys: list[tuple[str, int]], timeout_s: float, calls
                 check.problem(f"{key}: timeout error {t.error!r}, expected {timeout_error!r}")
         else:
             if t.error is not None or t.reward != expected_reward(*key):
-                check.problem(f"{key}: ok run with error {t.error!r}, reward {t.reward}, expected {expected_reward(*key)}")
+                check.problem(
+                    f"{key}: ok run with error {t.error!r}, reward {t.reward}, expected {expected_reward(*key)}"
+                )
             if "hwm_kib" not in t.metadata or "soak_completed" not in t.metadata:
                 check.problem(f"{key}: ok run without soak metadata: {t.metadata}")
         if t.duration_s < 0 or t.finished_at < t.started_at:
@@ -271,7 +316,9 @@ def plot(check: SoakCheck, path: Path, title: str, early: int = 500) -> Path | N
 def prepare_out(out: Path) -> None:
     if out.exists() and any(out.iterdir()):
         if not (out / MARKER).exists():
-            raise SystemExit(f"collect_soak: --out {out} is not empty and was not made by this script; use another --out")
+            raise SystemExit(
+                f"collect_soak: --out {out} is not empty and was not made by this script; use another --out"
+            )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -281,12 +328,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=2000, help="workflow runs in all (tasks x samples)")
     parser.add_argument("--samples-per-task", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--timeout-s", type=float, default=5.0, help="collect's per-run limit; timeout runs sleep past it")
+    parser.add_argument(
+        "--timeout-s", type=float, default=5.0, help="collect's per-run limit; timeout runs sleep past it"
+    )
     parser.add_argument("--max-tokens", type=int, default=4)
     parser.add_argument("--model", default=None, help="checkpoint folder (default: the embedded tiny model)")
-    parser.add_argument("--agent", action="store_true", help="SoakAgentWorkflow: a ReActAgent per run instead of one direct call")
-    parser.add_argument("--kill-at", type=int, default=None, help="SIGKILL collect once this many records are on disk, then resume")
-    parser.add_argument("--memory-at", type=int, default=500, help="the early completion to compare peak RSS at (and the last)")
+    parser.add_argument(
+        "--agent", action="store_true", help="SoakAgentWorkflow: a ReActAgent per run instead of one direct call"
+    )
+    parser.add_argument(
+        "--kill-at", type=int, default=None, help="SIGKILL collect once this many records are on disk, then resume"
+    )
+    parser.add_argument(
+        "--memory-at", type=int, default=500, help="the early completion to compare peak RSS at (and the last)"
+    )
     parser.add_argument("--out", default="runs/soak", help="output folder (cleared if this script made it)")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.samples_per_task < 1 or args.runs % args.samples_per_task:
@@ -297,11 +352,21 @@ def main(argv: list[str] | None = None) -> int:
     (out / MARKER).write_text(json.dumps(vars(args), indent=2))
     n_tasks = args.runs // args.samples_per_task
     tasks = write_tasks(out / "tasks.jsonl", n_tasks)
-    cmd = collect_command(out, tasks, agent=args.agent, concurrency=args.concurrency, timeout_s=args.timeout_s,
-                          samples_per_task=args.samples_per_task, max_tokens=args.max_tokens, model=args.model)
-    print(f"collect_soak: {n_tasks} tasks x {args.samples_per_task} samples = {args.runs} runs, concurrency {args.concurrency}, "
-          f"--timeout-s {args.timeout_s:g}, --max-tokens {args.max_tokens}, {'ReActAgent' if args.agent else 'direct call'}"
-          + (f", SIGKILL at {args.kill_at} records then resume" if args.kill_at else ""))
+    cmd = collect_command(
+        out,
+        tasks,
+        agent=args.agent,
+        concurrency=args.concurrency,
+        timeout_s=args.timeout_s,
+        samples_per_task=args.samples_per_task,
+        max_tokens=args.max_tokens,
+        model=args.model,
+    )
+    print(
+        f"collect_soak: {n_tasks} tasks x {args.samples_per_task} samples = {args.runs} runs, concurrency {args.concurrency}, "
+        f"--timeout-s {args.timeout_s:g}, --max-tokens {args.max_tokens}, {'ReActAgent' if args.agent else 'direct call'}"
+        + (f", SIGKILL at {args.kill_at} records then resume" if args.kill_at else "")
+    )
     print("$ " + " ".join(cmd))
     run = run_collect(cmd, out, kill_at=args.kill_at)
     if not run.ok:
@@ -309,32 +374,42 @@ def main(argv: list[str] | None = None) -> int:
         print(run.log[-3000:])
         return 1
 
-    check = check_traces(out, expected_keys(n_tasks, args.samples_per_task), args.timeout_s,
-                         calls_per_run=None if args.agent else 1)
+    check = check_traces(
+        out, expected_keys(n_tasks, args.samples_per_task), args.timeout_s, calls_per_run=None if args.agent else 1
+    )
     exp = check.expected_statuses
     print()
     if run.killed_at is not None:
-        print(f"killed with SIGKILL at {run.killed_at} records on disk (exit {run.returncodes[0]}), resumed (exit {run.returncodes[1]})")
-    print(f"records: {check.records} (expected {args.runs}); ok {check.statuses['ok']} / error {check.statuses['error']} / "
-          f"timeout {check.statuses['timeout']} (expected {exp['ok']} / {exp['error']} / {exp['timeout']})")
+        print(
+            f"killed with SIGKILL at {run.killed_at} records on disk (exit {run.returncodes[0]}), resumed (exit {run.returncodes[1]})"
+        )
+    print(
+        f"records: {check.records} (expected {args.runs}); ok {check.statuses['ok']} / error {check.statuses['error']} / "
+        f"timeout {check.statuses['timeout']} (expected {exp['ok']} / {exp['error']} / {exp['timeout']})"
+    )
 
     # memory over time, from the traces
-    marks = sorted({min(args.memory_at, check.records), check.records} |
-                   {round(check.records * k / 8) for k in range(1, 8)} - {0})
+    marks = sorted(
+        {min(args.memory_at, check.records), check.records} | {round(check.records * k / 8) for k in range(1, 8)} - {0}
+    )
     rows = [(m, memory_at(check, m)) for m in marks]
     print()
     print("| completed | nearest ok run | RSS MiB | peak RSS MiB |")
     print("|-----------|----------------|---------|--------------|")
     for m, found in rows:
         if found:
-            print(f"| {m:9d} | {found[0]:14d} | {mib(found[1].get('rss_kib')):>7} | {mib(found[1].get('hwm_kib')):>12} |")
+            print(
+                f"| {m:9d} | {found[0]:14d} | {mib(found[1].get('rss_kib')):>7} | {mib(found[1].get('hwm_kib')):>12} |"
+            )
     at = min(args.memory_at, check.records)
     early, last = memory_at(check, at), memory_at(check, check.records)
     for key, label in (("hwm_kib", "peak RSS"), ("rss_kib", "RSS")):
         if early and last and early[1].get(key) and last[1].get(key):
             e, l_ = early[1][key], last[1][key]
-            print(f"{label} at {at}: {mib(e)} MiB; at {check.records}: {mib(l_)} MiB; "
-                  f"ratio {l_ / e:.3f} ({(l_ - e) / 1024:+.1f} MiB, {(l_ - e) / max(1, last[0] - early[0]):+.2f} KiB/run)")
+            print(
+                f"{label} at {at}: {mib(e)} MiB; at {check.records}: {mib(l_)} MiB; "
+                f"ratio {l_ / e:.3f} ({(l_ - e) / 1024:+.1f} MiB, {(l_ - e) / max(1, last[0] - early[0]):+.2f} KiB/run)"
+            )
     slope = rss_slope(check, at)
     if slope is not None:
         print(f"RSS trend from run {at} on (least squares): {slope:+.2f} KiB/run")
@@ -350,16 +425,20 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"wall time: {wall:.1f}s (collect processes, startup and model load included); {args.runs / wall:.1f} runs/s")
     if inside:
-        print(f"collect's own run time: {inside:.1f}s for {inside_runs} runs; {inside_runs / inside:.1f} runs/s"
-              + (" (the resumed part only: the killed process printed none)" if run.killed_at is not None else ""))
+        print(
+            f"collect's own run time: {inside:.1f}s for {inside_runs} runs; {inside_runs / inside:.1f} runs/s"
+            + (" (the resumed part only: the killed process printed none)" if run.killed_at is not None else "")
+        )
     if check.problems:
         print()
         print(f"FAILED: {len(check.problems)} problem(s):")
         for p in check.problems:
             print(f"  - {p}")
         if check.spurious_timeouts:
-            print(f"{check.spurious_timeouts} run(s) meant to finish timed out: on a loaded machine raise --timeout-s "
-                  f"(now {args.timeout_s:g}); ok runs normally take 1-2 s at concurrency 64 on 2 cores")
+            print(
+                f"{check.spurious_timeouts} run(s) meant to finish timed out: on a loaded machine raise --timeout-s "
+                f"(now {args.timeout_s:g}); ok runs normally take 1-2 s at concurrency 64 on 2 cores"
+            )
         return 1
     print("all checks passed: every (task, sample) once, every status as expected")
     return 0

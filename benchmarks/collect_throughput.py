@@ -30,8 +30,13 @@ class OneReply(Workflow):
         from agentscope.formatter import DashScopeChatFormatter
         from agentscope.message import Msg
 
-        agent = ReActAgent(name="Bench", sys_prompt="Answer briefly.", model=model_tuner,
-                           formatter=DashScopeChatFormatter(), max_iters=1)
+        agent = ReActAgent(
+            name="Bench",
+            sys_prompt="Answer briefly.",
+            model=model_tuner,
+            formatter=DashScopeChatFormatter(),
+            max_iters=1,
+        )
         await agent(Msg("user", task.task.main_query, "user"))
         return WorkflowOutput(reward=0.0)
 
@@ -48,7 +53,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--workers", type=int, default=None, help="collect's --workers (default: collect's default; 0: one process)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="collect's --workers (default: collect's default; 0: one process)"
+    )
     args = parser.parse_args()
 
     from astuner.engines import SamplingParams, load_engine
@@ -61,13 +68,20 @@ def main() -> None:
 
     model = Path(args.model) if args.model else ensure_tiny_model()
     workers = default_workers() if args.workers is None else args.workers
-    engine = load_engine(args.engine, model, **({"max_batch_size": args.concurrency} if args.engine == "transformers" else {}))
+    engine = load_engine(
+        args.engine, model, **({"max_batch_size": args.concurrency} if args.engine == "transformers" else {})
+    )
     tasks = [Task(task_id=f"b{i}", main_query=f"Question {i}: what is {i} times {i + 3}?") for i in range(args.tasks)]
 
     def collect_once(seed: int):
-        spec = RunSpec(run_id=f"bench-{seed}", workflow_cls=OneReply, workflow_ref=f"{Path(__file__).resolve()}:OneReply",
-                       checkpoint=Checkpoint(path=str(model), sha256="-"),
-                       sampling=Sampling(max_tokens=args.max_tokens, seed=seed), trainable_targets=None)
+        spec = RunSpec(
+            run_id=f"bench-{seed}",
+            workflow_cls=OneReply,
+            workflow_ref=f"{Path(__file__).resolve()}:OneReply",
+            checkpoint=Checkpoint(path=str(model), sha256="-"),
+            sampling=Sampling(max_tokens=args.max_tokens, seed=seed),
+            trainable_targets=None,
+        )
         with tempfile.TemporaryDirectory() as tmp:
             writer = TraceWriter(Path(tmp) / "traces")
             captured = []
@@ -78,7 +92,9 @@ def main() -> None:
             if workers == 0:
                 stats = asyncio.run(run_collect(spec, engine, todo, writer, args.concurrency, progress=False))
             else:
-                stats = asyncio.run(run_collect_pool(spec, engine, todo, writer, args.concurrency, workers, progress=False))
+                stats = asyncio.run(
+                    run_collect_pool(spec, engine, todo, writer, args.concurrency, workers, progress=False)
+                )
             seconds = time.perf_counter() - t0
         assert stats.ok == len(tasks), f"{stats.error} errors"
         calls = [c for traj in captured for c in traj.calls]
@@ -86,7 +102,9 @@ def main() -> None:
 
     def raw_once(calls):
         prompts = [c.prompt_token_ids for c in calls]
-        params = [SamplingParams(max_tokens=len(c.completion_token_ids), ignore_eos=True, seed=i) for i, c in enumerate(calls)]
+        params = [
+            SamplingParams(max_tokens=len(c.completion_token_ids), ignore_eos=True, seed=i) for i, c in enumerate(calls)
+        ]
         t0 = time.perf_counter()
         out = engine.generate_batch(prompts, params)
         seconds = time.perf_counter() - t0
@@ -102,12 +120,16 @@ def main() -> None:
         collect_rates.append(tokens / c_sec)
         raw_rates.append(tokens / r_sec)
         ratios.append(r_sec / c_sec)
-        print(f"repeat {rep}: {len(calls)} requests, {tokens} tokens: collect {c_sec:.3f}s, raw {r_sec:.3f}s, ratio {r_sec / c_sec:.3f}")
+        print(
+            f"repeat {rep}: {len(calls)} requests, {tokens} tokens: collect {c_sec:.3f}s, raw {r_sec:.3f}s, ratio {r_sec / c_sec:.3f}"
+        )
     engine.close()
 
     print()
-    print(f"engine={args.engine} model={model.name} tasks={args.tasks} concurrency={args.concurrency} max_tokens={args.max_tokens} "
-          f"workers={workers}")
+    print(
+        f"engine={args.engine} model={model.name} tasks={args.tasks} concurrency={args.concurrency} max_tokens={args.max_tokens} "
+        f"workers={workers}"
+    )
     print("| path    | tokens/s (median) |")
     print("|---------|-------------------|")
     print(f"| collect | {statistics.median(collect_rates):17.0f} |")

@@ -32,7 +32,11 @@ class SyncWork(Workflow):
     name = "sync_work"
 
     async def execute(self, task, model_tuner):
-        calls, sleep_s, cpu_s = int(os.environ["BENCH_CALLS"]), float(os.environ["BENCH_SLEEP_MS"]) / 1e3, float(os.environ["BENCH_CPU_MS"]) / 1e3
+        calls, sleep_s, cpu_s = (
+            int(os.environ["BENCH_CALLS"]),
+            float(os.environ["BENCH_SLEEP_MS"]) / 1e3,
+            float(os.environ["BENCH_CPU_MS"]) / 1e3,
+        )
         messages = [{"role": "user", "content": task.task.main_query}]
         for _ in range(calls):
             reply = await model_tuner(messages)
@@ -57,8 +61,13 @@ class InstantEngine(Engine):
         self.answer = self.tokenizer.encode("The answer is forty two, done.")[:8]
 
     async def generate(self, prompt_token_ids, sampling):
-        return Generation(list(prompt_token_ids), list(self.answer), [-0.5] * len(self.answer),
-                          self.tokenizer.decode(self.answer, skip_special_tokens=True), "stop")
+        return Generation(
+            list(prompt_token_ids),
+            list(self.answer),
+            [-0.5] * len(self.answer),
+            self.tokenizer.decode(self.answer, skip_special_tokens=True),
+            "stop",
+        )
 
     def generate_batch(self, prompts, sampling):
         raise NotImplementedError
@@ -73,7 +82,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=WORK["calls"])
     parser.add_argument("--sleep-ms", type=float, default=WORK["sleep_ms"])
     parser.add_argument("--cpu-ms", type=float, default=WORK["cpu_ms"])
-    parser.add_argument("--workers", default=None, help="comma-separated counts (default: 0,1,2,4,... up to every core)")
+    parser.add_argument(
+        "--workers", default=None, help="comma-separated counts (default: 0,1,2,4,... up to every core)"
+    )
     args = parser.parse_args()
     os.environ.update(BENCH_CALLS=str(args.calls), BENCH_SLEEP_MS=str(args.sleep_ms), BENCH_CPU_MS=str(args.cpu_ms))
 
@@ -85,14 +96,22 @@ def main() -> None:
     from collect.writer import TraceWriter
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    counts = [int(w) for w in args.workers.split(",")] if args.workers else \
-        [0, 1] + [n for n in (2, 4, 8, 16, 32) if n < cores] + ([cores] if cores > 1 else [])
+    counts = (
+        [int(w) for w in args.workers.split(",")]
+        if args.workers
+        else [0, 1] + [n for n in (2, 4, 8, 16, 32) if n < cores] + ([cores] if cores > 1 else [])
+    )
     model = ensure_tiny_model()
     engine = InstantEngine(str(model))
     tasks = [Task(task_id=f"b{i}", main_query=f"Question {i}: what is {i} times 3?") for i in range(args.runs)]
-    spec = RunSpec(run_id="bench", workflow_cls=SyncWork, workflow_ref=f"{Path(__file__).resolve()}:SyncWork",
-                   checkpoint=Checkpoint(path=str(model), sha256="-"), sampling=Sampling(max_tokens=8, seed=0),
-                   trainable_targets=None)
+    spec = RunSpec(
+        run_id="bench",
+        workflow_cls=SyncWork,
+        workflow_ref=f"{Path(__file__).resolve()}:SyncWork",
+        checkpoint=Checkpoint(path=str(model), sha256="-"),
+        sampling=Sampling(max_tokens=8, seed=0),
+        trainable_targets=None,
+    )
 
     def collect(workers: int) -> tuple[float, int]:
         with tempfile.TemporaryDirectory() as tmp:
@@ -102,16 +121,22 @@ def main() -> None:
             if workers == 0:
                 stats = asyncio.run(run_collect(spec, engine, todo, writer, args.concurrency, progress=False))
             else:
-                stats = asyncio.run(run_collect_pool(spec, engine, todo, writer, args.concurrency, workers, progress=False))
+                stats = asyncio.run(
+                    run_collect_pool(spec, engine, todo, writer, args.concurrency, workers, progress=False)
+                )
             seconds = time.perf_counter() - t0
-        assert stats.ok == args.runs, f"{stats.error} errors, {stats.timeout} timeouts: {stats.first_failure and stats.first_failure.error}"
+        assert stats.ok == args.runs, (
+            f"{stats.error} errors, {stats.timeout} timeouts: {stats.first_failure and stats.first_failure.error}"
+        )
         return seconds, stats.calls
 
     collect(1)  # warm-up: the fork server's imports, first allocations
     sync_s = args.calls * (args.sleep_ms + args.cpu_ms) / 1e3
-    print(f"{args.runs} runs x {args.calls} calls, {sync_s * 1e3:.0f} ms of sync work per run "
-          f"({args.sleep_ms:g} ms sleep + {args.cpu_ms:g} ms CPU per call), concurrency {args.concurrency}, "
-          f"{cores} cores, default --workers {default_workers()}")
+    print(
+        f"{args.runs} runs x {args.calls} calls, {sync_s * 1e3:.0f} ms of sync work per run "
+        f"({args.sleep_ms:g} ms sleep + {args.cpu_ms:g} ms CPU per call), concurrency {args.concurrency}, "
+        f"{cores} cores, default --workers {default_workers()}"
+    )
     rows, base = [], None
     for workers in counts:
         seconds, calls = collect(workers)
@@ -124,8 +149,11 @@ def main() -> None:
     for workers, seconds, runs_s, calls_s in rows:
         ideal = base * max(workers, 1) if base else None
         label = "0 (one process)" if workers == 0 else str(workers)
-        print(f"| {label} | {seconds:.2f} | {runs_s:.1f} | {calls_s:.0f} | {ideal:.1f} | {runs_s / ideal:.2f} |" if ideal else
-              f"| {label} | {seconds:.2f} | {runs_s:.1f} | {calls_s:.0f} | - | - |")
+        print(
+            f"| {label} | {seconds:.2f} | {runs_s:.1f} | {calls_s:.0f} | {ideal:.1f} | {runs_s / ideal:.2f} |"
+            if ideal
+            else f"| {label} | {seconds:.2f} | {runs_s:.1f} | {calls_s:.0f} | - | - |"
+        )
 
 
 if __name__ == "__main__":

@@ -27,9 +27,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 SHAPES = {  # Qwen2 configs; 0.5b is Qwen2-0.5B's
-    "small": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2),
-    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-                 vocab_size=151936),
+    "small": dict(
+        hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2
+    ),
+    "0.5b": dict(
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        vocab_size=151936,
+    ),
 }
 
 
@@ -41,15 +49,21 @@ def make_model(shape: str, out: Path) -> Path:
 
     tiny = ensure_tiny_model()
     tokenizer = AutoTokenizer.from_pretrained(tiny)
-    cfg = dict(vocab_size=max(len(tokenizer), 1024), max_position_embeddings=4096, tie_word_embeddings=True, **SHAPES[shape])
+    cfg = dict(
+        vocab_size=max(len(tokenizer), 1024), max_position_embeddings=4096, tie_word_embeddings=True, **SHAPES[shape]
+    )
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(**cfg, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    model = Qwen2ForCausalLM(
+        Qwen2Config(**cfg, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    )
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
 
 
-WORDS = "the a of to and is in it you that he was for on are with as his they be at one have this from".split() + [str(i) for i in range(100)]
+WORDS = "the a of to and is in it you that he was for on are with as his they be at one have this from".split() + [
+    str(i) for i in range(100)
+]
 
 
 def make_store(tmp: Path, tokenizer, n_tasks: int, samples: int, seq_len: int) -> Path:
@@ -65,6 +79,7 @@ def make_store(tmp: Path, tokenizer, n_tasks: int, samples: int, seq_len: int) -
         while len(out) < n:
             out += tokenizer.encode(" " + rng.choice(WORDS), add_special_tokens=False)
         return out
+
     lines = []
     for t in range(n_tasks):
         shared = ids(seq_len // 4)
@@ -74,18 +89,50 @@ def make_store(tmp: Path, tokenizer, n_tasks: int, samples: int, seq_len: int) -
             c1 = ids(seq_len // 4)
             p1 = shared + c0 + ids(8) + critic + ids(8)
             calls = [
-                (0, "solver", True, shared, c0), (1, "critic", False, shared + c0 + ids(8), critic), (2, "solver", True, p1, c1),
+                (0, "solver", True, shared, c0),
+                (1, "critic", False, shared + c0 + ids(8), critic),
+                (2, "solver", True, p1, c1),
             ]
             record = {
-                "schema_version": SCHEMA_VERSION, "trajectory_id": trajectory_id("bench", f"t{t}", s), "run_id": "bench",
-                "workflow": "bench", "workflow_ref": "bench", "task": {"task_id": f"t{t}", "main_query": "q", "metadata": {}}, "sample_index": s,
-                "iteration": 0, "checkpoint": {"path": str(tmp / "model"), "sha256": "0" * 64}, "engine": "transformers",
-                "sampling": {"temperature": 1.0, "top_p": 1.0, "max_tokens": seq_len, "seed": 0}, "trainable_targets": ["solver"],
-                "status": "ok", "reward": float(s % 2 == 0), "metadata": {}, "started_at": 0.0, "finished_at": 1.0, "duration_s": 1.0,
-                "calls": [{"index": i, "role": role, "agent_name": role, "trainable": tr, "model": "m", "messages": [], "tools": None, "tool_choice": None,
-                           "completion": {"text": "", "tool_calls": []}, "prompt_token_ids": p, "completion_token_ids": c,
-                           "completion_logprobs": [-1.0] * len(c), "finish_reason": "stop", "prompt_tokens": len(p),
-                           "completion_tokens": len(c), "latency_s": 0.0} for i, role, tr, p, c in calls],
+                "schema_version": SCHEMA_VERSION,
+                "trajectory_id": trajectory_id("bench", f"t{t}", s),
+                "run_id": "bench",
+                "workflow": "bench",
+                "workflow_ref": "bench",
+                "task": {"task_id": f"t{t}", "main_query": "q", "metadata": {}},
+                "sample_index": s,
+                "iteration": 0,
+                "checkpoint": {"path": str(tmp / "model"), "sha256": "0" * 64},
+                "engine": "transformers",
+                "sampling": {"temperature": 1.0, "top_p": 1.0, "max_tokens": seq_len, "seed": 0},
+                "trainable_targets": ["solver"],
+                "status": "ok",
+                "reward": float(s % 2 == 0),
+                "metadata": {},
+                "started_at": 0.0,
+                "finished_at": 1.0,
+                "duration_s": 1.0,
+                "calls": [
+                    {
+                        "index": i,
+                        "role": role,
+                        "agent_name": role,
+                        "trainable": tr,
+                        "model": "m",
+                        "messages": [],
+                        "tools": None,
+                        "tool_choice": None,
+                        "completion": {"text": "", "tool_calls": []},
+                        "prompt_token_ids": p,
+                        "completion_token_ids": c,
+                        "completion_logprobs": [-1.0] * len(c),
+                        "finish_reason": "stop",
+                        "prompt_tokens": len(p),
+                        "completion_tokens": len(c),
+                        "latency_s": 0.0,
+                    }
+                    for i, role, tr, p, c in calls
+                ],
             }
             lines.append(dump_line(Trajectory.model_validate(record)))
     traces = tmp / "traces.jsonl"
@@ -152,7 +199,7 @@ def matmul_rate(device: str) -> float:
         a @ b
     if device == "cuda":
         torch.cuda.synchronize()
-    return 2 * n ** 3 * reps / (time.perf_counter() - start)
+    return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -185,19 +232,34 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="astuner-ft-bench-"))
     model = make_model(args.shape, tmp / "model")
     tokenizer = AutoTokenizer.from_pretrained(model)
-    n_params = sum(p.numel() for p in __import__("transformers").AutoModelForCausalLM.from_pretrained(model).parameters())
+    n_params = sum(
+        p.numel() for p in __import__("transformers").AutoModelForCausalLM.from_pretrained(model).parameters()
+    )
     n_rows = args.batch_size * (args.steps + 1)
     db = make_store(tmp, tokenizer, n_tasks=n_rows, samples=2, seq_len=args.seq_len)
     peak = matmul_rate(device)
-    print(f"model: Qwen2 shape {args.shape}, {n_params / 1e6:.1f}M params, {device}; measured matmul "
-          f"{'bf16' if device == 'cuda' else 'fp32'} {peak / 1e12:.2f} TFLOP/s")
+    print(
+        f"model: Qwen2 shape {args.shape}, {n_params / 1e6:.1f}M params, {device}; measured matmul "
+        f"{'bf16' if device == 'cuda' else 'fp32'} {peak / 1e12:.2f} TFLOP/s"
+    )
 
-    common = dict(per_device_train_batch_size=args.batch_size, max_steps=args.steps, learning_rate=1e-5, logging_steps=1,
-                  gradient_checkpointing=False, bf16=device == "cuda", report_to="none", save_strategy="no", seed=0,
-                  disable_tqdm=True, dataloader_pin_memory=device == "cuda", max_length=4 * args.seq_len)
+    common = dict(
+        per_device_train_batch_size=args.batch_size,
+        max_steps=args.steps,
+        learning_rate=1e-5,
+        logging_steps=1,
+        gradient_checkpointing=False,
+        bf16=device == "cuda",
+        report_to="none",
+        save_strategy="no",
+        seed=0,
+        disable_tqdm=True,
+        dataloader_pin_memory=device == "cuda",
+        max_length=4 * args.seq_len,
+    )
     model_args = ModelConfig(model_name_or_path=str(model), dtype="float32")
     results = []
-    for method in (["sft", "dpo"] if args.method == "both" else [args.method]):
+    for method in ["sft", "dpo"] if args.method == "both" else [args.method]:
         con = open_store(db, read_only=True)
         data = build(con, FinetuneConfig(method=method, min_reward=1.0, top_k=1))
         con.close()
@@ -205,17 +267,29 @@ def main() -> None:
         config_cls = SFTConfig if method == "sft" else DPOConfig
 
         def ours(method=method, config_cls=config_cls, data=data):
-            return build_trainer(method, config_cls(output_dir=str(tmp / "ours"), **common), model_args, training_dataset(data), tokenizer)
+            return build_trainer(
+                method,
+                config_cls(output_dir=str(tmp / "ours"), **common),
+                model_args,
+                training_dataset(data),
+                tokenizer,
+            )
 
         def plain(method=method, config_cls=config_cls, data=data):
             cfg = config_cls(output_dir=str(tmp / "plain"), **common, model_init_kwargs={"dtype": "float32"})
             if method == "sft":
-                ds = Dataset.from_list([{"input_ids": r["input_ids"], "completion_mask": r["completion_mask"]} for r in data.rows])
+                ds = Dataset.from_list(
+                    [{"input_ids": r["input_ids"], "completion_mask": r["completion_mask"]} for r in data.rows]
+                )
                 cfg.completion_only_loss = True
                 return SFTTrainer(model=str(model), args=cfg, train_dataset=ds, processing_class=tokenizer)
             dec = lambda ids: tokenizer.decode(ids, skip_special_tokens=False)  # noqa: E731
-            ds = Dataset.from_list([{"prompt": dec(r["prompt_ids"]), "chosen": dec(r["chosen_ids"]), "rejected": dec(r["rejected_ids"])}
-                                    for r in data.rows])
+            ds = Dataset.from_list(
+                [
+                    {"prompt": dec(r["prompt_ids"]), "chosen": dec(r["chosen_ids"]), "rejected": dec(r["rejected_ids"])}
+                    for r in data.rows
+                ]
+            )
             return DPOTrainer(model=str(model), args=cfg, train_dataset=ds, processing_class=tokenizer)
 
         runs = {"finetune": [], "plain TRL": []}

@@ -27,20 +27,42 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def call_json(rng: random.Random, index: int, prompt_len: int, completion_len: int) -> str:
-    messages = [{"role": "system", "content": "You are a careful agent. " * 8},
-                {"role": "user", "content": f"Task {rng.random()}: " + "compute the thing " * 10},
-                {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
-                    "name": "execute_python_code", "arguments": json.dumps({"code": "print(1 + 1)" * 10})}}]},
-                {"role": "tool", "tool_call_id": "c1", "name": "execute_python_code", "content": "2\n" * 60}]
-    return json.dumps({
-        "index": index, "role": "default", "agent_name": "agent", "trainable": True, "model": "ckpt",
-        "messages": messages, "tools": [{"type": "function", "function": {"name": "execute_python_code", "parameters": {}}}],
-        "tool_choice": None, "completion": {"text": "x" * completion_len, "tool_calls": []},
-        "prompt_token_ids": [rng.randrange(600) for _ in range(prompt_len)],
-        "completion_token_ids": [rng.randrange(600) for _ in range(completion_len)],
-        "completion_logprobs": [round(-rng.random() * 5, 6) for _ in range(completion_len)],
-        "finish_reason": "stop", "prompt_tokens": prompt_len, "completion_tokens": completion_len, "latency_s": 0.1,
-    })
+    messages = [
+        {"role": "system", "content": "You are a careful agent. " * 8},
+        {"role": "user", "content": f"Task {rng.random()}: " + "compute the thing " * 10},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "execute_python_code", "arguments": json.dumps({"code": "print(1 + 1)" * 10})},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "name": "execute_python_code", "content": "2\n" * 60},
+    ]
+    return json.dumps(
+        {
+            "index": index,
+            "role": "default",
+            "agent_name": "agent",
+            "trainable": True,
+            "model": "ckpt",
+            "messages": messages,
+            "tools": [{"type": "function", "function": {"name": "execute_python_code", "parameters": {}}}],
+            "tool_choice": None,
+            "completion": {"text": "x" * completion_len, "tool_calls": []},
+            "prompt_token_ids": [rng.randrange(600) for _ in range(prompt_len)],
+            "completion_token_ids": [rng.randrange(600) for _ in range(completion_len)],
+            "completion_logprobs": [round(-rng.random() * 5, 6) for _ in range(completion_len)],
+            "finish_reason": "stop",
+            "prompt_tokens": prompt_len,
+            "completion_tokens": completion_len,
+            "latency_s": 0.1,
+        }
+    )
 
 
 def write_traces(folder: Path, n: int, calls: int, prompt_len: int, completion_len: int, checkpoint: str) -> int:
@@ -53,15 +75,30 @@ def write_traces(folder: Path, n: int, calls: int, prompt_len: int, completion_l
         lines = []
         for i in range(start, min(n, start + 1000)):
             body = ",".join(pool[(i * calls + k) % 64].replace('"index": 0', f'"index": {k}', 1) for k in range(calls))
-            head = json.dumps({
-                "schema_version": SCHEMA_VERSION, "trajectory_id": trajectory_id("bench", f"task-{i % 1000}", i // 1000),
-                "run_id": "bench", "workflow": "bench", "workflow_ref": "bench:Bench",
-                "task": {"task_id": f"task-{i % 1000}", "main_query": "q", "metadata": {"answer": i % 7}},
-                "sample_index": i // 1000, "iteration": 0, "checkpoint": {"path": checkpoint, "sha256": "0" * 64},
-                "engine": "transformers", "sampling": {"temperature": 1.0, "top_p": 1.0, "max_tokens": 128, "seed": 0},
-                "trainable_targets": None, "status": "ok", "error": None, "traceback": None, "reward": i % 3 / 2,
-                "metadata": {"final_answer": str(i % 7)}, "started_at": 1.0e9, "finished_at": 1.0e9 + 1, "duration_s": 1.0,
-            })
+            head = json.dumps(
+                {
+                    "schema_version": SCHEMA_VERSION,
+                    "trajectory_id": trajectory_id("bench", f"task-{i % 1000}", i // 1000),
+                    "run_id": "bench",
+                    "workflow": "bench",
+                    "workflow_ref": "bench:Bench",
+                    "task": {"task_id": f"task-{i % 1000}", "main_query": "q", "metadata": {"answer": i % 7}},
+                    "sample_index": i // 1000,
+                    "iteration": 0,
+                    "checkpoint": {"path": checkpoint, "sha256": "0" * 64},
+                    "engine": "transformers",
+                    "sampling": {"temperature": 1.0, "top_p": 1.0, "max_tokens": 128, "seed": 0},
+                    "trainable_targets": None,
+                    "status": "ok",
+                    "error": None,
+                    "traceback": None,
+                    "reward": i % 3 / 2,
+                    "metadata": {"final_answer": str(i % 7)},
+                    "started_at": 1.0e9,
+                    "finished_at": 1.0e9 + 1,
+                    "duration_s": 1.0,
+                }
+            )
             lines.append(head[:-1] + ', "calls": [' + body + "]}")
         text = "\n".join(lines) + "\n"
         (folder / f"part-{start // 1000:06d}.jsonl").write_text(text)
@@ -79,14 +116,20 @@ def bench_ingest(args) -> None:
         traces = tmp / "traces"
         traces.mkdir()
         t0 = time.perf_counter()
-        size = write_traces(traces, args.trajectories, args.calls, args.prompt_tokens, args.completion_tokens, "/no/such/ckpt")
-        print(f"generated {args.trajectories:,} trajectories x {args.calls} calls x {args.prompt_tokens + args.completion_tokens} "
-              f"tokens: {size / 1e6:,.0f} MB of JSONL in {time.perf_counter() - t0:.1f}s")
+        size = write_traces(
+            traces, args.trajectories, args.calls, args.prompt_tokens, args.completion_tokens, "/no/such/ckpt"
+        )
+        print(
+            f"generated {args.trajectories:,} trajectories x {args.calls} calls x {args.prompt_tokens + args.completion_tokens} "
+            f"tokens: {size / 1e6:,.0f} MB of JSONL in {time.perf_counter() - t0:.1f}s"
+        )
         con = open_store(tmp / "store.duckdb")
         result = ingest(con, [str(traces)], check_template=False, progress=False)
         n_calls = result.new_calls
-        print(f"bulk load: {n_calls:,} calls in {result.seconds:.2f}s = {n_calls / result.seconds:,.0f} calls/s "
-              f"({size / 1e6 / result.seconds:,.0f} MB/s; target >= 50,000 calls/s)")
+        print(
+            f"bulk load: {n_calls:,} calls in {result.seconds:.2f}s = {n_calls / result.seconds:,.0f} calls/s "
+            f"({size / 1e6 / result.seconds:,.0f} MB/s; target >= 50,000 calls/s)"
+        )
         t0 = time.perf_counter()
         again = ingest(con, [str(traces)], check_template=False, progress=False)
         print(f"re-ingest of the same files: {again.new_trajectories} new rows, {time.perf_counter() - t0:.2f}s")
@@ -101,8 +144,10 @@ def bench_ingest(args) -> None:
         con.execute("UPDATE calls SET template_drift = false, drift_measured = true")
 
         def unmark(limit: int) -> None:
-            con.execute(f"UPDATE calls SET template_drift = NULL, drift_measured = NULL WHERE trajectory_id IN "
-                        f"(SELECT trajectory_id FROM trajectories ORDER BY trajectory_id LIMIT {limit})")
+            con.execute(
+                f"UPDATE calls SET template_drift = NULL, drift_measured = NULL WHERE trajectory_id IN "
+                f"(SELECT trajectory_id FROM trajectories ORDER BY trajectory_id LIMIT {limit})"
+            )
 
         unmark(1)
         check_template_drift(con, IngestResult(), progress=False)
@@ -115,11 +160,15 @@ def bench_ingest(args) -> None:
         t0 = time.perf_counter()
         measure_drift(con, IngestResult(), progress=False)
         measure_seconds = time.perf_counter() - t0
-        print(f"template-drift check: {drift.drift_checked:,} calls in {seconds:.2f}s = {drift.drift_checked / seconds:,.0f} calls/s "
-              f"(one chat-template render + tokenization per trainable call; skip with --no_check_template)")
-        print(f"drift measures (extension + re-render): {drift.drift_checked:,} calls in {measure_seconds:.2f}s = "
-              f"{drift.drift_checked / measure_seconds:,.0f} calls/s (every engine call; skipped with --no_check_template too; "
-              f"random ids: every call drifts, the worst case)")
+        print(
+            f"template-drift check: {drift.drift_checked:,} calls in {seconds:.2f}s = {drift.drift_checked / seconds:,.0f} calls/s "
+            f"(one chat-template render + tokenization per trainable call; skip with --no_check_template)"
+        )
+        print(
+            f"drift measures (extension + re-render): {drift.drift_checked:,} calls in {measure_seconds:.2f}s = "
+            f"{drift.drift_checked / measure_seconds:,.0f} calls/s (every engine call; skipped with --no_check_template too; "
+            f"random ids: every call drifts, the worst case)"
+        )
         seconds += measure_seconds
         full = result.seconds + n_calls / (drift.drift_checked / seconds)
         print(f"ingest with both checks, all {n_calls:,} calls trainable: ~{full:.1f}s = {n_calls / full:,.0f} calls/s")
@@ -130,15 +179,27 @@ def bench_ingest(args) -> None:
         from astuner.chat import render_prompts_ids
 
         tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-        rows = con.execute("""SELECT c.trajectory_id, c.call_index, c.messages, c.tools, c.completion_text FROM calls c
+        rows = con.execute(
+            """SELECT c.trajectory_id, c.call_index, c.messages, c.tools, c.completion_text FROM calls c
                               WHERE c.drift_measured AND c.trajectory_id IN (SELECT trajectory_id FROM trajectories
-                                    ORDER BY trajectory_id LIMIT ?)""", [max(1, sample // args.calls)]).fetchall()
+                                    ORDER BY trajectory_id LIMIT ?)""",
+            [max(1, sample // args.calls)],
+        ).fetchall()
         prompts = render_prompts_ids(tokenizer, [(json.loads(r[2]), json.loads(r[3])) for r in rows])
         completions = tokenizer([r[4] + tokenizer.eos_token for r in rows], add_special_tokens=False)["input_ids"]
         import pyarrow as pa
 
-        con.register("exact_ids", pa.table({"trajectory_id": [r[0] for r in rows], "call_index": [r[1] for r in rows],
-                                            "prompt": prompts, "completion": completions}))
+        con.register(
+            "exact_ids",
+            pa.table(
+                {
+                    "trajectory_id": [r[0] for r in rows],
+                    "call_index": [r[1] for r in rows],
+                    "prompt": prompts,
+                    "completion": completions,
+                }
+            ),
+        )
         con.execute("""UPDATE calls SET prompt_token_ids = e.prompt, completion_token_ids = e.completion FROM exact_ids e
                        WHERE calls.trajectory_id = e.trajectory_id AND calls.call_index = e.call_index""")
         unmark(max(1, sample // args.calls))
@@ -151,9 +212,11 @@ def bench_ingest(args) -> None:
         exact_measure = time.perf_counter() - t0
         con.close()
         full = result.seconds + n_calls * (exact_seconds + exact_measure) / len(rows)
-        print(f"the same calls with the ids the template renders (no drift: {exact.rerender_changed} of "
-              f"{exact.rerender_tokens:,} tokens): template-drift check {len(rows) / exact_seconds:,.0f} calls/s, "
-              f"drift measures {len(rows) / exact_measure:,.0f} calls/s; ingest with both ~{n_calls / full:,.0f} calls/s")
+        print(
+            f"the same calls with the ids the template renders (no drift: {exact.rerender_changed} of "
+            f"{exact.rerender_tokens:,} tokens): template-drift check {len(rows) / exact_seconds:,.0f} calls/s, "
+            f"drift measures {len(rows) / exact_measure:,.0f} calls/s; ingest with both ~{n_calls / full:,.0f} calls/s"
+        )
 
 
 def bench_query(args) -> None:
@@ -174,15 +237,19 @@ def bench_query(args) -> None:
             INSERT INTO scores SELECT trajectory_id, NULL, 'workflow', 'builtin-1', 1.0, workflow_reward, NULL, NULL, NULL, now(), 'bench'
             FROM trajectories""")
         con.execute("CHECKPOINT")
-        print(f"built a store of {n:,} trajectories ({n // per_task:,} tasks x {per_task} samples, one score each) "
-              f"in {time.perf_counter() - t0:.1f}s")
+        print(
+            f"built a store of {n:,} trajectories ({n // per_task:,} tasks x {per_task} samples, one score each) "
+            f"in {time.perf_counter() - t0:.1f}s"
+        )
         times = []
         for _ in range(3):
             t0 = time.perf_counter()
             rows = con.execute("SELECT * FROM best_per_task").fetchall()
             times.append(time.perf_counter() - t0)
-        print(f"SELECT * FROM best_per_task: {len(rows):,} rows in {statistics.median(times):.3f}s "
-              f"(median of 3: {', '.join(f'{t:.3f}' for t in times)}; target < 1 s)")
+        print(
+            f"SELECT * FROM best_per_task: {len(rows):,} rows in {statistics.median(times):.3f}s "
+            f"(median of 3: {', '.join(f'{t:.3f}' for t in times)}; target < 1 s)"
+        )
         t0 = time.perf_counter()
         con.execute("SELECT * FROM task_stats").fetchall()
         print(f"SELECT * FROM task_stats: {time.perf_counter() - t0:.3f}s")

@@ -73,8 +73,12 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16], help="batch sizes")
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 1024], help="prompt lengths in tokens")
     parser.add_argument("--max-tokens", type=int, default=2, help="tokens sampled per request after the prefill")
-    parser.add_argument("--max-before-gb", type=float, default=6.0,
-                        help="skip a 'before' run whose full-prompt logits alone would exceed this many GB")
+    parser.add_argument(
+        "--max-before-gb",
+        type=float,
+        default=6.0,
+        help="skip a 'before' run whose full-prompt logits alone would exceed this many GB",
+    )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     args = parser.parse_args()
 
@@ -87,8 +91,10 @@ def main() -> None:
         model = str(build_family_model("qwen2.5", Path(tempfile.mkdtemp(prefix="prefill-bench-")) / "qwen2.5"))
     engine = load_engine("transformers", model, device=args.device)
     rows, vocab = engine.model.config.vocab_size, len(engine.tokenizer)
-    print(f"checkpoint {model}: {vocab:,} tokens, {rows:,} embedding rows, device {engine.device}, "
-          f"dtype {engine.model.dtype}; peak memory above baseline per prefill + {args.max_tokens} tokens")
+    print(
+        f"checkpoint {model}: {vocab:,} tokens, {rows:,} embedding rows, device {engine.device}, "
+        f"dtype {engine.model.dtype}; peak memory above baseline per prefill + {args.max_tokens} tokens"
+    )
     print(f"{'batch':>5} {'prompt':>6} | {'before (all logits)':>22} | {'after (logits_to_keep=1)':>26} | ratio")
     element = 4  # the engine upcasts to float32; the model's own logits are float32 on CPU
     keep = engine._logits_to_keep
@@ -104,15 +110,24 @@ def main() -> None:
                     results[mode] = None, estimate
                     continue
                 engine._logits_to_keep = keep and mode == "after"
-                peak, seconds = _peak_above_baseline(functools.partial(engine.generate_batch, prompts, sampling), engine.device)
+                peak, seconds = _peak_above_baseline(
+                    functools.partial(engine.generate_batch, prompts, sampling), engine.device
+                )
                 results[mode] = peak, seconds
             engine._logits_to_keep = keep
             before, after = results["before"], results["after"]
-            before_text = (f"skipped (~{before[1]:.1f} GB est.)" if before[0] is None
-                           else f"{before[0] / 1e6:>9,.0f} MB {before[1]:>6.2f}s")
+            before_text = (
+                f"skipped (~{before[1]:.1f} GB est.)"
+                if before[0] is None
+                else f"{before[0] / 1e6:>9,.0f} MB {before[1]:>6.2f}s"
+            )
             after_text = f"{after[0] / 1e6:>9,.1f} MB {after[1]:>6.2f}s"
             # below 1 MB the RSS sampling cannot tell: the ratio is then a lower bound
-            ratio = "-" if before[0] is None else (f"{before[0] / after[0]:.0f}x" if after[0] >= 1e6 else f">{before[0] / 1e6:.0f}x")
+            ratio = (
+                "-"
+                if before[0] is None
+                else (f"{before[0] / after[0]:.0f}x" if after[0] >= 1e6 else f">{before[0] / 1e6:.0f}x")
+            )
             print(f"{batch:>5} {length:>6} | {before_text:>22} | {after_text:>26} | {ratio}")
     engine.close()
 

@@ -109,7 +109,12 @@ class SoakAgentWorkflow(Workflow):
         from agentscope.formatter import DashScopeChatFormatter
         from agentscope.message import Msg
 
-        agent = ReActAgent(name="Soak", sys_prompt="Answer briefly.", model=model_tuner,
-                           formatter=DashScopeChatFormatter(), max_iters=1)
+        agent = ReActAgent(
+            name="Soak",
+            sys_prompt="Answer briefly.",
+            model=model_tuner,
+            formatter=DashScopeChatFormatter(),
+            max_iters=1,
+        )
         await agent(Msg("user", _messages(task)[0]["content"], "user"))
         return await _meet_fate(task)

@@ -25,7 +25,16 @@ from pathlib import Path
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 MANIFEST = "collect.json"
 # Changing any of these mid-run would mix two experiments in one output folder.
-_IDENTITY = ("workflow_ref", "checkpoint", "engine", "sampling", "trainable_targets", "iteration", "auxiliary_models", "tuner_config")
+_IDENTITY = (
+    "workflow_ref",
+    "checkpoint",
+    "engine",
+    "sampling",
+    "trainable_targets",
+    "iteration",
+    "auxiliary_models",
+    "tuner_config",
+)
 
 
 @dataclass
@@ -35,77 +44,137 @@ class CollectConfig:
 
     workflow: str = field(
         default=str(EXAMPLES / "math_agent" / "workflow.py") + ":MathAgentWorkflow",
-        metadata={"help": "The workflow: module:Class or path/to/file.py:Class (a Workflow subclass or an "
-                  "agentscope.tuner-style async function)."},
+        metadata={
+            "help": "The workflow: module:Class or path/to/file.py:Class (a Workflow subclass or an "
+            "agentscope.tuner-style async function)."
+        },
     )
     tasks: str = field(
         default=str(EXAMPLES / "math_agent" / "tasks.jsonl"),
         metadata={"help": "Tasks: .jsonl, .parquet, .csv, .json, a datasets save_to_disk folder, or module:function."},
     )
-    model: str | None = field(default=None, metadata={"help": "Local checkpoint folder. Default: the embedded tiny model, built on first use."})
-    engine: str = field(default="transformers", metadata={"help": "transformers (CPU or GPU) or vllm (GPU, the [vllm] extra)."})
+    model: str | None = field(
+        default=None,
+        metadata={"help": "Local checkpoint folder. Default: the embedded tiny model, built on first use."},
+    )
+    engine: str = field(
+        default="transformers", metadata={"help": "transformers (CPU or GPU) or vllm (GPU, the [vllm] extra)."}
+    )
     samples_per_task: int = field(default=1, metadata={"help": "Runs per task."})
-    concurrency: int = field(default=16, metadata={"help": "Workflow runs in flight at once; their model calls are batched."})
+    concurrency: int = field(
+        default=16, metadata={"help": "Workflow runs in flight at once; their model calls are batched."}
+    )
     out: str = field(default="runs/collect", metadata={"help": "Output folder: traces/part-*.jsonl and collect.json."})
     trainable_targets: str | None = field(
         default=None,
-        metadata={"help": "Comma-separated roles to train, overriding the workflow's trainable_targets. "
-                  "'*' trains every role. A name that no run has registered when the first run finishes ok stops "
-                  "collect (exit 2) before anything is written."},
+        metadata={
+            "help": "Comma-separated roles to train, overriding the workflow's trainable_targets. "
+            "'*' trains every role. A name that no run has registered when the first run finishes ok stops "
+            "collect (exit 2) before anything is written."
+        },
     )
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (0 = greedy)."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
     max_tokens: int = field(default=256, metadata={"help": "Max new tokens per model call."})
-    seed: int | None = field(default=None, metadata={"help": "Base seed; each run and call derives its own, so results do not depend on batching."})
-    timeout_s: float = field(default=600.0, metadata={"help": "Per-run wall-clock limit; a run past it is recorded as status=timeout, "
-                             "within about a second of it even if its code blocks (its worker process is stopped; see --workers)."})
+    seed: int | None = field(
+        default=None,
+        metadata={"help": "Base seed; each run and call derives its own, so results do not depend on batching."},
+    )
+    timeout_s: float = field(
+        default=600.0,
+        metadata={
+            "help": "Per-run wall-clock limit; a run past it is recorded as status=timeout, "
+            "within about a second of it even if its code blocks (its worker process is stopped; see --workers)."
+        },
+    )
     workers: int | None = field(
         default=None,
-        metadata={"help": "Worker processes that run the workflows, each with its own event loop and a share of --concurrency; "
-                  "model calls of all of them reach the one engine here and are batched together. A run that blocks, "
-                  "crashes its process or passes --max-run-memory-mb costs only itself. Default: one per core, at most 8. "
-                  "0: every run in this process, as one event loop (no isolation; breakpoints work)."},
+        metadata={
+            "help": "Worker processes that run the workflows, each with its own event loop and a share of --concurrency; "
+            "model calls of all of them reach the one engine here and are batched together. A run that blocks, "
+            "crashes its process or passes --max-run-memory-mb costs only itself. Default: one per core, at most 8. "
+            "0: every run in this process, as one event loop (no isolation; breakpoints work)."
+        },
     )
     max_run_memory_mb: float | None = field(
         default=None,
-        metadata={"help": "Memory a run may add to its worker process (resident size over the worker's size at start, "
-                  "per run it holds); a run past it is recorded as status=error. Needs --workers 1 or more."},
+        metadata={
+            "help": "Memory a run may add to its worker process (resident size over the worker's size at start, "
+            "per run it holds); a run past it is recorded as status=error. Needs --workers 1 or more."
+        },
     )
-    flush_interval_s: float = field(default=2.0, metadata={"help": "Seconds between trace part files: a killed collect loses at most "
-                                    "this much finished work, which the next run collects again (0: a part file per run)."})
+    flush_interval_s: float = field(
+        default=2.0,
+        metadata={
+            "help": "Seconds between trace part files: a killed collect loses at most "
+            "this much finished work, which the next run collects again (0: a part file per run)."
+        },
+    )
     iteration: int = field(default=0, metadata={"help": "Iteration number recorded in every trajectory."})
     limit: int | None = field(default=None, metadata={"help": "Use only the first N tasks."})
-    query_field: str | None = field(default=None, metadata={"help": "Task field holding the query (default: main_query, query, question, prompt or input)."})
-    id_field: str | None = field(default=None, metadata={"help": "Task field holding the task id (default: task_id or id, else a hash of the row)."})
-    max_batch_size: int = field(default=64, metadata={"help": "transformers engine: most requests in one generation batch."})
-    device: str | None = field(default=None, metadata={"help": "transformers engine: cpu, cuda, cuda:1 ... (default: cuda if available)."})
-    engine_args: str | None = field(default=None, metadata={"help": "vllm engine: JSON of extra AsyncEngineArgs, e.g. '{\"tensor_parallel_size\": 2}'."})
+    query_field: str | None = field(
+        default=None,
+        metadata={"help": "Task field holding the query (default: main_query, query, question, prompt or input)."},
+    )
+    id_field: str | None = field(
+        default=None,
+        metadata={"help": "Task field holding the task id (default: task_id or id, else a hash of the row)."},
+    )
+    max_batch_size: int = field(
+        default=64, metadata={"help": "transformers engine: most requests in one generation batch."}
+    )
+    device: str | None = field(
+        default=None, metadata={"help": "transformers engine: cpu, cuda, cuda:1 ... (default: cuda if available)."}
+    )
+    engine_args: str | None = field(
+        default=None,
+        metadata={"help": "vllm engine: JSON of extra AsyncEngineArgs, e.g. '{\"tensor_parallel_size\": 2}'."},
+    )
     shard: str | None = field(
         default=None,
-        metadata={"help": "K/N: run only every N-th task from the K-th (0-based). N collects with K = 0..N-1 and the same "
-                  "--out share one traces folder and run id (data-parallel collect: one engine per GPU or machine)."},
+        metadata={
+            "help": "K/N: run only every N-th task from the K-th (0-based). N collects with K = 0..N-1 and the same "
+            "--out share one traces folder and run id (data-parallel collect: one engine per GPU or machine)."
+        },
     )
     auxiliary_models: str | None = field(
         default=None,
-        metadata={"help": "The auxiliary_models that agentscope.tuner workflows take (an opponent, a judge): JSON or YAML "
-                  "name -> spec, or a .json/.yaml file of it (in a recipe, the mapping). A spec is a local checkpoint folder, "
-                  "{path: DIR, temperature, max_tokens, ...}, or an OpenAI-compatible endpoint {base_url: URL, model: NAME, "
-                  "api_key_env: VAR}. Their calls are recorded with role = the name and trainable: false."},
+        metadata={
+            "help": "The auxiliary_models that agentscope.tuner workflows take (an opponent, a judge): JSON or YAML "
+            "name -> spec, or a .json/.yaml file of it (in a recipe, the mapping). A spec is a local checkpoint folder, "
+            "{path: DIR, temperature, max_tokens, ...}, or an OpenAI-compatible endpoint {base_url: URL, model: NAME, "
+            "api_key_env: VAR}. Their calls are recorded with role = the name and trainable: false."
+        },
     )
-    tool_format: str = field(default="auto", metadata={"help": "How engine completions write tool calls and thinking: auto (read from the "
-                             "checkpoint's chat template), hermes, qwen3, llama3 or mistral. Recorded per call as tool_format; "
-                             "see docs/model-families.md."})
-    template_kwargs: str | None = field(default=None, metadata={"help": "JSON of extra chat-template variables, e.g. "
-                                        "'{\"enable_thinking\": false}' (Qwen3) or '{\"date_string\": \"26 Jul 2024\"}' (Llama 3.x; "
-                                        "default: the day of the call). Recorded per call as template_kwargs."})
-    show_agent_output: bool = field(default=False, metadata={"help": "Let agents print their messages (off: the progress bar stays readable)."})
+    tool_format: str = field(
+        default="auto",
+        metadata={
+            "help": "How engine completions write tool calls and thinking: auto (read from the "
+            "checkpoint's chat template), hermes, qwen3, llama3 or mistral. Recorded per call as tool_format; "
+            "see docs/model-families.md."
+        },
+    )
+    template_kwargs: str | None = field(
+        default=None,
+        metadata={
+            "help": "JSON of extra chat-template variables, e.g. "
+            '\'{"enable_thinking": false}\' (Qwen3) or \'{"date_string": "26 Jul 2024"}\' (Llama 3.x; '
+            "default: the day of the call). Recorded per call as template_kwargs."
+        },
+    )
+    show_agent_output: bool = field(
+        default=False, metadata={"help": "Let agents print their messages (off: the progress bar stays readable)."}
+    )
     tuner_config: str | None = field(
         default=None,
-        metadata={"help": "What AgentJet workflows read as model_tuner.config: a YAML file (AgentJet's own recipe works), "
-                  "inline YAML/JSON, or a mapping in a recipe. Default: ajet.rollout.multi_turn.max_steps 30."},
+        metadata={
+            "help": "What AgentJet workflows read as model_tuner.config: a YAML file (AgentJet's own recipe works), "
+            "inline YAML/JSON, or a mapping in a recipe. Default: ajet.rollout.multi_turn.max_steps 30."
+        },
     )
-    max_steps: int | None = field(default=None, metadata={"help": "model_tuner.config.ajet.rollout.multi_turn.max_steps "
-                                  "(over --tuner-config's)."})
+    max_steps: int | None = field(
+        default=None, metadata={"help": "model_tuner.config.ajet.rollout.multi_turn.max_steps (over --tuner-config's)."}
+    )
 
     def __post_init__(self):
         """Every check that needs only the values (no file, import or model): one line naming the flag, the value and the fix."""
@@ -130,12 +199,20 @@ class CollectConfig:
             if self.max_run_memory_mb <= 0:
                 raise ValueError(f"--max-run-memory-mb {self.max_run_memory_mb:g}: must be positive")
             if self.workers == 0:
-                raise ValueError("--max-run-memory-mb needs worker processes: drop --workers 0 or give --workers 1 or more")
+                raise ValueError(
+                    "--max-run-memory-mb needs worker processes: drop --workers 0 or give --workers 1 or more"
+                )
         if self.flush_interval_s < 0:
             raise ValueError(f"--flush-interval-s {self.flush_interval_s}: must be 0 or more")
         if self.tool_format not in FAMILY_CHOICES:
-            raise ValueError(f"--tool-format {self.tool_format!r}: unknown format; choose one of {', '.join(FAMILY_CHOICES)}")
-        for parsed in ("template_variables", "shard_range", "engine_kwargs"):  # each parses its option: a bad one raises now
+            raise ValueError(
+                f"--tool-format {self.tool_format!r}: unknown format; choose one of {', '.join(FAMILY_CHOICES)}"
+            )
+        for parsed in (
+            "template_variables",
+            "shard_range",
+            "engine_kwargs",
+        ):  # each parses its option: a bad one raises now
             getattr(self, parsed)
 
     @property
@@ -144,9 +221,13 @@ class CollectConfig:
         try:
             variables = json.loads(self.template_kwargs) if self.template_kwargs else {}
         except json.JSONDecodeError as exc:
-            raise ValueError(f"--template-kwargs {self.template_kwargs!r}: not JSON ({exc.msg}); e.g. '{{\"enable_thinking\": false}}'") from None
+            raise ValueError(
+                f"--template-kwargs {self.template_kwargs!r}: not JSON ({exc.msg}); e.g. '{{\"enable_thinking\": false}}'"
+            ) from None
         if not isinstance(variables, dict):
-            raise ValueError(f"--template-kwargs {self.template_kwargs!r}: must be a JSON object, e.g. '{{\"enable_thinking\": false}}'")
+            raise ValueError(
+                f"--template-kwargs {self.template_kwargs!r}: must be a JSON object, e.g. '{{\"enable_thinking\": false}}'"
+            )
         return variables
 
     @property
@@ -167,7 +248,9 @@ class CollectConfig:
         try:
             return json.loads(self.engine_args) if self.engine_args else {}
         except json.JSONDecodeError as exc:
-            raise ValueError(f"--engine-args {self.engine_args!r}: not JSON ({exc.msg}); e.g. '{{\"tensor_parallel_size\": 2}}'") from None
+            raise ValueError(
+                f"--engine-args {self.engine_args!r}: not JSON ({exc.msg}); e.g. '{{\"tensor_parallel_size\": 2}}'"
+            ) from None
 
 
 def _targets(cfg: CollectConfig, workflow_cls) -> tuple[list[str] | None, bool]:
@@ -178,15 +261,20 @@ def _targets(cfg: CollectConfig, workflow_cls) -> tuple[list[str] | None, bool]:
     """
     if cfg.trainable_targets is None:
         targets = getattr(workflow_cls, "trainable_targets", None)
-        if targets is not None and (isinstance(targets, str) or not all(isinstance(t, str) for t in _iterable(targets))):
-            raise ValueError(f"--workflow {cfg.workflow}: trainable_targets must be a list of role names or None, "
-                             f"got {targets!r}")
+        if targets is not None and (
+            isinstance(targets, str) or not all(isinstance(t, str) for t in _iterable(targets))
+        ):
+            raise ValueError(
+                f"--workflow {cfg.workflow}: trainable_targets must be a list of role names or None, got {targets!r}"
+            )
         return (list(targets) or None) if targets is not None else None, False
     if cfg.trainable_targets.strip() == "*":
         return None, False
     names = [t.strip() for t in cfg.trainable_targets.split(",") if t.strip()]
     if not names:
-        raise ValueError(f"--trainable-targets {cfg.trainable_targets!r}: names no role; give role names (a,b) or '*' for every role")
+        raise ValueError(
+            f"--trainable-targets {cfg.trainable_targets!r}: names no role; give role names (a,b) or '*' for every role"
+        )
     return names, True
 
 
@@ -247,8 +335,11 @@ def _failure_location(traceback_text: str | None, workflow_cls) -> str:
         source = Path(inspect.getsourcefile(getattr(workflow_cls, "function", None) or workflow_cls)).resolve()
     except (TypeError, OSError):
         return ""
-    frames = [(name, line) for name, line in re.findall(r'File "([^"]+)", line (\d+)', traceback_text or "")
-              if Path(name).resolve() == source]
+    frames = [
+        (name, line)
+        for name, line in re.findall(r'File "([^"]+)", line (\d+)', traceback_text or "")
+        if Path(name).resolve() == source
+    ]
     return f" (at {frames[-1][0]}:{frames[-1][1]})" if frames else ""
 
 
@@ -290,11 +381,14 @@ def run(cfg: CollectConfig) -> int:
     tasks = load_tasks(cfg.tasks, cfg.query_field, cfg.id_field, cfg.limit)
     no_query = sum(t.main_query == NO_QUERY for t in tasks)
     if no_query:
-        print(f"collect: note: {no_query} of {len(tasks)} task rows have no query field ({', '.join(QUERY_FIELDS)}); their "
-              f"task.main_query is {NO_QUERY!r}, as in AgentJet (the workflow builds its query from task.metadata); "
-              "name the field with --query-field if it should be the query", file=sys.stderr)
+        print(
+            f"collect: note: {no_query} of {len(tasks)} task rows have no query field ({', '.join(QUERY_FIELDS)}); their "
+            f"task.main_query is {NO_QUERY!r}, as in AgentJet (the workflow builds its query from task.metadata); "
+            "name the field with --query-field if it should be the query",
+            file=sys.stderr,
+        )
     if shard:
-        tasks = tasks[shard[0]::shard[1]]
+        tasks = tasks[shard[0] :: shard[1]]
     model_path = require_checkpoint(cfg.model) if cfg.model else ensure_tiny_model()
     checkpoint = Checkpoint(path=str(model_path.resolve()), sha256=checkpoint_sha256(model_path))
     sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed)
@@ -320,11 +414,16 @@ def run(cfg: CollectConfig) -> int:
     try:
         done = writer.finished_keys()
     except TraceFormatError as exc:  # collect writes whole lines only: this came from elsewhere
-        raise ValueError(f"--out {out}: {exc}; repair or delete that line (collect runs again what is missing)") from None
+        raise ValueError(
+            f"--out {out}: {exc}; repair or delete that line (collect runs again what is missing)"
+        ) from None
     todo = [(t, s) for t in tasks for s in range(cfg.samples_per_task) if (t.task_id, s) not in done]
     total = len(tasks) * cfg.samples_per_task
-    print(f"collect: {f'shard {cfg.shard}: ' if shard else ''}{len(tasks)} tasks x {cfg.samples_per_task} samples = {total} runs; "
-          f"{total - len(todo)} already in {out}, {len(todo)} to go", file=sys.stderr)
+    print(
+        f"collect: {f'shard {cfg.shard}: ' if shard else ''}{len(tasks)} tasks x {cfg.samples_per_task} samples = {total} runs; "
+        f"{total - len(todo)} already in {out}, {len(todo)} to go",
+        file=sys.stderr,
+    )
     if not todo:
         return 0
 
@@ -356,12 +455,25 @@ def run(cfg: CollectConfig) -> int:
         if workers == 0:
             stats = asyncio.run(run_collect(spec, engine, todo, writer, cfg.concurrency, cfg.flush_interval_s))
         else:
-            stats = asyncio.run(run_collect_pool(spec, engine, todo, writer, cfg.concurrency, workers, cfg.flush_interval_s,
-                                                 memory_limit_mb=cfg.max_run_memory_mb))
+            stats = asyncio.run(
+                run_collect_pool(
+                    spec,
+                    engine,
+                    todo,
+                    writer,
+                    cfg.concurrency,
+                    workers,
+                    cfg.flush_interval_s,
+                    memory_limit_mb=cfg.max_run_memory_mb,
+                )
+            )
     except UnregisteredTargetError as exc:
         _forget_run(out, created, out_existed)
-        named = (f"--trainable-targets {cfg.trainable_targets}" if cfg.trainable_targets is not None
-                 else f"--workflow {cfg.workflow}: trainable_targets {targets}")
+        named = (
+            f"--trainable-targets {cfg.trainable_targets}"
+            if cfg.trainable_targets is not None
+            else f"--workflow {cfg.workflow}: trainable_targets {targets}"
+        )
         raise ValueError(f"{named}: {exc}; fix the name (nothing was written)") from None
     finally:
         close_backends(backends, engine)
@@ -375,21 +487,29 @@ def run(cfg: CollectConfig) -> int:
         file=sys.stderr,
     )
     if stats.worker_crashes or stats.worker_kills:
-        print(f"collect: worker processes: {stats.worker_crashes} died by themselves, {stats.worker_kills} stopped by collect "
-              f"(a run past --timeout-s or --max-run-memory-mb); {stats.rerun} runs they held were started again "
-              f"(none lost: every run is recorded once)", file=sys.stderr)
+        print(
+            f"collect: worker processes: {stats.worker_crashes} died by themselves, {stats.worker_kills} stopped by collect "
+            f"(a run past --timeout-s or --max-run-memory-mb); {stats.rerun} runs they held were started again "
+            f"(none lost: every run is recorded once)",
+            file=sys.stderr,
+        )
     if stats.by_role:
         print(role_table(stats), file=sys.stderr)
     if stats.failed_calls:
-        print(f"collect: {stats.failed_calls} model calls raised (recorded with their error, trainable: false); "
-              f"first: {stats.first_failed_call.splitlines()[0][:300]}", file=sys.stderr)
+        print(
+            f"collect: {stats.failed_calls} model calls raised (recorded with their error, trainable: false); "
+            f"first: {stats.first_failed_call.splitlines()[0][:300]}",
+            file=sys.stderr,
+        )
     print(f"collect: traces in {out / 'traces'}", file=sys.stderr)
     if stats.first_failure is not None:
         first = stats.first_failure
         reason = (first.error or first.status).splitlines()[0][:300]
-        print(f"collect: {stats.error + stats.timeout} of {stats.runs} runs failed (each recorded with status, error and traceback); "
-              f"first: task {first.task.task_id} sample {first.sample_index}: {reason}{_failure_location(first.traceback, workflow_cls)}",
-              file=sys.stderr)
+        print(
+            f"collect: {stats.error + stats.timeout} of {stats.runs} runs failed (each recorded with status, error and traceback); "
+            f"first: task {first.task.task_id} sample {first.sample_index}: {reason}{_failure_location(first.traceback, workflow_cls)}",
+            file=sys.stderr,
+        )
     # With a run that finished ok, run_collect has checked the targets; without one, say what could not be checked.
     known = stats.roles_seen
     unregistered = sorted(set(targets or []) - known)

@@ -113,7 +113,9 @@ class WorkerHandle:
         self.ready = self.dead = False
         self.stopped_for: str | None = None  # why collect stopped it (None: it died by itself)
         self.crash_file = crash_file
-        self._outbox: queue.SimpleQueue = queue.SimpleQueue()  # a new one: the old process's sender may still hold its own
+        self._outbox: queue.SimpleQueue = (
+            queue.SimpleQueue()
+        )  # a new one: the old process's sender may still hold its own
 
     def post(self, message: Message) -> None:
         self.posted += 1
@@ -142,8 +144,15 @@ class WorkerHandle:
 
 
 class WorkerPool:
-    def __init__(self, spec: RunSpec, engine: Engine, recorder: Recorder, workers: int, concurrency: int,
-                 memory_limit_mb: float | None = None):
+    def __init__(
+        self,
+        spec: RunSpec,
+        engine: Engine,
+        recorder: Recorder,
+        workers: int,
+        concurrency: int,
+        memory_limit_mb: float | None = None,
+    ):
         import multiprocessing
 
         self.spec, self.engine, self.recorder = spec, engine, recorder
@@ -159,7 +168,10 @@ class WorkerPool:
         self.setup = WorkerSetup(
             spec=dataclasses.replace(spec, workflow_cls=None, auxiliary={}),
             engines=[EngineRef(i, e.name, e.checkpoint) for i, e in enumerate(self.engines)],
-            auxiliary=auxiliary, environ=dict(os.environ), sys_path=list(sys.path), cwd=os.getcwd(),
+            auxiliary=auxiliary,
+            environ=dict(os.environ),
+            sys_path=list(sys.path),
+            cwd=os.getcwd(),
         )
         self.ctx = multiprocessing.get_context("forkserver")
         start_fork_server()  # at once if collect has started it already
@@ -179,14 +191,16 @@ class WorkerPool:
         parent, child = self.ctx.Pipe(duplex=True)
         handle.status = self.ctx.RawArray("d", [-1.0, 0.0, 0.0])  # [run key or -1, since, beat]: the watchdog's
         setup = dataclasses.replace(self.setup, crash_file=handle.crash_file)
-        handle.process = self.ctx.Process(target=worker_main, args=(child, handle.status, setup), daemon=True,
-                                          name=f"collect-worker-{handle.index}")
+        handle.process = self.ctx.Process(
+            target=worker_main, args=(child, handle.status, setup), daemon=True, name=f"collect-worker-{handle.index}"
+        )
         handle.process.start()
         child.close()
         handle.conn = parent
         threading.Thread(target=handle.send_loop, daemon=True, name=f"collect-send-{handle.index}").start()
-        threading.Thread(target=self._read, args=(handle, parent, handle.process), daemon=True,
-                         name=f"collect-read-{handle.index}").start()
+        threading.Thread(
+            target=self._read, args=(handle, parent, handle.process), daemon=True, name=f"collect-read-{handle.index}"
+        ).start()
 
     def _read(self, handle: WorkerHandle, conn, process) -> None:
         """Reader thread of one worker process: its messages into collect's loop; at EOF, its exit."""
@@ -248,7 +262,9 @@ class WorkerPool:
                     handle.baseline_rss = _rss(process.pid)
                     self.init_failures = 0
                 case InitError(text):
-                    self._fail(ValueError(f"--workflow {self.spec.workflow_ref}: a worker process could not set it up: {text}"))
+                    self._fail(
+                        ValueError(f"--workflow {self.spec.workflow_ref}: a worker process could not set it up: {text}")
+                    )
         except Exception as exc:  # UnregisteredTargetError, or a bug: the collect stops with it
             self._fail(exc)
             return
@@ -257,7 +273,10 @@ class WorkerPool:
 
     async def _generate(self, handle: WorkerHandle, process, message: GenRequest) -> None:
         try:
-            generation, error = await self.engines[message.engine_key].generate(message.prompt_ids, message.sampling), None
+            generation, error = (
+                await self.engines[message.engine_key].generate(message.prompt_ids, message.sampling),
+                None,
+            )
         except Exception as exc:  # the call fails in the run, as it would in one process
             generation, error = None, _picklable(exc)
         if handle.process is process and not handle.dead:
@@ -274,16 +293,24 @@ class WorkerPool:
             if not handle.ready:
                 self.init_failures += 1
                 if self.init_failures >= 3:
-                    self._fail(RuntimeError(f"worker processes die while starting ({_exit_reason(process.exitcode)}), "
-                                            f"3 times in a row; try --workers 0 to see the error in this process"))
+                    self._fail(
+                        RuntimeError(
+                            f"worker processes die while starting ({_exit_reason(process.exitcode)}), "
+                            f"3 times in a row; try --workers 0 to see the error in this process"
+                        )
+                    )
                     return
             why = _exit_reason(process.exitcode)
             self.recorder.stats.worker_crashes += 1
             if len(runs) == 1 or any(r.solo for r in runs):
                 crash = _read_text(handle.crash_file)
                 for run in runs:
-                    self._record(run, "error", f"worker process died ({why}) during this run; last model call: "
-                                 f"{_last_call(run)}", crash or None)
+                    self._record(
+                        run,
+                        "error",
+                        f"worker process died ({why}) during this run; last model call: {_last_call(run)}",
+                        crash or None,
+                    )
             else:  # which of them did it is unknown: each runs again alone
                 for run in runs:
                     self._requeue(run, solo=True)
@@ -338,16 +365,29 @@ class WorkerPool:
         run.requeues += 1
         self.recorder.stats.rerun += 1
         if run.requeues > MAX_REQUEUES:
-            self._record(run, "error", f"its worker process was stopped {MAX_REQUEUES} times while this run was in it "
-                         "(because of other runs); not run again")
+            self._record(
+                run,
+                "error",
+                f"its worker process was stopped {MAX_REQUEUES} times while this run was in it "
+                "(because of other runs); not run again",
+            )
             return
         run.solo = run.solo or solo
         (self.solo if run.solo else self.pending).append(run)
 
     def _record(self, run: Run, status: str, error: str, tb: str | None = None) -> None:
         calls = [run.calls[i] for i in sorted(run.calls)]
-        traj = make_trajectory(self.spec, self.engine.name, run.task, run.sample_index, status=status, error=error,
-                               tb=tb, started=run.started_wall or time.time(), calls=calls)
+        traj = make_trajectory(
+            self.spec,
+            self.engine.name,
+            run.task,
+            run.sample_index,
+            status=status,
+            error=error,
+            tb=tb,
+            started=run.started_wall or time.time(),
+            calls=calls,
+        )
         try:
             self.recorder.record(traj, set())
         except Exception as exc:
@@ -366,7 +406,11 @@ class WorkerPool:
             for handle in self.handles:
                 if handle.dead or not handle.runs:
                     continue
-                overdue = [r for r in handle.runs.values() if r.started_mono is not None and now > r.started_mono + timeout + GRACE_S]
+                overdue = [
+                    r
+                    for r in handle.runs.values()
+                    if r.started_mono is not None and now > r.started_mono + timeout + GRACE_S
+                ]
                 if overdue:
                     self._stop_overdue(handle, overdue, now)
                 elif self.memory_limit and now - handle.memory_checked >= MEMORY_CHECK_S:
@@ -384,13 +428,20 @@ class WorkerPool:
             if holder is not None:
                 if holder.started_mono is None or now <= holder.started_mono + timeout:
                     return  # it holds the loop within its own time: the overdue runs are waiting on it
-                culprits = {holder.key: f"{limit}; its code held the worker's event loop for {now - since:.1f} s "
-                                        "(blocking code: time.sleep, a busy loop, a synchronous client), so the worker "
-                                        "process was stopped"}
+                culprits = {
+                    holder.key: f"{limit}; its code held the worker's event loop for {now - since:.1f} s "
+                    "(blocking code: time.sleep, a busy loop, a synchronous client), so the worker "
+                    "process was stopped"
+                }
             else:  # the loop is free, so these did not end when their timeout cancelled them
-                culprits = {r.key: f"{limit}; it did not end when cancelled, so its worker process was stopped" for r in overdue}
+                culprits = {
+                    r.key: f"{limit}; it did not end when cancelled, so its worker process was stopped" for r in overdue
+                }
         elif len(runs) == 1 or all(r.solo for r in runs):
-            culprits = {r.key: f"{limit}; native code held its worker process (no Python ran), so it was stopped" for r in overdue}
+            culprits = {
+                r.key: f"{limit}; native code held its worker process (no Python ran), so it was stopped"
+                for r in overdue
+            }
         else:  # native code holds the GIL and which run is in it is unknown: the overdue ones run again alone
             culprits = {}
         self._stop(handle, "timeout")
@@ -413,9 +464,13 @@ class WorkerPool:
         if len(runs) == 1 or all(r.solo for r in runs):
             limit_mb = self.memory_limit / 2**20
             for run in runs:
-                self._record(run, "error", f"run exceeded --max-run-memory-mb {limit_mb:g}: its worker process grew to "
-                             f"{rss / 2**20:.0f} MB ({(rss - handle.baseline_rss) / 2**20:.0f} MB over its size at start), "
-                             "so it was stopped")
+                self._record(
+                    run,
+                    "error",
+                    f"run exceeded --max-run-memory-mb {limit_mb:g}: its worker process grew to "
+                    f"{rss / 2**20:.0f} MB ({(rss - handle.baseline_rss) / 2**20:.0f} MB over its size at start), "
+                    "so it was stopped",
+                )
         else:
             for run in runs:
                 self._requeue(run, solo=True)
@@ -454,9 +509,17 @@ class WorkerPool:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-async def run_collect_pool(spec: RunSpec, engine: Engine, todo: list[tuple[Task, int]], writer, concurrency: int,
-                           workers: int, flush_interval_s: float = 2.0, progress: bool = True,
-                           memory_limit_mb: float | None = None) -> CollectStats:
+async def run_collect_pool(
+    spec: RunSpec,
+    engine: Engine,
+    todo: list[tuple[Task, int]],
+    writer,
+    concurrency: int,
+    workers: int,
+    flush_interval_s: float = 2.0,
+    progress: bool = True,
+    memory_limit_mb: float | None = None,
+) -> CollectStats:
     """run_collect's work in `workers` processes (collect/worker.py); same records, same files."""
     from collect.runner import UnregisteredTargetError
 
@@ -499,7 +562,11 @@ def _last_call(run: Run) -> str:
     if not run.calls:
         return "none (it died before its first model call ended)"
     call = run.calls[max(run.calls)]
-    state = f"failed: {call.error.splitlines()[0][:200]}" if call.error else f"{call.completion_tokens or 0} completion tokens"
+    state = (
+        f"failed: {call.error.splitlines()[0][:200]}"
+        if call.error
+        else f"{call.completion_tokens or 0} completion tokens"
+    )
     return f"#{call.index} (role {call.role}, {state})"
 
 

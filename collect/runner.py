@@ -34,7 +34,9 @@ class RunSpec:
     tuner_config: dict | None = None  # model_tuner.config (astuner/compat/tuner_config.py); None: the defaults
     tool_format: str = "auto"  # astuner.chat.FAMILY_CHOICES
     template_kwargs: dict = field(default_factory=dict)  # extra chat-template variables (--template-kwargs)
-    workflow_name: str | None = None  # the recorded workflow name; None: the class's (set where the class is not at hand)
+    workflow_name: str | None = (
+        None  # the recorded workflow name; None: the class's (set where the class is not at hand)
+    )
 
     def __post_init__(self):
         if self.workflow_name is None and self.workflow_cls is not None:
@@ -47,8 +49,10 @@ class UnregisteredTargetError(ValueError):
 
     def __init__(self, missing: list[str], known: list[str]):
         self.missing, self.known = missing, known
-        super().__init__(f"no run registered role{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
-                         f"(registered: {', '.join(known) or 'none'})")
+        super().__init__(
+            f"no run registered role{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
+            f"(registered: {', '.join(known) or 'none'})"
+        )
 
 
 @dataclass(slots=True)
@@ -97,29 +101,45 @@ class CollectStats:
 
 def _check_output(out, owner: str = "Workflow") -> tuple[float | None, dict]:
     if not isinstance(out, WorkflowOutput):
-        raise TypeError(f"{owner}.execute returned {type(out).__name__}; expected astuner.WorkflowOutput(reward=..., metadata={{...}})")
+        raise TypeError(
+            f"{owner}.execute returned {type(out).__name__}; expected astuner.WorkflowOutput(reward=..., metadata={{...}})"
+        )
     reward = out.reward
     if reward is not None:
         if isinstance(reward, (list, tuple)):  # AgentJet refuses step rewards too ("future versions")
-            raise TypeError(f"WorkflowOutput.reward must be a finite float or None, got a list {reward!r}; "
-                            "per-step rewards are not supported: return their sum or put them in metadata")
+            raise TypeError(
+                f"WorkflowOutput.reward must be a finite float or None, got a list {reward!r}; "
+                "per-step rewards are not supported: return their sum or put them in metadata"
+            )
         if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward):
             raise TypeError(f"WorkflowOutput.reward must be a finite float or None, got {reward!r}")
         reward = float(reward)
     metadata = to_jsonable(out.metadata or {})
-    metadata.update(output_fields(out))  # AgentJet's is_success and log_metrics ride in the metadata, where judge finds them
+    metadata.update(
+        output_fields(out)
+    )  # AgentJet's is_success and log_metrics ride in the metadata, where judge finds them
     return reward, metadata
 
 
-async def run_one(spec: RunSpec, engine: Engine, task: Task, sample_index: int,
-                  endpoint: OpenAIEndpoint | None = None, on_call=None) -> tuple[Trajectory, set[str]]:
+async def run_one(
+    spec: RunSpec, engine: Engine, task: Task, sample_index: int, endpoint: OpenAIEndpoint | None = None, on_call=None
+) -> tuple[Trajectory, set[str]]:
     """One workflow run. `on_call(call)` sees each model call as it is recorded (a worker process
     streams them to collect, so a run it has to stop keeps the calls it had made)."""
     # keyed by (task, sample), not the run: the same --seed reproduces a run in another folder
-    sampling = SamplingParams(**{**spec.sampling.model_dump(), "seed": derive_seed(spec.sampling.seed, f"{task.task_id}/{sample_index}")})
+    sampling = SamplingParams(
+        **{**spec.sampling.model_dump(), "seed": derive_seed(spec.sampling.seed, f"{task.task_id}/{sample_index}")}
+    )
     config = as_tree(spec.tuner_config if spec.tuner_config is not None else build_tuner_config())
-    tuner = ModelTuner(engine, sampling, spec.trainable_targets, config=config, endpoint=endpoint,
-                       tool_format=spec.tool_format, template_kwargs=spec.template_kwargs)
+    tuner = ModelTuner(
+        engine,
+        sampling,
+        spec.trainable_targets,
+        config=config,
+        endpoint=endpoint,
+        tool_format=spec.tool_format,
+        template_kwargs=spec.template_kwargs,
+    )
     tuner.on_call = on_call
     # what agentscope.tuner workflows get as auxiliary_models: recorded per call, never trainable
     tuner.auxiliary_models = {name: AuxiliaryModel(tuner, backend) for name, backend in spec.auxiliary.items()}
@@ -146,14 +166,36 @@ async def run_one(spec: RunSpec, engine: Engine, task: Task, sample_index: int,
     await tuner.aclose()  # the run's OpenAI clients and endpoint keys
     # a call cancelled by the timeout left its reserved slot empty (one that raised is recorded with its error)
     calls = [c for c in tuner.calls if c is not None]
-    traj = make_trajectory(spec, engine.name, task, sample_index, status=status, error=error, tb=tb, reward=reward,
-                           metadata=metadata, started=started, calls=calls)
+    traj = make_trajectory(
+        spec,
+        engine.name,
+        task,
+        sample_index,
+        status=status,
+        error=error,
+        tb=tb,
+        reward=reward,
+        metadata=metadata,
+        started=started,
+        calls=calls,
+    )
     return traj, set(tuner.registered_roles)
 
 
-def make_trajectory(spec: RunSpec, engine_name: str, task: Task, sample_index: int, *, status: str, started: float,
-                    calls: list, error: str | None = None, tb: str | None = None, reward: float | None = None,
-                    metadata: dict | None = None) -> Trajectory:
+def make_trajectory(
+    spec: RunSpec,
+    engine_name: str,
+    task: Task,
+    sample_index: int,
+    *,
+    status: str,
+    started: float,
+    calls: list,
+    error: str | None = None,
+    tb: str | None = None,
+    reward: float | None = None,
+    metadata: dict | None = None,
+) -> Trajectory:
     """The record of one run (the run: spec, engine, task, sample; how it went: the rest), finished now:
     by run_one, or by collect for a run whose worker process it had to stop."""
     finished = time.time()
@@ -185,7 +227,9 @@ class Recorder:
     """Where finished runs go, whoever ran them (this process or a worker): the trace writer,
     the stats, the progress bar and the trainable-targets check."""
 
-    def __init__(self, spec: RunSpec, writer: TraceWriter, total: int, flush_interval_s: float = 2.0, progress: bool = True):
+    def __init__(
+        self, spec: RunSpec, writer: TraceWriter, total: int, flush_interval_s: float = 2.0, progress: bool = True
+    ):
         from tqdm.auto import tqdm
 
         self.spec, self.writer, self.flush_interval_s = spec, writer, flush_interval_s
@@ -208,7 +252,9 @@ class Recorder:
         setattr(stats, traj.status, getattr(stats, traj.status) + 1)
         stats.calls += len(traj.calls)
         stats.trainable_calls += sum(c.trainable for c in traj.calls)
-        stats.completion_tokens += sum(c.completion_tokens or 0 for c in traj.calls if c.completion_token_ids is not None)
+        stats.completion_tokens += sum(
+            c.completion_tokens or 0 for c in traj.calls if c.completion_token_ids is not None
+        )
         stats.registered_roles |= roles
         for call in traj.calls:
             if call.error is not None:
@@ -294,7 +340,9 @@ def role_table(stats: CollectStats) -> str:
     for role, row in sorted(stats.by_role.items()):
         names = ", ".join(sorted(row.agents))
         mean = f"{row.completion_tokens / row.counted_calls:.1f}" if row.counted_calls else "-"
-        rows.append((role, names if len(names) <= 40 else names[:37] + "...", str(row.calls), str(row.trainable_calls), mean))
+        rows.append(
+            (role, names if len(names) <= 40 else names[:37] + "...", str(row.calls), str(row.trainable_calls), mean)
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

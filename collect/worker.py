@@ -222,9 +222,11 @@ class Worker:
                     tokenizers[ref.checkpoint] = AutoTokenizer.from_pretrained(ref.checkpoint)
                 engines[ref.key] = RemoteEngine(ref, tokenizers[ref.checkpoint], self)
             spec.auxiliary = {
-                aux.name: AuxiliaryBackend(aux.name, model=endpoint_model(aux.spec)) if aux.engine_key is None
+                aux.name: AuxiliaryBackend(aux.name, model=endpoint_model(aux.spec))
+                if aux.engine_key is None
                 else AuxiliaryBackend(aux.name, engine=engines[aux.engine_key], sampling=aux.sampling)
-                for aux in self.setup.auxiliary}
+                for aux in self.setup.auxiliary
+            }
         except BaseException as exc:  # collect loaded the same workflow: this is rare, and fatal to the collect
             self.send(InitError(f"{type(exc).__name__}: {exc}".splitlines()[0][:500]))
             return
@@ -250,8 +252,9 @@ class Worker:
     def _start(self, spec, engine, endpoint, key: int, task, sample_index: int) -> asyncio.Task:
         async def run() -> None:
             self.send(RunStarted(key, time.time()))
-            traj, roles = await run_one(spec, engine, task, sample_index, endpoint,
-                                        on_call=lambda call: self.send(CallMade(key, call)))
+            traj, roles = await run_one(
+                spec, engine, task, sample_index, endpoint, on_call=lambda call: self.send(CallMade(key, call))
+            )
             # its calls went one by one, as they were made: collect puts them back (sent once, not twice)
             self.send(RunDone(key, traj.model_copy(update={"calls": []}), roles))
             self.inbox.put_nowait(RunEnded(key))

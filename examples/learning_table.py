@@ -30,10 +30,12 @@ def per_role(db: Path) -> dict[int, dict[str, float]]:
         return {}
     con = open_store(db, read_only=True)
     try:
-        rows = con.execute("SELECT t.iteration, c.role, avg(s.value) FROM scores s "
-                           "JOIN trajectories t USING (trajectory_id) "
-                           "JOIN calls c ON c.trajectory_id = s.trajectory_id AND c.call_index = s.call_index "
-                           "WHERE s.call_index IS NOT NULL AND s.value IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2").fetchall()
+        rows = con.execute(
+            "SELECT t.iteration, c.role, avg(s.value) FROM scores s "
+            "JOIN trajectories t USING (trajectory_id) "
+            "JOIN calls c ON c.trajectory_id = s.trajectory_id AND c.call_index = s.call_index "
+            "WHERE s.call_index IS NOT NULL AND s.value IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2"
+        ).fetchall()
     finally:
         con.close()
     out: dict[int, dict[str, float]] = {}
@@ -47,8 +49,10 @@ def trained_roles(db: Path) -> dict[int, list[str]]:
 
     con = open_store(db, read_only=True)
     try:
-        rows = con.execute("SELECT t.iteration, list(DISTINCT c.role ORDER BY c.role) FROM calls c "
-                           "JOIN trajectories t USING (trajectory_id) WHERE c.trainable GROUP BY 1").fetchall()
+        rows = con.execute(
+            "SELECT t.iteration, list(DISTINCT c.role ORDER BY c.role) FROM calls c "
+            "JOIN trajectories t USING (trajectory_id) WHERE c.trainable GROUP BY 1"
+        ).fetchall()
     finally:
         con.close()
     return {int(k): v for k, v in rows}

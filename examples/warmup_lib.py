@@ -29,8 +29,12 @@ def parse_args(argv, *, doc: str, tasks: Path, steps: int, batch_size: int, batc
     p.add_argument("--batch_size", type=int, default=batch_size, help=batch_help)
     p.add_argument("--learning_rate", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0, help=seed_help)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads; 1 is fastest for this tiny model, and far faster on a busy machine")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads; 1 is fastest for this tiny model, and far faster on a busy machine",
+    )
     return p.parse_args(argv)
 
 
@@ -60,7 +64,9 @@ def prompt_then_reply(prompt: list[int], reply: list[int]) -> tuple[list[int], l
     return prompt + reply, [0] * len(prompt) + [1] * len(reply)
 
 
-def warm_up(args, make_sample: Callable[[object], Sample], note: Callable[[object], str] = lambda tokenizer: "") -> None:
+def warm_up(
+    args, make_sample: Callable[[object], Sample], note: Callable[[object], str] = lambda tokenizer: ""
+) -> None:
     """A warm-up's main: train on `make_sample(tokenizer)`'s sequences from --model (default: the
     embedded tiny model) and write --out, unless --out is already a checkpoint. `note(tokenizer)`
     ends the last line printed."""
@@ -75,14 +81,32 @@ def warm_up(args, make_sample: Callable[[object], Sample], note: Callable[[objec
     base = Path(args.model) if args.model else ensure_tiny_model()
     started = time.time()
     sample = make_sample(AutoTokenizer.from_pretrained(base))
-    model, tokenizer, loss = train_masked(base, sample, steps=args.steps, batch_size=args.batch_size,
-                                          learning_rate=args.learning_rate, seed=args.seed, threads=args.threads)
-    save_checkpoint(model, tokenizer, base, out, {**vars(args), "final_loss": loss, "seconds": round(time.time() - started, 1)})
+    model, tokenizer, loss = train_masked(
+        base,
+        sample,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        threads=args.threads,
+    )
+    save_checkpoint(
+        model, tokenizer, base, out, {**vars(args), "final_loss": loss, "seconds": round(time.time() - started, 1)}
+    )
     print(f"warmup: wrote {out} in {time.time() - started:.1f} s (final loss {loss:.4f}{note(tokenizer)})")
 
 
-def train_masked(base: Path, sample: Sample, *, steps: int, batch_size: int,
-                 learning_rate: float, seed: int, threads: int, log_every: int = 50):
+def train_masked(
+    base: Path,
+    sample: Sample,
+    *,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    threads: int,
+    log_every: int = 50,
+):
     """AdamW with a linear decay to 0 on sequences drawn by `sample(rng) -> (ids, loss_mask)`.
     Returns (model, tokenizer, final loss). Right padding: positions start at 0, as at collect."""
     import torch

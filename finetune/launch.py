@@ -24,8 +24,10 @@ import socket
 from contextlib import contextmanager
 from pathlib import Path
 
-LAUNCH_HINT = ("torchrun --nproc_per_node N -m finetune ..., or accelerate launch --config_file finetune/accelerate/multi_cpu.yaml "
-               "--num_processes N -m finetune ...")
+LAUNCH_HINT = (
+    "torchrun --nproc_per_node N -m finetune ..., or accelerate launch --config_file finetune/accelerate/multi_cpu.yaml "
+    "--num_processes N -m finetune ..."
+)
 # torchrun, accelerate and deepspeed set WORLD_SIZE/RANK; mpirun flavours their own (accelerate reads the same ones)
 _WORLD_SIZE_VARS = ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
 _RANK_VARS = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "MV2_COMM_WORLD_RANK")
@@ -64,11 +66,15 @@ def say(*parts) -> None:
 def check_launcher_env() -> None:
     """Before anything heavy: accelerate's single-process launcher, asked for several processes,
     exports MASTER_ADDR/MASTER_PORT (and ACCELERATE_MIXED_PRECISION) but no world size."""
-    asked_several = "ACCELERATE_MIXED_PRECISION" in os.environ and "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ
+    asked_several = (
+        "ACCELERATE_MIXED_PRECISION" in os.environ and "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ
+    )
     if launched_world_size() is None and asked_several:
-        raise LaunchError("accelerate launch started 1 process where several were asked for (its single-process launcher, "
-                          "which --cpu, a MULTI_CPU config or no GPU choose unless --mpirun_hostfile is given, starts one); "
-                          f"run: {LAUNCH_HINT} (for one process, unset MASTER_ADDR and MASTER_PORT)")
+        raise LaunchError(
+            "accelerate launch started 1 process where several were asked for (its single-process launcher, "
+            "which --cpu, a MULTI_CPU config or no GPU choose unless --mpirun_hostfile is given, starts one); "
+            f"run: {LAUNCH_HINT} (for one process, unset MASTER_ADDR and MASTER_PORT)"
+        )
 
 
 def has_accelerator() -> bool:
@@ -90,14 +96,21 @@ def check_data_parallel(training_args) -> int:
     group = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     if state.num_processes == expected == group and state.distributed_type != DistributedType.NO:
         return expected
-    cpu_fix = ("drop --use_cpu false (without an accelerator finetune trains on CPU over gloo)" if not has_accelerator()
-               else "check that every process sees its own GPU, or pass --use_cpu true to train on CPU")
+    cpu_fix = (
+        "drop --use_cpu false (without an accelerator finetune trains on CPU over gloo)"
+        if not has_accelerator()
+        else "check that every process sees its own GPU, or pass --use_cpu true to train on CPU"
+    )
     if state.num_processes == 1:
-        raise LaunchError(f"launched as {expected} processes, but each would train alone as world size 1 on all the data "
-                          f"(use_cpu {training_args.use_cpu}, ddp_backend {training_args.ddp_backend}); {cpu_fix}")
-    raise LaunchError(f"launched as {expected} processes: accelerate sees {state.num_processes} ranks of type "
-                      f"{state.distributed_type.value} and the process group {group}, so gradients would not be averaged "
-                      f"(use_cpu {training_args.use_cpu}, ddp_backend {training_args.ddp_backend}); {cpu_fix}")
+        raise LaunchError(
+            f"launched as {expected} processes, but each would train alone as world size 1 on all the data "
+            f"(use_cpu {training_args.use_cpu}, ddp_backend {training_args.ddp_backend}); {cpu_fix}"
+        )
+    raise LaunchError(
+        f"launched as {expected} processes: accelerate sees {state.num_processes} ranks of type "
+        f"{state.distributed_type.value} and the process group {group}, so gradients would not be averaged "
+        f"(use_cpu {training_args.use_cpu}, ddp_backend {training_args.ddp_backend}); {cpu_fix}"
+    )
 
 
 def check_wrapped(model_wrapped, world_size: int) -> None:
@@ -107,8 +120,10 @@ def check_wrapped(model_wrapped, world_size: int) -> None:
     names = {cls.__name__ for cls in type(model_wrapped).__mro__}
     if names & {"DistributedDataParallel", "DeepSpeedEngine", "FullyShardedDataParallel", "FSDPModule"}:
         return
-    raise LaunchError(f"{world_size} processes, but the model was not wrapped for data parallelism ({type(model_wrapped).__name__}): "
-                      f"gradients would not be averaged; run: {LAUNCH_HINT}")
+    raise LaunchError(
+        f"{world_size} processes, but the model was not wrapped for data parallelism ({type(model_wrapped).__name__}): "
+        f"gradients would not be averaged; run: {LAUNCH_HINT}"
+    )
 
 
 def all_ranks(value):
@@ -146,7 +161,7 @@ def output_lock(work: Path, output_dir: Path, world_size: int):
     held = [] if mine else [f"{holder} (rank {me})"]
     if me == 0:  # ranks this run does not have (an earlier, larger run): rank 0 probes them
         for path in sorted(work.glob(f"{LOCK_PREFIX}*")):
-            index = path.name[len(LOCK_PREFIX):]
+            index = path.name[len(LOCK_PREFIX) :]
             if index.isdigit() and int(index) >= world_size:
                 probe, holder = _try_lock(path)
                 if probe:
@@ -162,8 +177,10 @@ def output_lock(work: Path, output_dir: Path, world_size: int):
     if everyone:
         if mine:
             mine.close()
-        raise LaunchError(f"--output_dir {output_dir}: workers of an earlier run on it are still alive ({'; '.join(everyone)}); "
-                          "wait for them to finish or kill them, then run this again")
+        raise LaunchError(
+            f"--output_dir {output_dir}: workers of an earlier run on it are still alive ({'; '.join(everyone)}); "
+            "wait for them to finish or kill them, then run this again"
+        )
     try:
         yield
     finally:

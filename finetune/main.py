@@ -64,22 +64,37 @@ def parse_args(argv: list[str]):
 
     from astuner.cli import one_line_errors
 
-    parser = TrlParser((FinetuneConfig, DPOConfig if method == "dpo" else SFTConfig, ModelConfig), prog="python -m finetune",
-                       description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    parser = TrlParser(
+        (FinetuneConfig, DPOConfig if method == "dpo" else SFTConfig, ModelConfig),
+        prog="python -m finetune",
+        description=__doc__,
+        formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
+    )
     one_line_errors(parser, "--help-all")
-    unknown = sorted(set(recipe) - {action.dest for action in parser._actions} - {"env"})  # `env`: TrlParser's environment
+    unknown = sorted(
+        set(recipe) - {action.dest for action in parser._actions} - {"env"}
+    )  # `env`: TrlParser's environment
     if unknown:
-        raise ValueError(f"--config {config}: unknown option(s) {', '.join(unknown)} for --method {method}; "
-                         "all options: python -m finetune --help-all")
+        raise ValueError(
+            f"--config {config}: unknown option(s) {', '.join(unknown)} for --method {method}; "
+            "all options: python -m finetune --help-all"
+        )
     # Defaults that depend on the machine: bf16 only where a GPU has it; no tracker unless asked.
     # use_cpu where there is no accelerator: without it transformers never sets up data parallelism on CPU, so
     # torchrun or `accelerate launch --multi_gpu` would start ranks that each train alone (finetune/launch.py)
     gpu = torch.cuda.is_available()
-    parser.set_defaults(bf16=gpu and torch.cuda.is_bf16_supported(), dataloader_pin_memory=gpu, report_to="none",
-                        output_dir="", save_strategy="no",  # "": TrainingArguments would default None to trainer_output
-                        use_cpu=not has_accelerator())
+    parser.set_defaults(
+        bf16=gpu and torch.cuda.is_bf16_supported(),
+        dataloader_pin_memory=gpu,
+        report_to="none",
+        output_dir="",
+        save_strategy="no",  # "": TrainingArguments would default None to trainer_output
+        use_cpu=not has_accelerator(),
+    )
     try:
-        args, training_args, model_args, unknown = parser.parse_args_and_config(args=argv, return_remaining_strings=True)
+        args, training_args, model_args, unknown = parser.parse_args_and_config(
+            args=argv, return_remaining_strings=True
+        )
     except FileNotFoundError as exc:
         raise ValueError(f"--config: {exc.strerror}: {exc.filename}") from None
     if unknown:  # the recipe's keys are checked above, so these are flags
@@ -91,8 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in ("-h", "--help") and len(argv) == 1:
         configs = ", ".join(sorted(p.stem for p in ACCELERATE_CONFIGS.glob("*.yaml")))
-        print(__doc__.strip() + f"\n(in {ACCELERATE_CONFIGS}: {configs})\n\n"
-              "All options: python -m finetune --help-all (with TRL's config fields; imports torch, so it takes a few seconds).")
+        print(
+            __doc__.strip() + f"\n(in {ACCELERATE_CONFIGS}: {configs})\n\n"
+            "All options: python -m finetune --help-all (with TRL's config fields; imports torch, so it takes a few seconds)."
+        )
         return 0
     if "--help-all" in argv:
         argv = [a for a in argv if a != "--help-all"] + ["--help"]
@@ -114,10 +131,14 @@ def run(args: FinetuneConfig, training_args, model_args) -> int:
     from astuner.store import open_store
 
     if args.export is None and not training_args.output_dir:
-        raise ValueError("--output_dir: required to train (the checkpoint folder to write); or pass --export PATH.parquet to only build data")
+        raise ValueError(
+            "--output_dir: required to train (the checkpoint folder to write); or pass --export PATH.parquet to only build data"
+        )
     output_dir = Path(training_args.output_dir) if training_args.output_dir else None
     if output_dir is not None and output_dir.exists() and any(output_dir.iterdir()):
-        raise ValueError(f"--output_dir {output_dir}: already exists and is not empty; pick a new folder (checkpoints are never overwritten)")
+        raise ValueError(
+            f"--output_dir {output_dir}: already exists and is not empty; pick a new folder (checkpoints are never overwritten)"
+        )
 
     if args.export is None:
         check_data_parallel(training_args)  # before any data or model is loaded
@@ -130,8 +151,10 @@ def run(args: FinetuneConfig, training_args, model_args) -> int:
     say(built.summary())
     if args.export:
         export(built, args.export)
-        say(f"wrote {len(built.rows)} {'sequences' if built.method == 'sft' else 'pairs'} to {args.export} "
-            f"(datasets.load_dataset('parquet', data_files='{args.export}'))")
+        say(
+            f"wrote {len(built.rows)} {'sequences' if built.method == 'sft' else 'pairs'} to {args.export} "
+            f"(datasets.load_dataset('parquet', data_files='{args.export}'))"
+        )
         return 0
     model_args.model_name_or_path = str(require_checkpoint(parent, option="--model_name_or_path"))
 
@@ -139,4 +162,3 @@ def run(args: FinetuneConfig, training_args, model_args) -> int:
 
     train(args, training_args, model_args, built, output_dir)
     return 0
-

@@ -43,7 +43,8 @@ def training_dataset(built: BuiltDataset):
     if built.method == "sft":
         dataset = dataset.map(
             lambda ex: {"labels": [t if m else -100 for t, m in zip(ex["input_ids"], ex["completion_mask"])]},
-            desc="Masking non-trained tokens")
+            desc="Masking non-trained tokens",
+        )
         return dataset.select_columns(["input_ids", "labels"])
     return dataset.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"])
 
@@ -53,8 +54,10 @@ def check_vocabulary(built: BuiltDataset, tokenizer, model_path: str) -> None:
     columns = ("input_ids",) if built.method == "sft" else DPO_COLUMNS
     largest = max((max(row[c]) for row in built.rows for c in columns if row[c]), default=-1)
     if largest >= len(tokenizer):
-        raise ValueError(f"--model_name_or_path {model_path}: the store holds token id {largest}, outside this tokenizer's "
-                         f"{len(tokenizer)} tokens; train from the checkpoint the trajectories were collected with")
+        raise ValueError(
+            f"--model_name_or_path {model_path}: the store holds token id {largest}, outside this tokenizer's "
+            f"{len(tokenizer)} tokens; train from the checkpoint the trajectories were collected with"
+        )
 
 
 def length_report(built: BuiltDataset, max_length: int | None) -> str | None:
@@ -70,8 +73,10 @@ def length_report(built: BuiltDataset, max_length: int | None) -> str | None:
     truncated = sum(1 for n in lengths if n > max_length) - dropped
     if not (dropped or truncated):
         return None
-    return (f"--max_length {max_length}: of {len(lengths)} examples, {dropped} have no trained token within it and are dropped, "
-            f"{truncated} are cut short (longest: {max(lengths)} tokens); raise --max_length to keep them")
+    return (
+        f"--max_length {max_length}: of {len(lengths)} examples, {dropped} have no trained token within it and are dropped, "
+        f"{truncated} are cut short (longest: {max(lengths)} tokens); raise --max_length to keep them"
+    )
 
 
 def _resume_point(work: Path, dataset_sha: str, requested):
@@ -84,8 +89,11 @@ def _resume_point(work: Path, dataset_sha: str, requested):
     if is_main_process():
         marker = work / "dataset.sha256"
         same = marker.is_file() and marker.read_text().strip() == dataset_sha
-        done = sorted((int(p.name.rpartition("-")[2]), p) for p in work.glob("checkpoint-*")
-                      if p.name.rpartition("-")[2].isdigit() and (p / "trainer_state.json").is_file())
+        done = sorted(
+            (int(p.name.rpartition("-")[2]), p)
+            for p in work.glob("checkpoint-*")
+            if p.name.rpartition("-")[2].isdigit() and (p / "trainer_state.json").is_file()
+        )
         if same and done:
             say(f"resuming the unfinished run in {work} from {done[-1][1].name}")
             resume = str(done[-1][1])
@@ -109,7 +117,9 @@ class LaunchChecks(TrainerCallback):
             self.checked = True
 
     def on_save(self, args, state, control, **kwargs):
-        if self.world_size > 1:  # every rank's part of checkpoint-N (its rng state; rank 0's weights and state) is on disk
+        if (
+            self.world_size > 1
+        ):  # every rank's part of checkpoint-N (its rng state; rank 0's weights and state) is on disk
             self.trainer.accelerator.wait_for_everyone()
         crash_point("finetune.checkpoint")
 
@@ -133,13 +143,22 @@ def whole_run_metrics(metrics: dict, log_history: list[dict], resumed_from: int,
 
 def build_trainer(method: str, training_args, model_args, dataset, tokenizer):
     """The TRL trainer for `method`, the model loaded by TRL from model_args (as TRL's scripts do)."""
-    model_init_kwargs = {"dtype": model_args.dtype, "attn_implementation": model_args.attn_implementation,
-                         "revision": model_args.model_revision}
-    training_args.model_init_kwargs = {k: v for k, v in {**model_init_kwargs, **(training_args.model_init_kwargs or {})}.items()
-                                       if v is not None}
+    model_init_kwargs = {
+        "dtype": model_args.dtype,
+        "attn_implementation": model_args.attn_implementation,
+        "revision": model_args.model_revision,
+    }
+    training_args.model_init_kwargs = {
+        k: v for k, v in {**model_init_kwargs, **(training_args.model_init_kwargs or {})}.items() if v is not None
+    }
     trainer_cls = SFTTrainer if method == "sft" else PretokenizedDPOTrainer
-    return trainer_cls(model=model_args.model_name_or_path, args=training_args, train_dataset=dataset,
-                       processing_class=tokenizer, peft_config=get_peft_config(model_args))
+    return trainer_cls(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
 
 
 def train(args: FinetuneConfig, training_args, model_args, built: BuiltDataset, output_dir: Path) -> Path:
@@ -159,8 +178,18 @@ def train(args: FinetuneConfig, training_args, model_args, built: BuiltDataset, 
     return output_dir
 
 
-def _train(args: FinetuneConfig, training_args, model_args, built: BuiltDataset, tokenizer, dataset_sha: str,
-           output_dir: Path, work: Path, resume: str | None, world_size: int) -> None:
+def _train(
+    args: FinetuneConfig,
+    training_args,
+    model_args,
+    built: BuiltDataset,
+    tokenizer,
+    dataset_sha: str,
+    output_dir: Path,
+    work: Path,
+    resume: str | None,
+    world_size: int,
+) -> None:
     from transformers.utils import logging as hf_logging
 
     parent = model_args.model_name_or_path
@@ -176,8 +205,10 @@ def _train(args: FinetuneConfig, training_args, model_args, built: BuiltDataset,
     trainer.add_callback(LaunchChecks(trainer, world_size))
     n_train = len(trainer.train_dataset)
     if n_train == 0:
-        raise ValueError(f"--max_length {training_args.max_length}: every example's prompt fills it, so no token is left to "
-                         "train on; raise --max_length")
+        raise ValueError(
+            f"--max_length {training_args.max_length}: every example's prompt fills it, so no token is left to "
+            "train on; raise --max_length"
+        )
     # read before training: save_total_limit may rotate the checkpoint away
     state_file = Path(str(resume)) / "trainer_state.json"
     resumed_from = json.loads(state_file.read_text())["global_step"] if resume and state_file.is_file() else 0
@@ -202,14 +233,20 @@ def _train(args: FinetuneConfig, training_args, model_args, built: BuiltDataset,
             "iterations": built.iterations,
             "query": built.query,
             "query_params": built.params,
-            "selection": {k: getattr(args, k) for k in ("top_k", "min_reward", "min_margin", "pairing", "pair_by", "min_call_reward", "roles")},
+            "selection": {
+                k: getattr(args, k)
+                for k in ("top_k", "min_reward", "min_margin", "pairing", "pair_by", "min_call_reward", "roles")
+            },
             "dataset_sha256": dataset_sha,
             "counts": {**built.counts, "train_examples": n_train},
             "world_size": trainer.accelerator.num_processes,
             "per_device_train_batch_size": training_args.per_device_train_batch_size,
             "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
-            "global_batch_size": (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
-                                  * trainer.accelerator.num_processes),
+            "global_batch_size": (
+                training_args.per_device_train_batch_size
+                * training_args.gradient_accumulation_steps
+                * trainer.accelerator.num_processes
+            ),
             "metrics": metrics,
             "log_history": trainer.state.log_history,
             "train_seconds": round(time.time() - started, 3),
@@ -223,8 +260,11 @@ def _train(args: FinetuneConfig, training_args, model_args, built: BuiltDataset,
         crash_point("finetune.renamed")
         shutil.rmtree(work, ignore_errors=True)
         loss = metrics.get("train_loss")
-        say(f"trained {built.method} on {n_train} examples in {result.metrics.get('train_runtime', 0):.1f} s"
-            + (f", train_loss {loss:.4f}" if loss is not None else "") + f"; wrote {output_dir}")
+        say(
+            f"trained {built.method} on {n_train} examples in {result.metrics.get('train_runtime', 0):.1f} s"
+            + (f", train_loss {loss:.4f}" if loss is not None else "")
+            + f"; wrote {output_dir}"
+        )
         say(f"next: python -m collect --model {output_dir} ...")
     trainer.accelerator.wait_for_everyone()
     if hasattr(trainer, "end"):
@@ -239,7 +279,9 @@ def _write_full_checkpoint(trained: Path, final: Path, parent: str, peft: bool, 
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
 
-        base = AutoModelForCausalLM.from_pretrained(parent, dtype=getattr(torch, dtype) if dtype not in (None, "auto") else "auto")
+        base = AutoModelForCausalLM.from_pretrained(
+            parent, dtype=getattr(torch, dtype) if dtype not in (None, "auto") else "auto"
+        )
         merged = PeftModel.from_pretrained(base, str(trained)).merge_and_unload()
         merged.save_pretrained(str(final))
     else:

@@ -27,8 +27,11 @@ from astuner.trajectory import SCHEMA_VERSION, TraceFormatError, dump_line, pars
 # metadata vary per workflow and stay JSON text; token ids become typed lists.
 READ_COLUMNS = read_columns()
 _COLUMNS_SQL = "{" + ", ".join(f"'{k}': '{v}'" for k, v in READ_COLUMNS.items()) + "}"
-_READ = ("read_json(?, format='newline_delimited', filename=true, columns=" + _COLUMNS_SQL
-         + ", maximum_object_size=1073741824)")
+_READ = (
+    "read_json(?, format='newline_delimited', filename=true, columns="
+    + _COLUMNS_SQL
+    + ", maximum_object_size=1073741824)"
+)
 
 # Rows the typed read cannot vouch for: re-read those files line by line to name the bad lines.
 _SUSPECT = f"""
@@ -39,10 +42,18 @@ WHERE s.schema_version IS DISTINCT FROM {SCHEMA_VERSION} OR {missing_fields_sql(
 _UNKNOWN_KEYS = unknown_keys_query()
 
 _NEW_ROWS = "FROM staged s JOIN new_ids n ON s.trajectory_id = n.trajectory_id AND s.rowid = n.row_id"
-_INSERT_TRAJECTORIES = insert_sql("trajectories", "s", {
-    "n_calls": "coalesce(len(s.calls), 0)", "source_file": "s.source_file", "ingested_at": "now()"}) + " " + _NEW_ROWS
+_INSERT_TRAJECTORIES = (
+    insert_sql(
+        "trajectories",
+        "s",
+        {"n_calls": "coalesce(len(s.calls), 0)", "source_file": "s.source_file", "ingested_at": "now()"},
+    )
+    + " "
+    + _NEW_ROWS
+)
 _INSERT_CALLS = insert_sql("calls", "c", {"trajectory_id": "trajectory_id"}) + (
-    f" FROM (SELECT s.trajectory_id, unnest(s.calls) AS c {_NEW_ROWS})")
+    f" FROM (SELECT s.trajectory_id, unnest(s.calls) AS c {_NEW_ROWS})"
+)
 
 
 class IngestError(ValueError):
@@ -61,10 +72,10 @@ class IngestResult:
     drift_found: int = 0
     drift_unchecked: int = 0
     drift_unchecked_why: str = "checkpoint folder not found here"  # the first reason
-    measured_pairs: int = 0        # engine calls with an earlier call of the same agent
+    measured_pairs: int = 0  # engine calls with an earlier call of the same agent
     extending: int = 0
     causes: dict = field(default_factory=dict)
-    rerender_tokens: int = 0       # prompt + completion ids of the calls re-rendered
+    rerender_tokens: int = 0  # prompt + completion ids of the calls re-rendered
     rerender_changed: int = 0
     seconds: float = 0.0
 
@@ -80,10 +91,13 @@ class IngestResult:
         if self.measured_pairs or self.rerender_tokens:
             causes = ", ".join(f"{k} {v}" for k, v in sorted(self.causes.items(), key=lambda kv: -kv[1]))
             share = self.rerender_changed / self.rerender_tokens if self.rerender_tokens else 0.0
-            lines.append(f"extension: {self.extending} of {self.measured_pairs} engine calls extend their agent's previous "
-                         f"prompt + completion" + (f" (not: {causes})" if causes else "")
-                         + f"; re-render drift: {self.rerender_changed} of {self.rerender_tokens} tokens ({share:.1%}) "
-                         "would differ if the conversation were re-rendered from text")
+            lines.append(
+                f"extension: {self.extending} of {self.measured_pairs} engine calls extend their agent's previous "
+                f"prompt + completion"
+                + (f" (not: {causes})" if causes else "")
+                + f"; re-render drift: {self.rerender_changed} of {self.rerender_tokens} tokens ({share:.1%}) "
+                "would differ if the conversation were re-rendered from text"
+            )
         return "\n".join(lines)
 
 
@@ -91,7 +105,9 @@ def _stage_files(con, paths: list[Path], source: str | None = None) -> None:
     """One read over many files, so DuckDB parses them in parallel."""
     source_sql = "?::VARCHAR" if source else "filename"
     params = [source] if source else []
-    con.execute(f"INSERT INTO staged SELECT * EXCLUDE (filename), {source_sql} FROM {_READ}", params + [[str(p) for p in paths]])
+    con.execute(
+        f"INSERT INTO staged SELECT * EXCLUDE (filename), {source_sql} FROM {_READ}", params + [[str(p) for p in paths]]
+    )
 
 
 def _stage_line_by_line(con, path: Path, strict: bool, result: IngestResult) -> None:
@@ -193,7 +209,9 @@ def _collect_runs(con, paths: list[str]) -> None:
     )
 
 
-def ingest(con, paths: list[str], *, strict: bool = False, check_template: bool = True, progress: bool = True) -> IngestResult:
+def ingest(
+    con, paths: list[str], *, strict: bool = False, check_template: bool = True, progress: bool = True
+) -> IngestResult:
     started = time.perf_counter()
     result = IngestResult()
     files: list[Path] = []
@@ -246,9 +264,18 @@ def ingest(con, paths: list[str], *, strict: bool = False, check_template: bool 
     result.seconds = time.perf_counter() - started
     con.execute(
         "INSERT INTO runs VALUES (?, 'ingest', ?, NULL, NULL, now() - to_seconds(?), now())",
-        [uuid.uuid4().hex[:16], json.dumps({"paths": [str(p) for p in paths], "strict": strict,
-                                            "new_trajectories": result.new_trajectories, "bad_lines": len(result.bad_lines)}),
-         result.seconds],
+        [
+            uuid.uuid4().hex[:16],
+            json.dumps(
+                {
+                    "paths": [str(p) for p in paths],
+                    "strict": strict,
+                    "new_trajectories": result.new_trajectories,
+                    "bad_lines": len(result.bad_lines),
+                }
+            ),
+            result.seconds,
+        ],
     )
     return result
 
@@ -282,8 +309,13 @@ def check_template_drift(con, result: IngestResult, progress: bool = True, chunk
         ids, indexes, drift = [], [], []
         with tqdm(total=count, desc="template drift", unit="call", disable=not progress) as bar:
             while rows := query.fetchmany(chunk):
-                rendered = render_prompts_ids(tokenizer, [(json.loads(r[2]), json.loads(r[3]) if r[3] else None,
-                                                         json.loads(r[5]) if r[5] else None) for r in rows])
+                rendered = render_prompts_ids(
+                    tokenizer,
+                    [
+                        (json.loads(r[2]), json.loads(r[3]) if r[3] else None, json.loads(r[5]) if r[5] else None)
+                        for r in rows
+                    ],
+                )
                 for row, again in zip(rows, rendered):
                     ids.append(row[0])
                     indexes.append(row[1])
@@ -335,9 +367,14 @@ def measure_drift(con, result: IngestResult, progress: bool = True, chunk: int =
             by_checkpoint: dict = {}  # checkpoint -> positions in this chunk
             for row in rows:
                 trajectory_id, index, agent, role, messages, tools, text, prompt, completion, checkpoint, kwargs = row
-                call = {"messages": json.loads(messages), "tools": json.loads(tools) if tools else None,
-                        "completion_text": text, "prompt_token_ids": prompt, "completion_token_ids": completion,
-                        "template_kwargs": json.loads(kwargs) if kwargs else None}
+                call = {
+                    "messages": json.loads(messages),
+                    "tools": json.loads(tools) if tools else None,
+                    "completion_text": text,
+                    "prompt_token_ids": prompt,
+                    "completion_token_ids": completion,
+                    "template_kwargs": json.loads(kwargs) if kwargs else None,
+                }
                 if trajectory_id != trajectory:  # rows come in trajectory order: the last one's calls are done
                     trajectory, previous = trajectory_id, {}
                 key = (agent, role)
@@ -345,8 +382,11 @@ def measure_drift(con, result: IngestResult, progress: bool = True, chunk: int =
                 previous[key] = call
                 if checkpoint not in tokenizers:
                     tokenizer = _load_tokenizer(checkpoint)[0]
-                    tokenizers[checkpoint] = None if tokenizer is None else (
-                        tokenizer, detect_family(tokenizer), special_tokens_of(tokenizer))
+                    tokenizers[checkpoint] = (
+                        None
+                        if tokenizer is None
+                        else (tokenizer, detect_family(tokenizer), special_tokens_of(tokenizer))
+                    )
                 if tokenizers[checkpoint] is not None:
                     by_checkpoint.setdefault(checkpoint, []).append((len(out["rerender"]), call))
                 for name, value in zip(out, (trajectory_id, index, extends, at, cause, None)):
@@ -359,14 +399,24 @@ def measure_drift(con, result: IngestResult, progress: bool = True, chunk: int =
             for checkpoint, positioned in by_checkpoint.items():
                 tokenizer, family, specials = tokenizers[checkpoint]
                 calls = [call for _, call in positioned]
-                for (position, call), rerender in zip(positioned, rerender_drift_tokens_batch(tokenizer, calls, family, specials)):
+                for (position, call), rerender in zip(
+                    positioned, rerender_drift_tokens_batch(tokenizer, calls, family, specials)
+                ):
                     out["rerender"][position] = rerender
                     result.rerender_tokens += len(call["prompt_token_ids"]) + len(call["completion_token_ids"])
                     result.rerender_changed += rerender
-            tables.append(pa.table({
-                "trajectory_id": pa.array(out["trajectory_id"], pa.string()), "call_index": pa.array(out["call_index"], pa.int32()),
-                "extends": pa.array(out["extends"], pa.bool_()), "at": pa.array(out["at"], pa.int32()),
-                "cause": pa.array(out["cause"], pa.string()), "rerender": pa.array(out["rerender"], pa.int32())}))
+            tables.append(
+                pa.table(
+                    {
+                        "trajectory_id": pa.array(out["trajectory_id"], pa.string()),
+                        "call_index": pa.array(out["call_index"], pa.int32()),
+                        "extends": pa.array(out["extends"], pa.bool_()),
+                        "at": pa.array(out["at"], pa.int32()),
+                        "cause": pa.array(out["cause"], pa.string()),
+                        "rerender": pa.array(out["rerender"], pa.int32()),
+                    }
+                )
+            )
             bar.update(len(rows))
     if not tables:
         return

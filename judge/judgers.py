@@ -51,8 +51,10 @@ class JudgerError(ValueError):
     """A --judger spec that cannot be used; one line naming it and the fix."""
 
 
-_USAGE = ("use workflow, exact[:OUT,REF], numeric[:OUT,REF,TOL], regex[:OUT,PATTERN_FIELD], llm[:TEMPLATE_FILE], "
-          "or module:function")
+_USAGE = (
+    "use workflow, exact[:OUT,REF], numeric[:OUT,REF,TOL], regex[:OUT,PATTERN_FIELD], llm[:TEMPLATE_FILE], "
+    "or module:function"
+)
 
 
 def _output(traj: dict, field: str) -> Any:
@@ -62,7 +64,10 @@ def _output(traj: dict, field: str) -> Any:
 def workflow_reward(trajectories, **_):
     # AgentJet's WorkflowOutput.is_success labels the score
     labels = [success_label(t.get("metadata")) for t in trajectories]
-    return [t["reward"] if label is None else Score(_number(t["reward"]), label=label) for t, label in zip(trajectories, labels)]
+    return [
+        t["reward"] if label is None else Score(_number(t["reward"]), label=label)
+        for t, label in zip(trajectories, labels)
+    ]
 
 
 def _compare(out_field: str, ref_field: str, equal: Callable[[Any, Any], Score | float]):
@@ -136,8 +141,15 @@ def _number(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def _llm_judge(template_file: str | None, *, model: str | None = None, engine: str = "transformers",
-               max_score: float = 10.0, max_tokens: int = 128, device: str | None = None):
+def _llm_judge(
+    template_file: str | None,
+    *,
+    model: str | None = None,
+    engine: str = "transformers",
+    max_score: float = 10.0,
+    max_tokens: int = 128,
+    device: str | None = None,
+):
     """--judger llm[:TEMPLATE_FILE] with the --judge_* options -> an LLMJudge on its own engine."""
     from astuner.checkpoint import checkpoint_sha256
     from astuner.engines import ENGINES, load_engine
@@ -155,8 +167,13 @@ def _llm_judge(template_file: str | None, *, model: str | None = None, engine: s
             raise JudgerError(f"--judger llm:{template_file}: cannot read the template ({exc.strerror})") from None
     checkpoint = model or str(ensure_tiny_model())
     kwargs = {"device": device} if device and engine == "transformers" else {}
-    return LLMJudge(load_engine(engine, checkpoint, option="--judge_model", **kwargs), template, max_score=max_score,
-                    max_tokens=max_tokens, checkpoint_sha256=checkpoint_sha256(checkpoint))
+    return LLMJudge(
+        load_engine(engine, checkpoint, option="--judge_model", **kwargs),
+        template,
+        max_score=max_score,
+        max_tokens=max_tokens,
+        checkpoint_sha256=checkpoint_sha256(checkpoint),
+    )
 
 
 def parse_judger(spec: str, llm_options: dict | None = None, auxiliary_models: dict | None = None) -> Judger:
@@ -219,5 +236,7 @@ def as_score(item: Any) -> Score:
         except (TypeError, ValueError):
             return Score(None, error=f"returned {type(item).__name__} {str(item)[:80]!r}, expected a float or None")
     if score.value is not None and not math.isfinite(score.value):
-        return Score(None, label=score.label, explanation=score.explanation, error=f"returned {score.value}, not a finite number")
+        return Score(
+            None, label=score.label, explanation=score.explanation, error=f"returned {score.value}, not a finite number"
+        )
     return score

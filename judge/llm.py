@@ -52,8 +52,15 @@ def transcript(traj: dict, limit: int = 6000) -> str:
 class LLMJudge:
     """A batched judger; one engine for the whole scoring run."""
 
-    def __init__(self, engine, template: str = DEFAULT_TEMPLATE, *, max_score: float = 10.0, max_tokens: int = 128,
-                 checkpoint_sha256: str = ""):
+    def __init__(
+        self,
+        engine,
+        template: str = DEFAULT_TEMPLATE,
+        *,
+        max_score: float = 10.0,
+        max_tokens: int = 128,
+        checkpoint_sha256: str = "",
+    ):
         from astuner.engines import SamplingParams
 
         self.engine = engine
@@ -66,8 +73,12 @@ class LLMJudge:
     def prompt(self, traj: dict) -> str:
         fields = _Fields({k: v for k, v in traj["metadata"].items()})
         fields.update(traj["task"])
-        fields.update(main_query=traj["main_query"], response=traj["response"] if traj["response"] is not None else "",
-                      status=traj["status"], transcript=transcript(traj))
+        fields.update(
+            main_query=traj["main_query"],
+            response=traj["response"] if traj["response"] is not None else "",
+            status=traj["status"],
+            transcript=transcript(traj),
+        )
         return self.template.format_map(fields)
 
     def parse(self, reply: str) -> Score:

@@ -21,41 +21,77 @@ DEFAULT_DB = "runs/store.duckdb"
 
 @dataclass
 class IngestConfig:
-    traces: list[str] = field(default_factory=list, metadata={"help": "Trajectory .jsonl files or folders of them (collect's OUT/traces)."})
+    traces: list[str] = field(
+        default_factory=list, metadata={"help": "Trajectory .jsonl files or folders of them (collect's OUT/traces)."}
+    )
     db: str = field(default=DEFAULT_DB, metadata={"help": "The store (a DuckDB file); created if missing."})
     strict: bool = field(default=False, metadata={"help": "Fail on the first malformed line instead of skipping it."})
-    check_template: bool = field(default=True, metadata={"help": "Re-render trainable calls through the checkpoint's chat template "
-                                 "and record template_drift (--no_check_template skips it)."})
+    check_template: bool = field(
+        default=True,
+        metadata={
+            "help": "Re-render trainable calls through the checkpoint's chat template "
+            "and record template_drift (--no_check_template skips it)."
+        },
+    )
 
 
 @dataclass
 class ScoreConfig:
     db: str = field(default=DEFAULT_DB, metadata={"help": "The store to score."})
-    judger: list[str] = field(default_factory=list, metadata={"action": "extend", "help": (
-        "SPEC[=WEIGHT] ... (default: workflow), repeatable: workflow | exact[:OUT,REF] | numeric[:OUT,REF,TOL] | regex[:OUT,PATTERN_FIELD] | "
-        "llm[:TEMPLATE_FILE] | module:function | path/file.py:function. The combined reward is the weighted mean of "
-        "the judgers that applied.")})
-    where: str | None = field(default=None, metadata={"help": "SQL condition on the trajectories table, e.g. \"iteration = 2\"."})
+    judger: list[str] = field(
+        default_factory=list,
+        metadata={
+            "action": "extend",
+            "help": (
+                "SPEC[=WEIGHT] ... (default: workflow), repeatable: workflow | exact[:OUT,REF] | numeric[:OUT,REF,TOL] | regex[:OUT,PATTERN_FIELD] | "
+                "llm[:TEMPLATE_FILE] | module:function | path/file.py:function. The combined reward is the weighted mean of "
+                "the judgers that applied."
+            ),
+        },
+    )
+    where: str | None = field(
+        default=None, metadata={"help": 'SQL condition on the trajectories table, e.g. "iteration = 2".'}
+    )
     batch_size: int = field(default=256, metadata={"help": "Trajectories per judger call (and per write)."})
-    remove: list[str] = field(default_factory=list, metadata={"action": "extend", "help": "Delete every score of these judgers first (by name, no weight)."})
-    success_threshold: float | None = field(default=None, metadata={"help": "Combined reward at or above which a trajectory "
-                                            "counts as a success in task_stats (stored in the store; default 1.0)."})
-    judge_model: str | None = field(default=None, metadata={"help": "llm judger: checkpoint folder (default: the embedded tiny model)."})
+    remove: list[str] = field(
+        default_factory=list,
+        metadata={"action": "extend", "help": "Delete every score of these judgers first (by name, no weight)."},
+    )
+    success_threshold: float | None = field(
+        default=None,
+        metadata={
+            "help": "Combined reward at or above which a trajectory "
+            "counts as a success in task_stats (stored in the store; default 1.0)."
+        },
+    )
+    judge_model: str | None = field(
+        default=None, metadata={"help": "llm judger: checkpoint folder (default: the embedded tiny model)."}
+    )
     judge_engine: str = field(default="transformers", metadata={"help": "llm judger: transformers or vllm."})
     judge_device: str | None = field(default=None, metadata={"help": "llm judger, transformers engine: cpu, cuda, ..."})
     judge_max_tokens: int = field(default=128, metadata={"help": "llm judger: most tokens of the judge's reply."})
-    auxiliary_models: str | None = field(default=None, metadata={"help": (
-        "The auxiliary_models of agentscope.tuner judges (e.g. a judge model): JSON or YAML name -> spec, or a .json/.yaml "
-        "file of it; a spec is a local checkpoint folder, {path: DIR, ...} or an OpenAI-compatible endpoint "
-        "{base_url: URL, model: NAME, api_key_env: VAR} (as collect's --auxiliary-models).")})
-    judge_max_score: float = field(default=10.0, metadata={"help": "llm judger: the top of the 'Score: N' scale; value = N / this."})
+    auxiliary_models: str | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "The auxiliary_models of agentscope.tuner judges (e.g. a judge model): JSON or YAML name -> spec, or a .json/.yaml "
+                "file of it; a spec is a local checkpoint folder, {path: DIR, ...} or an OpenAI-compatible endpoint "
+                "{base_url: URL, model: NAME, api_key_env: VAR} (as collect's --auxiliary-models)."
+            )
+        },
+    )
+    judge_max_score: float = field(
+        default=10.0, metadata={"help": "llm judger: the top of the 'Score: N' scale; value = N / this."}
+    )
 
 
 @dataclass
 class SqlConfig:
     query: str | None = field(default=None, metadata={"help": "A SQL query over the store's tables and views."})
     db: str = field(default=DEFAULT_DB, metadata={"help": "The store (opened read-only)."})
-    format: str = field(default="table", metadata={"help": "table, csv, json (one object per line) or parquet (needs --out)."})
+    format: str = field(
+        default="table", metadata={"help": "table, csv, json (one object per line) or parquet (needs --out)."}
+    )
     out: str | None = field(default=None, metadata={"help": "Write the result to this file instead of printing it."})
     max_rows: int = field(default=100, metadata={"help": "table format: print at most this many rows."})
 
@@ -114,8 +150,13 @@ def _score(cfg: ScoreConfig) -> int:
     con = open_store(cfg.db, create=False)  # a mistyped --db must not become a new, empty store
     try:
         # every option is checked before anything is written (--remove, --success_threshold)
-        llm = dict(model=cfg.judge_model, engine=cfg.judge_engine, device=cfg.judge_device,
-                   max_tokens=cfg.judge_max_tokens, max_score=cfg.judge_max_score)
+        llm = dict(
+            model=cfg.judge_model,
+            engine=cfg.judge_engine,
+            device=cfg.judge_device,
+            max_tokens=cfg.judge_max_tokens,
+            max_score=cfg.judge_max_score,
+        )
         auxiliary = parse_auxiliary_models(cfg.auxiliary_models)
         auxiliary_models = judge_models(auxiliary, cfg.judge_device) if auxiliary else {}
         judgers = [parse_judger(spec, llm, auxiliary_models) for spec in cfg.judger or ["workflow"]]
@@ -132,17 +173,29 @@ def _score(cfg: ScoreConfig) -> int:
             removed = con.execute("DELETE FROM scores WHERE judger = ?", [name]).fetchall()[0][0]
             print(f"removed {removed} scores of judger {name!r}")
         result = score(con, judgers, where=cfg.where, batch_size=cfg.batch_size)
-        print(format_table(["judger", "weight", "scored", "applied", "errors", "mean", "seconds"], [j.row() for j in result.judgers]))
+        print(
+            format_table(
+                ["judger", "weight", "scored", "applied", "errors", "mean", "seconds"],
+                [j.row() for j in result.judgers],
+            )
+        )
         for stats in result.judgers:
             if stats.first_error:
                 trajectory, call = stats.first_error_key
                 where = f"trajectory {trajectory}" + (f" call {call}" if call is not None else "")
-                print(f"{stats.name}: {stats.errors} error(s), first: {where}: {stats.first_error.splitlines()[0][:200]} "
-                      "(recorded as score rows: SELECT * FROM scores WHERE error IS NOT NULL)")
-        scope = f" WHERE trajectory_id IN (SELECT trajectory_id FROM trajectories WHERE {cfg.where})" if cfg.where else ""
+                print(
+                    f"{stats.name}: {stats.errors} error(s), first: {where}: {stats.first_error.splitlines()[0][:200]} "
+                    "(recorded as score rows: SELECT * FROM scores WHERE error IS NOT NULL)"
+                )
+        scope = (
+            f" WHERE trajectory_id IN (SELECT trajectory_id FROM trajectories WHERE {cfg.where})" if cfg.where else ""
+        )
         n, mean = con.execute(f"SELECT count(reward), avg(reward) FROM rewards{scope}").fetchall()[0]
-        print(f"combined reward: {n} of {result.trajectories} trajectories"
-              + (f", mean {mean:.4f}" if mean is not None else "") + " (SELECT * FROM rewards)")
+        print(
+            f"combined reward: {n} of {result.trajectories} trajectories"
+            + (f", mean {mean:.4f}" if mean is not None else "")
+            + " (SELECT * FROM rewards)"
+        )
     finally:
         con.close()
     return 0
@@ -163,7 +216,9 @@ def _sql(cfg: SqlConfig) -> int:
     try:
         try:
             if cfg.out:
-                options = {"csv": "FORMAT csv, HEADER", "json": "FORMAT json", "parquet": "FORMAT parquet"}.get(cfg.format)
+                options = {"csv": "FORMAT csv, HEADER", "json": "FORMAT json", "parquet": "FORMAT parquet"}.get(
+                    cfg.format
+                )
                 if options is None:
                     raise ValueError("--out needs --format csv, json or parquet")
                 query = cfg.query.strip().rstrip(";")
@@ -179,9 +234,15 @@ def _sql(cfg: SqlConfig) -> int:
         con.close()
     if cfg.format == "table":
         print(format_table(headers, rows[: cfg.max_rows]))
-        print(f"({len(rows)} row{'s' if len(rows) != 1 else ''}" + (f", first {cfg.max_rows} shown" if len(rows) > cfg.max_rows else "") + ")")
+        print(
+            f"({len(rows)} row{'s' if len(rows) != 1 else ''}"
+            + (f", first {cfg.max_rows} shown" if len(rows) > cfg.max_rows else "")
+            + ")"
+        )
     elif cfg.format == "csv":
-        writer = csv.writer(sys.stdout, lineterminator="\n")  # as DuckDB's CSV writer: `tail -1` in a shell gives `6`, not `6\r`
+        writer = csv.writer(
+            sys.stdout, lineterminator="\n"
+        )  # as DuckDB's CSV writer: `tail -1` in a shell gives `6`, not `6\r`
         writer.writerow(headers)
         writer.writerows(rows)
     else:
@@ -210,19 +271,39 @@ def _ensure_parent(path: str) -> None:
 
 
 COMMANDS = {
-    "ingest": (IngestConfig, _ingest, "traces", "Load trajectory JSONL into the store (idempotent: ids come from the records).\n\n"
-               "    python -m judge ingest runs/demo/traces --db runs/store.duckdb\n"
-               "    python -m judge ingest runs/iter-*/traces --db runs/store.duckdb --strict"),
-    "score": (ScoreConfig, _score, None, "Run judgers and write their scores; re-scoring replaces.\n\n"
-              "    python -m judge score --db runs/store.duckdb --judger workflow\n"
-              "    python -m judge score --db runs/store.duckdb --judger numeric:final_answer,answer,0.01=2 --judger workflow=1\n"
-              "    python -m judge score --db runs/store.duckdb --judger llm --judge_model path/to/checkpoint\n"
-              "    python -m judge score --db runs/store.duckdb --judger mypkg.judges:is_polite"),
-    "sql": (SqlConfig, _sql, "query", "Run a SQL query on the store (read-only) and print or write the result.\n\n"
-            "    python -m judge sql \"SELECT * FROM task_stats ORDER BY success_rate\" --db runs/store.duckdb\n"
-            "    python -m judge sql \"SELECT * FROM rewards\" --db runs/store.duckdb --format parquet --out rewards.parquet"),
-    "report": (ReportConfig, _report, None, "Write PNG plots and a static HTML page to browse trajectories.\n\n"
-               "    python -m judge report --db runs/store.duckdb --out runs/report"),
+    "ingest": (
+        IngestConfig,
+        _ingest,
+        "traces",
+        "Load trajectory JSONL into the store (idempotent: ids come from the records).\n\n"
+        "    python -m judge ingest runs/demo/traces --db runs/store.duckdb\n"
+        "    python -m judge ingest runs/iter-*/traces --db runs/store.duckdb --strict",
+    ),
+    "score": (
+        ScoreConfig,
+        _score,
+        None,
+        "Run judgers and write their scores; re-scoring replaces.\n\n"
+        "    python -m judge score --db runs/store.duckdb --judger workflow\n"
+        "    python -m judge score --db runs/store.duckdb --judger numeric:final_answer,answer,0.01=2 --judger workflow=1\n"
+        "    python -m judge score --db runs/store.duckdb --judger llm --judge_model path/to/checkpoint\n"
+        "    python -m judge score --db runs/store.duckdb --judger mypkg.judges:is_polite",
+    ),
+    "sql": (
+        SqlConfig,
+        _sql,
+        "query",
+        "Run a SQL query on the store (read-only) and print or write the result.\n\n"
+        '    python -m judge sql "SELECT * FROM task_stats ORDER BY success_rate" --db runs/store.duckdb\n'
+        '    python -m judge sql "SELECT * FROM rewards" --db runs/store.duckdb --format parquet --out rewards.parquet',
+    ),
+    "report": (
+        ReportConfig,
+        _report,
+        None,
+        "Write PNG plots and a static HTML page to browse trajectories.\n\n"
+        "    python -m judge report --db runs/store.duckdb --out runs/report",
+    ),
 }
 
 
@@ -238,11 +319,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     command = argv[0]
     if command not in COMMANDS:
-        print(f"judge: unknown subcommand {command!r}; use one of {', '.join(COMMANDS)} (python -m judge --help)", file=sys.stderr)
+        print(
+            f"judge: unknown subcommand {command!r}; use one of {', '.join(COMMANDS)} (python -m judge --help)",
+            file=sys.stderr,
+        )
         return 2
     config_cls, run, positional, description = COMMANDS[command]
     try:
-        cfg = parse_config(config_cls, argv[1:], prog=f"python -m judge {command}", description=description, positional=positional)
+        cfg = parse_config(
+            config_cls, argv[1:], prog=f"python -m judge {command}", description=description, positional=positional
+        )
         return run(cfg)
     except (ConfigError, StoreError, IngestError, JudgerError, ValueError, FileNotFoundError) as exc:
         print(f"judge {command}: error: {exc}", file=sys.stderr)

@@ -69,7 +69,9 @@ def _plots(con, out: Path) -> None:
     ).fetchall()
     _boxplot(plt, by_role, out / PLOTS[1], "Reward per role", "role", "reward (call-level scores where present)")
 
-    rows = con.execute("SELECT iteration, sum(success_rate * n) / sum(n) FROM task_stats GROUP BY 1 ORDER BY 1").fetchall()
+    rows = con.execute(
+        "SELECT iteration, sum(success_rate * n) / sum(n) FROM task_stats GROUP BY 1 ORDER BY 1"
+    ).fetchall()
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([r[0] for r in rows], [r[1] for r in rows], marker="o")
     ax.set_xticks([r[0] for r in rows])
@@ -83,9 +85,11 @@ def _message_html(msg: dict) -> str:
     content = msg.get("content")
     if isinstance(content, list):
         content = "\n".join(b.get("text", json.dumps(b)) if isinstance(b, dict) else str(b) for b in content)
-    parts = [f"<div class='msg'><span class='role'>{_esc(msg.get('role'))}</span>"
-             + (f" <span class='muted'>{_esc(msg.get('name'))}</span>" if msg.get("name") else "")
-             + f"<pre>{_esc(content)}</pre>"]
+    parts = [
+        f"<div class='msg'><span class='role'>{_esc(msg.get('role'))}</span>"
+        + (f" <span class='muted'>{_esc(msg.get('name'))}</span>" if msg.get("name") else "")
+        + f"<pre>{_esc(content)}</pre>"
+    ]
     for call in msg.get("tool_calls") or []:
         fn = call.get("function", {})
         parts.append(f"<pre>tool call {_esc(fn.get('name'))}({_esc(fn.get('arguments'))})</pre>")
@@ -95,10 +99,12 @@ def _message_html(msg: dict) -> str:
 def _trajectory_html(row, scores, calls, open_: bool = False) -> str:
     tid, task_id, iteration, sample, status, reward, workflow_reward, error, traceback, query = row
     reward_text = f"{reward:.3f}" if reward is not None else "-"
-    out = [f"<details{' open' if open_ else ''}><summary><b>{_esc(task_id)}</b> · iteration {iteration} · sample {sample} · "
-           f"<span class='{_esc(status)}'>{_esc(status)}</span> · reward {reward_text} "
-           f"<span class='muted'>({_esc(tid)})</span></summary>",
-           f"<p><b>Task:</b> {_esc(query)}</p><p>workflow reward: {_fmt(workflow_reward)}</p>"]
+    out = [
+        f"<details{' open' if open_ else ''}><summary><b>{_esc(task_id)}</b> · iteration {iteration} · sample {sample} · "
+        f"<span class='{_esc(status)}'>{_esc(status)}</span> · reward {reward_text} "
+        f"<span class='muted'>({_esc(tid)})</span></summary>",
+        f"<p><b>Task:</b> {_esc(query)}</p><p>workflow reward: {_fmt(workflow_reward)}</p>",
+    ]
     if scores:
         out.append(_table(["judger", "call", "weight", "value", "label", "error", "explanation"], scores))
     if error:
@@ -106,10 +112,13 @@ def _trajectory_html(row, scores, calls, open_: bool = False) -> str:
     for index, role, agent, trainable, drift, messages, text, tool_calls in calls:
         flag = "<span class='trainable'>trainable</span>" if trainable else "<span class='muted'>not trained</span>"
         drift_text = {True: " · <span class='error'>template drift</span>", False: "", None: ""}[drift]
-        out.append(f"<div class='call'><b>call {index}</b> · role {_esc(role)} · agent {_esc(agent)} · {flag}{drift_text}"
-                   f"<details><summary>{len(json.loads(messages or '[]'))} prompt messages</summary>"
-                   + "".join(_message_html(m) for m in json.loads(messages or "[]")) + "</details>"
-                   f"<div class='msg'><span class='role'>completion</span><pre>{_esc(text)}</pre></div>")
+        out.append(
+            f"<div class='call'><b>call {index}</b> · role {_esc(role)} · agent {_esc(agent)} · {flag}{drift_text}"
+            f"<details><summary>{len(json.loads(messages or '[]'))} prompt messages</summary>"
+            + "".join(_message_html(m) for m in json.loads(messages or "[]"))
+            + "</details>"
+            f"<div class='msg'><span class='role'>completion</span><pre>{_esc(text)}</pre></div>"
+        )
         for call in json.loads(tool_calls or "[]"):
             out.append(f"<pre>tool call {_esc(call.get('name'))}({_esc(call.get('arguments'))})</pre>")
         out.append("</div>")
@@ -119,7 +128,10 @@ def _trajectory_html(row, scores, calls, open_: bool = False) -> str:
 
 def _drift_rates(con) -> list:
     """Per (checkpoint, role): the drift measures of astuner/drift.py (a store from before them: none)."""
-    have = {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'calls'").fetchall()}
+    have = {
+        r[0]
+        for r in con.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'calls'").fetchall()
+    }
     if "drift_measured" not in have:
         return []
     return con.execute(
@@ -161,13 +173,15 @@ def write_report(con, out: str | Path, *, db_name: str = "", max_trajectories: i
     scores: dict[str, list] = {}
     for tid, *rest in con.execute(
         """SELECT trajectory_id, judger, call_index, weight, value, label, error, explanation FROM scores
-           WHERE trajectory_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY judger, call_index""", [ids]
+           WHERE trajectory_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY judger, call_index""",
+        [ids],
     ).fetchall():
         scores.setdefault(tid, []).append(rest)
     calls: dict[str, list] = {}
     for tid, *rest in con.execute(
         """SELECT trajectory_id, call_index, role, agent_name, trainable, template_drift, messages, completion_text, tool_calls
-           FROM calls WHERE trajectory_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY trajectory_id, call_index""", [ids]
+           FROM calls WHERE trajectory_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY trajectory_id, call_index""",
+        [ids],
     ).fetchall():
         calls.setdefault(tid, []).append(rest)
 
@@ -178,7 +192,8 @@ def write_report(con, out: str | Path, *, db_name: str = "", max_trajectories: i
         f"<style>{_CSS}</style></head><body>",
         f"<h1>astuner report</h1><p class='muted'>{_esc(db_name)} · written {time.strftime('%Y-%m-%d %H:%M:%S')}</p>",
         f"<p>{totals[0]} trajectories, {totals[1]} ok, {totals[2]} with a combined reward"
-        + (f" (mean {totals[3]:.3f})" if totals[3] is not None else "") + ".</p>",
+        + (f" (mean {totals[3]:.3f})" if totals[3] is not None else "")
+        + ".</p>",
         "<h2>Per iteration</h2>",
         _table(["iteration", "trajectories", "ok", "mean reward", "mean workflow reward", "success rate"], per_iter),
         "".join(f"<img src='{name}' alt='{name}'>" for name in PLOTS),
@@ -187,12 +202,26 @@ def write_report(con, out: str | Path, *, db_name: str = "", max_trajectories: i
         "<h2>Drift per checkpoint and role</h2><p class='muted'>extension: the call's prompt starts with its agent's "
         "previous prompt + sampled ids (calls can merge); re-render drift: share of prompt + sampled tokens a re-render "
         "from text would change (what a trainer that rebuilds the conversation trains on wrongly). docs/model-families.md</p>",
-        _table(["checkpoint", "role", "format", "engine calls", "with a previous call", "extension rate", "main cause",
-                "re-render drift"], drift),
+        _table(
+            [
+                "checkpoint",
+                "role",
+                "format",
+                "engine calls",
+                "with a previous call",
+                "extension rate",
+                "main cause",
+                "re-render drift",
+            ],
+            drift,
+        ),
         "<h2>Tasks</h2>",
         _table(["task", "iteration", "n", "scored", "mean reward", "max reward", "success rate"], tasks),
         f"<h2>Trajectories ({shown})</h2>",
-        *(_trajectory_html(row, scores.get(row[0], []), calls.get(row[0], []), open_=i == 0) for i, row in enumerate(traj_rows)),
+        *(
+            _trajectory_html(row, scores.get(row[0], []), calls.get(row[0], []), open_=i == 0)
+            for i, row in enumerate(traj_rows)
+        ),
         "</body></html>",
     ]
     page = out / "index.html"

@@ -69,12 +69,20 @@ def load_batch(con, ids: list[str]) -> list[dict]:
            FROM calls WHERE trajectory_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY trajectory_id, call_index""",
         [ids],
     ).fetchall():
-        calls.setdefault(tid, []).append({
-            "call_index": index, "role": role, "agent_name": agent, "trainable": trainable,
-            "messages": json.loads(messages) if messages else [], "completion_text": text,
-            "tool_calls": json.loads(tool_calls) if tool_calls else [],
-            "finish_reason": finish, "prompt_tokens": n_prompt, "completion_tokens": n_completion,
-        })
+        calls.setdefault(tid, []).append(
+            {
+                "call_index": index,
+                "role": role,
+                "agent_name": agent,
+                "trainable": trainable,
+                "messages": json.loads(messages) if messages else [],
+                "completion_text": text,
+                "tool_calls": json.loads(tool_calls) if tool_calls else [],
+                "finish_reason": finish,
+                "prompt_tokens": n_prompt,
+                "completion_tokens": n_completion,
+            }
+        )
     batch = []
     for tid, task_id, query, task_meta, sample, iteration, status, error, reward, meta, workflow, duration in rows:
         metadata = json.loads(meta) if meta else {}
@@ -83,12 +91,24 @@ def load_batch(con, ids: list[str]) -> list[dict]:
         response = response_from_json(metadata.get("response"), metadata.get(RESPONSE_TYPE_KEY))
         if response is None and traj_calls:
             response = traj_calls[-1]["completion_text"]
-        batch.append({
-            "trajectory_id": tid, "task_id": task_id, "main_query": query,
-            "task": json.loads(task_meta) if task_meta else {}, "sample_index": sample, "iteration": iteration,
-            "status": status, "error": error, "reward": reward, "metadata": metadata, "workflow": workflow,
-            "response": response, "calls": traj_calls, "duration_s": duration,
-        })
+        batch.append(
+            {
+                "trajectory_id": tid,
+                "task_id": task_id,
+                "main_query": query,
+                "task": json.loads(task_meta) if task_meta else {},
+                "sample_index": sample,
+                "iteration": iteration,
+                "status": status,
+                "error": error,
+                "reward": reward,
+                "metadata": metadata,
+                "workflow": workflow,
+                "response": response,
+                "calls": traj_calls,
+                "duration_s": duration,
+            }
+        )
     return batch
 
 
@@ -124,15 +144,22 @@ def _write_scores(con, judger: Judger, chunk: list[str], keys: list[tuple], scor
     """Replace the judger's scores of this batch's trajectories, in one transaction."""
     import pyarrow as pa
 
-    table = pa.table({
-        "trajectory_id": pa.array([k[0] for k in keys], pa.string()), "call_index": pa.array([k[1] for k in keys], pa.int32()),
-        "value": pa.array([s.value for s in scores], pa.float64()), "label": pa.array([s.label for s in scores], pa.string()),
-        "explanation": pa.array([s.explanation for s in scores], pa.string()),
-        "error": pa.array([s.error for s in scores], pa.string()),
-    })
+    table = pa.table(
+        {
+            "trajectory_id": pa.array([k[0] for k in keys], pa.string()),
+            "call_index": pa.array([k[1] for k in keys], pa.int32()),
+            "value": pa.array([s.value for s in scores], pa.float64()),
+            "label": pa.array([s.label for s in scores], pa.string()),
+            "explanation": pa.array([s.explanation for s in scores], pa.string()),
+            "error": pa.array([s.error for s in scores], pa.string()),
+        }
+    )
     con.execute("BEGIN")
     try:
-        con.execute("DELETE FROM scores WHERE judger = ? AND trajectory_id IN (SELECT unnest(?::VARCHAR[]))", [judger.name, chunk])
+        con.execute(
+            "DELETE FROM scores WHERE judger = ? AND trajectory_id IN (SELECT unnest(?::VARCHAR[]))",
+            [judger.name, chunk],
+        )
         con.register("new_scores", table)
         con.execute(
             """INSERT INTO scores SELECT trajectory_id, call_index, ?, ?, ?, value, label, explanation, error,
@@ -147,12 +174,17 @@ def _write_scores(con, judger: Judger, chunk: list[str], keys: list[tuple], scor
         raise
 
 
-def score(con, judgers: list[Judger], *, where: str | None = None, batch_size: int = 256, progress: bool = True) -> ScoreResult:
+def score(
+    con, judgers: list[Judger], *, where: str | None = None, batch_size: int = 256, progress: bool = True
+) -> ScoreResult:
     from tqdm.auto import tqdm
 
-    ids = [r[0] for r in con.execute(
-        f"SELECT trajectory_id FROM trajectories {'WHERE ' + where if where else ''} ORDER BY trajectory_id"
-    ).fetchall()]
+    ids = [
+        r[0]
+        for r in con.execute(
+            f"SELECT trajectory_id FROM trajectories {'WHERE ' + where if where else ''} ORDER BY trajectory_id"
+        ).fetchall()
+    ]
     result = ScoreResult(trajectories=len(ids), judgers=[JudgerStats(j.name, j.weight) for j in judgers])
     run_id = uuid.uuid4().hex[:16]
     started = time.time()
@@ -169,7 +201,16 @@ def score(con, judgers: list[Judger], *, where: str | None = None, batch_size: i
             crash_point("score.committed")
     con.execute(
         "INSERT INTO runs VALUES (?, 'score', ?, NULL, NULL, to_timestamp(?), now())",
-        [run_id, json.dumps({"judgers": [{"name": j.name, "version": j.version, "weight": j.weight} for j in judgers],
-                             "where": where, "trajectories": len(ids)}), started],
+        [
+            run_id,
+            json.dumps(
+                {
+                    "judgers": [{"name": j.name, "version": j.version, "weight": j.weight} for j in judgers],
+                    "where": where,
+                    "trajectories": len(ids),
+                }
+            ),
+            started,
+        ],
     )
     return result

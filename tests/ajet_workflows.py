@@ -40,15 +40,27 @@ class PydanticWerewolves(Workflow):
         assert self.trainable_targets is not None, "this workflow needs explicit trainable_targets"
         players = []
         for i, role in enumerate(["werewolf", "villager"]):
-            model = model_tuner.register_model(role, default_model=ScriptedModel(f"{role}-default", "I vote for Player1."))
-            players.append(ReActAgent(name=f"Player{i + 1}", sys_prompt=f"You are Player{i + 1}.", model=model,
-                                      formatter=OpenAIMultiAgentFormatter(), max_iters=1))
+            model = model_tuner.register_model(
+                role, default_model=ScriptedModel(f"{role}-default", "I vote for Player1.")
+            )
+            players.append(
+                ReActAgent(
+                    name=f"Player{i + 1}",
+                    sys_prompt=f"You are Player{i + 1}.",
+                    model=model,
+                    formatter=OpenAIMultiAgentFormatter(),
+                    max_iters=1,
+                )
+            )
         for player in players:
             await player(Msg("moderator", "Who do you vote for?", "user"))
         is_success = "werewolf" in self.trainable_targets
-        return WorkflowOutput(reward=1.0 if is_success else 0.0, is_success=is_success,
-                              log_metrics={"players": len(players)},
-                              metadata={"seen_targets": self.trainable_targets})
+        return WorkflowOutput(
+            reward=1.0 if is_success else 0.0,
+            is_success=is_success,
+            log_metrics={"players": len(players)},
+            metadata={"seen_targets": self.trainable_targets},
+        )
 
 
 class EveryRoleByEmptyList(Workflow):
@@ -60,7 +72,9 @@ class EveryRoleByEmptyList(Workflow):
     async def execute(self, workflow_task: WorkflowTask, tuner: AjetTuner) -> WorkflowOutput:
         msgs = [{"role": "user", "content": workflow_task.task.main_query}]
         for role in ("solver", "critic"):
-            model = tuner.as_agentscope_model(f"{role}-agent", role, debug_model=ScriptedModel(f"{role}-default", "fine"))
+            model = tuner.as_agentscope_model(
+                f"{role}-agent", role, debug_model=ScriptedModel(f"{role}-default", "fine")
+            )
             await model(msgs)
         return WorkflowOutput(reward=0.0)
 
@@ -84,25 +98,46 @@ class MathOpenAISDK(Workflow):
 
     async def execute(self, workflow_task: WorkflowTask, tuner: AjetTuner) -> WorkflowOutput:
         client = tuner.as_raw_openai_sdk_client()
-        messages = [{"role": "system", "content": self.system_prompt},
-                    {"role": "user", "content": workflow_task.task.main_query}]
+        messages = [
+            {"role": "system", "content": self.system_prompt},
+            {"role": "user", "content": workflow_task.task.main_query},
+        ]
         first = await client.chat.completions.create(messages=messages, tools=self.available_functions)
         reply = first.choices[0].message
         # A tool turn as the SDK sends it back (arguments as JSON text, a `tool` result): the
         # tiny model seldom calls tools, so the history is written out whatever it said.
         call_id = reply.tool_calls[0].id if reply.tool_calls else "call_0"
-        messages.append({"role": "assistant", "content": reply.content or "",
-                         "tool_calls": [{"id": call_id, "type": "function",
-                                         "function": {"name": "execute_python_code", "arguments": json.dumps({"code": "print(2)"})}}]})
-        messages.append({"role": "tool", "tool_call_id": call_id, "name": "execute_python_code",
-                         "content": json.dumps({"stdout": "2"})})
+        messages.append(
+            {
+                "role": "assistant",
+                "content": reply.content or "",
+                "tool_calls": [
+                    {
+                        "id": call_id,
+                        "type": "function",
+                        "function": {"name": "execute_python_code", "arguments": json.dumps({"code": "print(2)"})},
+                    }
+                ],
+            }
+        )
+        messages.append(
+            {
+                "role": "tool",
+                "tool_call_id": call_id,
+                "name": "execute_python_code",
+                "content": json.dumps({"stdout": "2"}),
+            }
+        )
         final = await client.chat.completions.create(messages=messages)
-        return WorkflowOutput(reward=None, metadata={
-            "final_answer": final.choices[0].message.content,
-            "finish_reasons": [first.choices[0].finish_reason, final.choices[0].finish_reason],
-            "usage": [first.usage.prompt_tokens, final.usage.prompt_tokens],
-            "base_url": str(client.base_url),
-        })
+        return WorkflowOutput(
+            reward=None,
+            metadata={
+                "final_answer": final.choices[0].message.content,
+                "finish_reasons": [first.choices[0].finish_reason, final.choices[0].finish_reason],
+                "usage": [first.usage.prompt_tokens, final.usage.prompt_tokens],
+                "base_url": str(client.base_url),
+            },
+        )
 
 
 class MathAgentScopeUrlKey(Workflow):
@@ -117,10 +152,20 @@ class MathAgentScopeUrlKey(Workflow):
         from agentscope.model import OpenAIChatModel
 
         url_and_apikey = tuner.as_oai_baseurl_apikey()
-        model = OpenAIChatModel(model_name="whatever", client_args={"base_url": url_and_apikey.base_url},
-                                api_key=url_and_apikey.api_key, stream=False)
-        agent = ReActAgent(name="math_react_agent", sys_prompt="Solve it.", model=model,
-                           formatter=OpenAIChatFormatter(), memory=InMemoryMemory(), max_iters=1)
+        model = OpenAIChatModel(
+            model_name="whatever",
+            client_args={"base_url": url_and_apikey.base_url},
+            api_key=url_and_apikey.api_key,
+            stream=False,
+        )
+        agent = ReActAgent(
+            name="math_react_agent",
+            sys_prompt="Solve it.",
+            model=model,
+            formatter=OpenAIChatFormatter(),
+            memory=InMemoryMemory(),
+            max_iters=1,
+        )
         result = await agent.reply(Msg("user", workflow_task.task.main_query, role="user"))
         return AjetWorkflowOutput(reward=None, metadata={"final_answer": result.get_text_content()})
 
@@ -149,11 +194,14 @@ class FrozenLakeSteps(Workflow):
         for _ in range(self.agent_max_steps):
             steps += 1
             await model([{"role": "user", "content": f"step {steps}: Up, Down, Left or Right?"}])
-        return WorkflowOutput(reward=0.0, metadata={
-            "step_count": steps,
-            "is_slippery": getattr(config, "frozen_lake", {}).get("is_slippery"),
-            "old_name_steps": config.astuner.rollout.multi_turn.max_steps,
-        })
+        return WorkflowOutput(
+            reward=0.0,
+            metadata={
+                "step_count": steps,
+                "is_slippery": getattr(config, "frozen_lake", {}).get("is_slippery"),
+                "old_name_steps": config.astuner.rollout.multi_turn.max_steps,
+            },
+        )
 
 
 class MathAnswerAsJudge(BaseJudge):

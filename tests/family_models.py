@@ -19,9 +19,22 @@ from pathlib import Path
 
 TEMPLATES = Path(__file__).resolve().parent / "fixtures" / "templates"
 
-_QWEN_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-                 "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-                 "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+_QWEN_SPECIAL = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
 # Added but not "special" in the real tokenizers: decode(skip_special_tokens=True) keeps them.
 _QWEN25_PLAIN = ["<tool_call>", "</tool_call>"]
 _QWEN_FIM = ["<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"]
@@ -48,7 +61,9 @@ def _qwen_vocab_merges():
     # transformers' own tiktoken -> BPE conversion (~10 s for 151k ranks): once per process
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
-    return TikTokenConverter(vocab_file=str(qwen_tiktoken_path())).extract_vocab_merges_from_model(str(qwen_tiktoken_path()))
+    return TikTokenConverter(vocab_file=str(qwen_tiktoken_path())).extract_vocab_merges_from_model(
+        str(qwen_tiktoken_path())
+    )
 
 
 def _qwen_tokenizer_object(qwen3: bool):
@@ -59,10 +74,12 @@ def _qwen_tokenizer_object(qwen3: bool):
     vocab, merges = _qwen_vocab_merges()
     tok = Tokenizer(models.BPE(vocab, merges, fuse_unk=False, ignore_merges=False))
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     # Real ids: 151643 <|endoftext|> ... 151664 <|file_sep|> (Qwen2.5), then Qwen3's four.
     order = _QWEN_SPECIAL + _QWEN25_PLAIN + _QWEN_FIM + (_QWEN3_PLAIN if qwen3 else [])
@@ -82,7 +99,9 @@ def _tiny_tokenizer_object(specials: list[str]):
     return tok
 
 
-def build_family_model(family: str, out_dir: str | os.PathLike, *, layers: int = 1, hidden: int = 64, seed: int = 0) -> Path:
+def build_family_model(
+    family: str, out_dir: str | os.PathLike, *, layers: int = 1, hidden: int = 64, seed: int = 0
+) -> Path:
     """Write a random-init checkpoint of `family` to out_dir (cached: an existing one is reused)."""
     import torch
     from transformers import GenerationConfig, PreTrainedTokenizerFast
@@ -91,8 +110,15 @@ def build_family_model(family: str, out_dir: str | os.PathLike, *, layers: int =
     if (out_dir / "config.json").exists():
         return out_dir
     template = (TEMPLATES / FAMILIES[family][0]).read_text()
-    shape = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=4,
-                 num_key_value_heads=2, max_position_embeddings=32768, tie_word_embeddings=True)
+    shape = dict(
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        tie_word_embeddings=True,
+    )
     if family.startswith("qwen"):
         from transformers import Qwen2Config as Config
         from transformers import Qwen2ForCausalLM as Model
@@ -104,16 +130,37 @@ def build_family_model(family: str, out_dir: str | os.PathLike, *, layers: int =
         from transformers import LlamaConfig as Config
         from transformers import LlamaForCausalLM as Model
 
-        raw = _tiny_tokenizer_object(["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
-                                      "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>", "<|python_tag|>"])
+        raw = _tiny_tokenizer_object(
+            [
+                "<|begin_of_text|>",
+                "<|end_of_text|>",
+                "<|start_header_id|>",
+                "<|end_header_id|>",
+                "<|eot_id|>",
+                "<|eom_id|>",
+                "<|python_tag|>",
+            ]
+        )
         kwargs = dict(bos_token="<|begin_of_text|>", eos_token="<|eot_id|>")
         rows, eos, klass = None, ["<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"], None
     elif family == "mistral-nemo":
         from transformers import MistralConfig as Config
         from transformers import MistralForCausalLM as Model
 
-        raw = _tiny_tokenizer_object(["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]",
-                                      "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]", "[/TOOL_RESULTS]", "[TOOL_CALLS]"])
+        raw = _tiny_tokenizer_object(
+            [
+                "<unk>",
+                "<s>",
+                "</s>",
+                "[INST]",
+                "[/INST]",
+                "[AVAILABLE_TOOLS]",
+                "[/AVAILABLE_TOOLS]",
+                "[TOOL_RESULTS]",
+                "[/TOOL_RESULTS]",
+                "[TOOL_CALLS]",
+            ]
+        )
         kwargs = dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>")
         rows, eos, klass = None, ["</s>"], None
     else:
@@ -130,8 +177,13 @@ def build_family_model(family: str, out_dir: str | os.PathLike, *, layers: int =
         config_path.write_text(json.dumps(tok_config, indent=2))
     eos_ids = [raw.token_to_id(t) for t in eos]
     pad = raw.token_to_id(kwargs.get("pad_token", eos[0]))
-    config = Config(vocab_size=rows, bos_token_id=raw.token_to_id(kwargs["bos_token"]) if "bos_token" in kwargs else None,
-                    eos_token_id=eos_ids[0], pad_token_id=pad, **shape)
+    config = Config(
+        vocab_size=rows,
+        bos_token_id=raw.token_to_id(kwargs["bos_token"]) if "bos_token" in kwargs else None,
+        eos_token_id=eos_ids[0],
+        pad_token_id=pad,
+        **shape,
+    )
     torch.manual_seed(seed)
     model = Model(config)
     model.generation_config = GenerationConfig(eos_token_id=eos_ids, pad_token_id=pad)

@@ -24,7 +24,9 @@ class Misbehaves(Workflow):
             end = time.perf_counter() + COMPUTE_S
             while time.perf_counter() < end:
                 pass
-        agent = ReActAgent(name="Worker", sys_prompt="Answer.", model=model_tuner, formatter=DashScopeChatFormatter(), max_iters=1)
+        agent = ReActAgent(
+            name="Worker", sys_prompt="Answer.", model=model_tuner, formatter=DashScopeChatFormatter(), max_iters=1
+        )
         await agent(Msg("user", task.task.main_query, "user"))
         what = task.task.main_query
         if what == "sleep":

@@ -19,7 +19,9 @@ class CityWorkflow(Workflow):
             query = f"Tell me about {metadata['city']}"
         await model_tuner([*task.task.init_messages, {"role": "user", "content": query}])
         system = [m["content"] for m in task.task.init_messages if m["role"] == "system"]
-        return WorkflowOutput(metadata={"final_answer": metadata["city"], "query": query, **({"system": system[0]} if system else {})})
+        return WorkflowOutput(
+            metadata={"final_answer": metadata["city"], "query": query, **({"system": system[0]} if system else {})}
+        )
 
 
 class FlakyApi(ChatModelBase):
@@ -43,8 +45,10 @@ class CatchesFailedCalls(Workflow):
         model_tuner.register_model("critic", default_model=FlakyApi())
         await model_tuner([{"role": "user", "content": task.task.main_query}])
         caught = 0
-        for call in (lambda: model_tuner([{"role": "user", "content": "word " * 40000}]),
-                     lambda: model_tuner.get_model("critic")([{"role": "user", "content": "review it"}])):
+        for call in (
+            lambda: model_tuner([{"role": "user", "content": "word " * 40000}]),
+            lambda: model_tuner.get_model("critic")([{"role": "user", "content": "review it"}]),
+        ):
             try:
                 await call()
             except (ValueError, ConnectionError):

@@ -25,24 +25,42 @@ def ref(name: str) -> str:
 def collect(tmp_path, workflow, *extra, tasks=1, name="out", rc=0):
     task_file = write_tasks(tmp_path / f"{name}-tasks.jsonl", tasks)
     out = tmp_path / name
-    assert collect_main(["--workflow", ref(workflow), "--tasks", str(task_file), "--out", str(out),
-                         "--max-tokens", "12", "--seed", "0", *extra]) == rc
+    assert (
+        collect_main(
+            [
+                "--workflow",
+                ref(workflow),
+                "--tasks",
+                str(task_file),
+                "--out",
+                str(out),
+                "--max-tokens",
+                "12",
+                "--seed",
+                "0",
+                *extra,
+            ]
+        )
+        == rc
+    )
     return out
 
 
 def test_ajet_and_astuner_import_paths():
-    code = ("from ajet import AjetTuner, Workflow, WorkflowOutput, WorkflowTask\n"
-            "from ajet.workflow import WorkflowOutput, WorkflowTask\n"
-            "from ajet.schema.task import Task, WorkflowOutput, WorkflowTask\n"
-            "from ajet.task_judge.base_judge import BaseJudge\n"
-            "from ajet.tuner import AjetTuner as T\n"
-            "from astuner import ModelTuner, Workflow, WorkflowOutput, WorkflowTask\n"
-            "from astuner.workflow import WorkflowOutput, WorkflowTask\n"
-            "from astuner.schema.task import Task\n"
-            "from astuner.task_judge.base_judge import BaseJudge as B\n"
-            "import astuner, agentscope_tuner\n"
-            "assert AjetTuner is T is ModelTuner is agentscope_tuner.ModelTuner and BaseJudge is B\n"
-            "assert Workflow is astuner.Workflow\n")
+    code = (
+        "from ajet import AjetTuner, Workflow, WorkflowOutput, WorkflowTask\n"
+        "from ajet.workflow import WorkflowOutput, WorkflowTask\n"
+        "from ajet.schema.task import Task, WorkflowOutput, WorkflowTask\n"
+        "from ajet.task_judge.base_judge import BaseJudge\n"
+        "from ajet.tuner import AjetTuner as T\n"
+        "from astuner import ModelTuner, Workflow, WorkflowOutput, WorkflowTask\n"
+        "from astuner.workflow import WorkflowOutput, WorkflowTask\n"
+        "from astuner.schema.task import Task\n"
+        "from astuner.task_judge.base_judge import BaseJudge as B\n"
+        "import astuner, agentscope_tuner\n"
+        "assert AjetTuner is T is ModelTuner is agentscope_tuner.ModelTuner and BaseJudge is B\n"
+        "assert Workflow is astuner.Workflow\n"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
@@ -81,7 +99,9 @@ def test_empty_trainable_targets_train_every_role(tmp_path):
     assert t.status == "ok", t.traceback
     assert t.trainable_targets is None
     assert [(c.role, c.trainable, c.completion_token_ids is not None) for c in t.calls] == [
-        ("solver", True, True), ("critic", True, True)]
+        ("solver", True, True),
+        ("critic", True, True),
+    ]
 
 
 def test_openai_sdk_workflow_is_recorded_token_exactly(tmp_path, tokenizer):
@@ -111,7 +131,9 @@ def test_agentscope_openai_model_on_the_endpoint(tmp_path, tokenizer):
 
 
 def test_endpoint_run_still_times_out(tmp_path):
-    [t] = load(collect(tmp_path, "EndlessOpenAISDK", "--timeout-s", "5"))  # 5 s: a first call on a loaded machine takes a while
+    [t] = load(
+        collect(tmp_path, "EndlessOpenAISDK", "--timeout-s", "5")
+    )  # 5 s: a first call on a loaded machine takes a while
     assert t.status == "timeout" and len(t.calls) >= 1
 
 
@@ -139,10 +161,15 @@ def test_endpoint_keys_streaming_and_close(engine):
             body = {"model": "x", "messages": [{"role": "user", "content": "hi"}]}
             ok = await http.post("/chat/completions", json=body, headers={"Authorization": f"Bearer {access.api_key}"})
             bad_key = await http.post("/chat/completions", json=body, headers={"Authorization": "Bearer sk-nope"})
-            stream = await http.post("/chat/completions", json={**body, "stream": True},
-                                     headers={"Authorization": f"Bearer {access.api_key}"})
+            stream = await http.post(
+                "/chat/completions",
+                json={**body, "stream": True},
+                headers={"Authorization": f"Bearer {access.api_key}"},
+            )
             await tuner.aclose()  # the run is over: its key is revoked
-            late = await http.post("/chat/completions", json=body, headers={"Authorization": f"Bearer {access.api_key}"})
+            late = await http.post(
+                "/chat/completions", json=body, headers={"Authorization": f"Bearer {access.api_key}"}
+            )
         port = int(access.base_url.rsplit(":", 1)[1].split("/")[0])
         await endpoint.close()
         return ok, bad_key, stream, late, port, tuner
@@ -159,8 +186,10 @@ def test_endpoint_keys_streaming_and_close(engine):
 
 def test_tuner_config_from_file_recipe_and_flag(tmp_path, capsys):
     yaml_file = tmp_path / "frozenlake.yaml"  # AgentJet's own recipe shape, Hydra keys and all
-    yaml_file.write_text("ajet:\n  rollout:\n    multi_turn:\n      max_steps: 3\nfrozen_lake:\n  is_slippery: true\n"
-                         "defaults:\n  - ajet_default\n")
+    yaml_file.write_text(
+        "ajet:\n  rollout:\n    multi_turn:\n      max_steps: 3\nfrozen_lake:\n  is_slippery: true\n"
+        "defaults:\n  - ajet_default\n"
+    )
     [t] = load(collect(tmp_path, "FrozenLakeSteps", "--tuner-config", str(yaml_file), name="file"))
     assert t.status == "ok", t.traceback
     assert (t.metadata["step_count"], t.metadata["old_name_steps"], t.metadata["is_slippery"]) == (3, 3, True)
@@ -191,17 +220,39 @@ def test_bad_trainable_targets_are_one_line(tmp_path, capsys):
 
 def test_base_judge_and_is_success_scored(tmp_path):
     task_file = tmp_path / "tasks.jsonl"
-    task_file.write_text("".join(json.dumps({"task_id": f"m{i}", "question": f"{i}+{i}?", "answer": f"#### {2 * i}"}) + "\n"
-                                 for i in range(2)))
+    task_file.write_text(
+        "".join(
+            json.dumps({"task_id": f"m{i}", "question": f"{i}+{i}?", "answer": f"#### {2 * i}"}) + "\n"
+            for i in range(2)
+        )
+    )
     out = tmp_path / "math"
-    assert collect_main(["--workflow", ref("MathOpenAISDK"), "--tasks", str(task_file), "--out", str(out),
-                         "--max-tokens", "8", "--seed", "0"]) == 0
+    assert (
+        collect_main(
+            [
+                "--workflow",
+                ref("MathOpenAISDK"),
+                "--tasks",
+                str(task_file),
+                "--out",
+                str(out),
+                "--max-tokens",
+                "8",
+                "--seed",
+                "0",
+            ]
+        )
+        == 0
+    )
     werewolves = collect(tmp_path, "PydanticWerewolves", name="ww")
     db = str(tmp_path / "store.duckdb")
     assert judge_main(["ingest", str(out / "traces"), str(werewolves / "traces"), "--db", db]) == 0
     assert judge_main(["score", "--db", db, "--judger", ref("MathAnswerAsJudge"), "--judger", "workflow"]) == 0
-    labels = rows(db, "SELECT t.workflow, s.judger, s.value, s.label, s.error FROM scores s JOIN trajectories t "
-                      "USING (trajectory_id) ORDER BY 1, 2")
+    labels = rows(
+        db,
+        "SELECT t.workflow, s.judger, s.value, s.label, s.error FROM scores s JOIN trajectories t "
+        "USING (trajectory_id) ORDER BY 1, 2",
+    )
     by = {(w, j.rsplit(":", 1)[-1]): (v, label, e) for w, j, v, label, e in labels}
     # the tiny model does not box the answer: the tutorial judge scores 0, labelled failure
     assert by[("math_agent_oai_sdk", "MathAnswerAsJudge")] == (0.0, "failure", None)

@@ -40,10 +40,27 @@ def test_kill_9_then_rerun_yields_each_pair_exactly_once(tmp_path):
 
     tasks = write_tasks(tmp_path / "tasks.jsonl", 40)
     out = tmp_path / "out"
-    args = ["--workflow", workflow_ref("SlowOneCall"), "--tasks", str(tasks), "--out", str(out),
-            "--samples-per-task", "2", "--concurrency", "4", "--max-tokens", "8"]
-    proc = subprocess.Popen([sys.executable, "-m", "collect", *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    args = [
+        "--workflow",
+        workflow_ref("SlowOneCall"),
+        "--tasks",
+        str(tasks),
+        "--out",
+        str(out),
+        "--samples-per-task",
+        "2",
+        "--concurrency",
+        "4",
+        "--max-tokens",
+        "8",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "collect", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not list((out / "traces").glob("part-*.jsonl")):
         time.sleep(0.05)

@@ -11,8 +11,21 @@ from collect.main import main
 def collect(tmp_path, workflow, *extra, tasks=3, name="out"):
     task_file = write_tasks(tmp_path / f"{name}-tasks.jsonl", tasks)
     out = tmp_path / name
-    rc = main(["--workflow", workflow_ref(workflow), "--tasks", str(task_file), "--out", str(out),
-               "--max-tokens", "24", "--seed", "0", *extra])
+    rc = main(
+        [
+            "--workflow",
+            workflow_ref(workflow),
+            "--tasks",
+            str(task_file),
+            "--out",
+            str(out),
+            "--max-tokens",
+            "24",
+            "--seed",
+            "0",
+            *extra,
+        ]
+    )
     assert rc == 0
     return out
 
@@ -67,11 +80,24 @@ def test_trainable_targets_switch_from_command_line(tmp_path):
 
 def test_unregistered_target_stops_collect_and_writes_nothing(tmp_path, capsys):
     tasks, out = write_tasks(tmp_path / "tasks.jsonl", 3), tmp_path / "out"
-    args = ["--workflow", workflow_ref("WerewolfLite"), "--tasks", str(tasks), "--out", str(out), "--max-tokens", "8", "--seed", "0"]
+    args = [
+        "--workflow",
+        workflow_ref("WerewolfLite"),
+        "--tasks",
+        str(tasks),
+        "--out",
+        str(out),
+        "--max-tokens",
+        "8",
+        "--seed",
+        "0",
+    ]
     assert main([*args, "--trainable-targets", "seer,wizard", "--flush-interval-s", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err == ("collect: --trainable-targets seer,wizard: no run registered role 'wizard' (registered: seer, villager, werewolf); "
-                   "fix the name (nothing was written)")
+    assert err == (
+        "collect: --trainable-targets seer,wizard: no run registered role 'wizard' (registered: seer, villager, werewolf); "
+        "fix the name (nothing was written)"
+    )
     assert not out.exists()  # nor collect.json: the corrected command runs in the same --out
     assert main([*args, "--trainable-targets", "seer"]) == 0
     assert len(load(out)) == 3
@@ -85,7 +111,10 @@ def test_unregistered_target_warns_when_no_run_finished_ok(tmp_path, capsys):
 def test_as_agentscope_model_alias(tmp_path):
     [t] = load(collect(tmp_path, "AliasWorkflow", tasks=1))
     assert t.status == "ok", t.traceback
-    assert [(c.agent_name, c.role, c.trainable) for c in t.calls] == [("Solver", "solver", True), ("Critic", "critic", False)]
+    assert [(c.agent_name, c.role, c.trainable) for c in t.calls] == [
+        ("Solver", "solver", True),
+        ("Critic", "critic", False),
+    ]
     assert t.calls[1].completion.text == "Looks fine."
 
 
@@ -131,8 +160,22 @@ def test_rerun_resumes_and_adds_samples(tmp_path, capsys):
 
 def test_resume_with_other_settings_is_refused(tmp_path, capsys):
     out = collect(tmp_path, "OneCall", tasks=1)
-    rc = main(["--workflow", workflow_ref("OneCall"), "--tasks", str(tmp_path / "out-tasks.jsonl"), "--out", str(out),
-               "--max-tokens", "24", "--seed", "0", "--temperature", "0.5"])
+    rc = main(
+        [
+            "--workflow",
+            workflow_ref("OneCall"),
+            "--tasks",
+            str(tmp_path / "out-tasks.jsonl"),
+            "--out",
+            str(out),
+            "--max-tokens",
+            "24",
+            "--seed",
+            "0",
+            "--temperature",
+            "0.5",
+        ]
+    )
     assert rc == 2 and "holds a run with sampling=" in capsys.readouterr().err
     assert len(load(out)) == 1
 
@@ -140,8 +183,10 @@ def test_resume_with_other_settings_is_refused(tmp_path, capsys):
 def test_config_file_and_flags(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     write_tasks(tmp_path / "tasks.jsonl", 2)
-    recipe.write_text(f"workflow: {workflow_ref('OneCall')}\ntasks: {tmp_path / 'tasks.jsonl'}\n"
-                      f"out: {tmp_path / 'cfg-out'}\nmax_tokens: 8\nsamples-per-task: 3\ntemperature: 0.0\n")
+    recipe.write_text(
+        f"workflow: {workflow_ref('OneCall')}\ntasks: {tmp_path / 'tasks.jsonl'}\n"
+        f"out: {tmp_path / 'cfg-out'}\nmax_tokens: 8\nsamples-per-task: 3\ntemperature: 0.0\n"
+    )
     assert main(["--config", str(recipe), "--samples-per-task", "1"]) == 0
     trajs = load(tmp_path / "cfg-out")
     assert len(trajs) == 2 and trajs[0].sampling.max_tokens == 8 and trajs[0].sampling.temperature == 0.0
@@ -181,16 +226,35 @@ def test_shards_share_one_folder_and_run_id(tmp_path, tiny_model):
     import sys
 
     tasks = write_tasks(tmp_path / "tasks.jsonl", 5, prefix="s")
-    common = ["--workflow", workflow_ref("OneCall"), "--tasks", str(tasks), "--max-tokens", "8", "--seed", "3",
-              "--model", str(tiny_model)]
+    common = [
+        "--workflow",
+        workflow_ref("OneCall"),
+        "--tasks",
+        str(tasks),
+        "--max-tokens",
+        "8",
+        "--seed",
+        "3",
+        "--model",
+        str(tiny_model),
+    ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    procs = [subprocess.Popen([sys.executable, "-m", "collect", *common, "--out", str(tmp_path / "shared"), "--shard", f"{k}/2"],
-                              env=env, stderr=subprocess.PIPE) for k in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "collect", *common, "--out", str(tmp_path / "shared"), "--shard", f"{k}/2"],
+            env=env,
+            stderr=subprocess.PIPE,
+        )
+        for k in range(2)
+    ]
     assert all(p.wait() == 0 for p in procs), [p.stderr.read().decode()[-500:] for p in procs]
     sharded = load(tmp_path / "shared")
     assert sorted(t.task.task_id for t in sharded) == [f"s{i}" for i in range(5)]
     assert len({t.run_id for t in sharded}) == 1
-    assert sorted(p.name for p in (tmp_path / "shared" / "traces").glob("*.jsonl")) == ["part-0of2-000001.jsonl", "part-1of2-000001.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "shared" / "traces").glob("*.jsonl")) == [
+        "part-0of2-000001.jsonl",
+        "part-1of2-000001.jsonl",
+    ]
     assert main([*common, "--out", str(tmp_path / "whole")]) == 0
     whole = load(tmp_path / "whole")
     assert [t.calls[0].completion_token_ids for t in whole] == [t.calls[0].completion_token_ids for t in sharded]

@@ -30,13 +30,15 @@ def test_engine_never_samples_a_padded_row(mistral_engine):
     assert rows > len(eng.tokenizer), "the fixture must have padded embedding rows"
 
     def favour_padding(_module, _inputs, logits):  # the padded rows would win every draw
-        logits[..., len(eng.tokenizer):] += 1000.0
+        logits[..., len(eng.tokenizer) :] += 1000.0
         return logits
 
     hook = eng.model.lm_head.register_forward_hook(favour_padding)
     try:
-        gens = eng.generate_batch([[5, 6, 7]] * 4, [SamplingParams(max_tokens=8, seed=s) for s in range(3)]
-                                  + [SamplingParams(max_tokens=8, temperature=0)])
+        gens = eng.generate_batch(
+            [[5, 6, 7]] * 4,
+            [SamplingParams(max_tokens=8, seed=s) for s in range(3)] + [SamplingParams(max_tokens=8, temperature=0)],
+        )
     finally:
         hook.remove()
     sampled = [i for g in gens for i in g.completion_token_ids]
@@ -55,14 +57,31 @@ def test_prefill_keeps_only_the_last_logits(mistral_engine):
 
 
 # ----- items 1 + 3: parsing and render parity per family, on the real templates -----------------
-TOOLS = [{"type": "function", "function": {"name": "add", "description": "Add two integers.", "parameters": {
-    "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "add",
+            "description": "Add two integers.",
+            "parameters": {
+                "type": "object",
+                "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+                "required": ["a", "b"],
+            },
+        },
+    }
+]
 CALL_ID = "Ab3dE6gH9"  # 9 alphanumerics: valid for every family (Mistral's template requires exactly that)
 CONVERSATION = [
     {"role": "system", "content": "You are a calculator."},
     {"role": "user", "content": "What is 2 + 3?"},
-    {"role": "assistant", "content": None, "tool_calls": [
-        {"id": CALL_ID, "type": "function", "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'}}]},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": CALL_ID, "type": "function", "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'}}
+        ],
+    },
     {"role": "tool", "tool_call_id": CALL_ID, "name": "add", "content": "5"},
 ]
 # What each family's model natively writes for `add(a=2, b=3)` (its end-of-turn token included)
@@ -90,6 +109,7 @@ def family_tokenizer(family_dir):
         if family not in cache:
             cache[family] = AutoTokenizer.from_pretrained(family_dir(family))
         return cache[family]
+
     return get
 
 
@@ -101,8 +121,9 @@ def test_family_detected_and_render_parity(family, family_tokenizer):
     ours = render_prompt_ids(tok, CONVERSATION, TOOLS)
     from astuner.chat import normalize_messages
 
-    theirs = tok.apply_chat_template(normalize_messages(CONVERSATION), tools=TOOLS, add_generation_prompt=True,
-                                     tokenize=True, return_dict=False)
+    theirs = tok.apply_chat_template(
+        normalize_messages(CONVERSATION), tools=TOOLS, add_generation_prompt=True, tokenize=True, return_dict=False
+    )
     assert ours == list(theirs)
     text = render_prompt(tok, CONVERSATION, TOOLS)
     assert "add" in text and "5" in text
@@ -126,8 +147,8 @@ def test_family_parse_round_trip(family, family_tokenizer):
     prompt = tok.apply_chat_template(normalize_messages(head), tools=TOOLS, add_generation_prompt=True, tokenize=False)
     full = tok.apply_chat_template(normalize_messages(head + [turn]), tools=TOOLS, tokenize=False)
     assert full.startswith(prompt), "the template's generation prompt must prefix the rendered turn"
-    parsed = parse_completion(full[len(prompt):], fmt, strip_tokens=special_tokens_of(tok))
-    assert [(c["name"], c["input"]) for c in parsed.calls] == [("add", {"a": 2, "b": 3})], full[len(prompt):]
+    parsed = parse_completion(full[len(prompt) :], fmt, strip_tokens=special_tokens_of(tok))
+    assert [(c["name"], c["input"]) for c in parsed.calls] == [("add", {"a": 2, "b": 3})], full[len(prompt) :]
     assert parsed.text == ""
     assert parsed.reasoning == ("I should add." if family == "qwen3" else None)
     if family == "mistral-nemo":
@@ -140,19 +161,23 @@ def test_family_parse_round_trip(family, family_tokenizer):
         from trl.chat_template_utils import llama3_template, qwen3_template
 
         schema = llama3_template if family == "llama3.2" else qwen3_template
-        oracle = parse_response(full[len(prompt):], schema, prefix=prompt)
-        assert [(c["function"]["name"], c["function"]["arguments"]) for c in oracle["tool_calls"]] == \
-            [(c["name"], c["input"]) for c in parsed.calls]
+        oracle = parse_response(full[len(prompt) :], schema, prefix=prompt)
+        assert [(c["function"]["name"], c["function"]["arguments"]) for c in oracle["tool_calls"]] == [
+            (c["name"], c["input"]) for c in parsed.calls
+        ]
         assert oracle.get("reasoning_content") == parsed.reasoning
 
 
-@pytest.mark.parametrize("fmt, completion", [
-    ("llama3", '{"name": "add", "parameters": {"a": 2}'),                       # unclosed
-    ("llama3", 'I think {"name": 3, "parameters": {}} works'),                   # name not a string
-    ("mistral", '[TOOL_CALLS][{"name": "add", "arguments": {"a": 2}'),           # unclosed
-    ("mistral", '[TOOL_CALLS][{"name": "add", "arguments": [1]}]'),              # arguments not an object
-    ("qwen3", "<think>\nnever closed, max_tokens hit"),                          # unclosed thinking
-])
+@pytest.mark.parametrize(
+    "fmt, completion",
+    [
+        ("llama3", '{"name": "add", "parameters": {"a": 2}'),  # unclosed
+        ("llama3", 'I think {"name": 3, "parameters": {}} works'),  # name not a string
+        ("mistral", '[TOOL_CALLS][{"name": "add", "arguments": {"a": 2}'),  # unclosed
+        ("mistral", '[TOOL_CALLS][{"name": "add", "arguments": [1]}]'),  # arguments not an object
+        ("qwen3", "<think>\nnever closed, max_tokens hit"),  # unclosed thinking
+    ],
+)
 def test_family_malformed_stays_text(fmt, completion):
     parsed = parse_completion(completion, fmt)
     assert parsed.calls == [] and parsed.reasoning is None and parsed.text == completion.strip()
@@ -184,8 +209,13 @@ class ScriptedEngine:
         from astuner.engines import Generation
 
         ids = self.tokenizer(self.script.pop(0), add_special_tokens=False)["input_ids"]
-        return Generation(prompt_token_ids=list(prompt_token_ids), completion_token_ids=ids,
-                          completion_logprobs=[0.0] * len(ids), text=self.decode(ids), finish_reason="stop")
+        return Generation(
+            prompt_token_ids=list(prompt_token_ids),
+            completion_token_ids=ids,
+            completion_logprobs=[0.0] * len(ids),
+            text=self.decode(ids),
+            finish_reason="stop",
+        )
 
 
 def _scripted_react(family, tokenizer, checkpoint, template_kwargs=None):
@@ -210,10 +240,19 @@ def _scripted_react(family, tokenizer, checkpoint, template_kwargs=None):
 
     toolkit = Toolkit()
     toolkit.register_tool_function(add)
-    tuner = ModelTuner(ScriptedEngine(checkpoint, tokenizer, [NATIVE_CALL[family], NATIVE_ANSWER[family]]),
-                       SamplingParams(max_tokens=64), template_kwargs=template_kwargs)
-    agent = ReActAgent(name="Calc", sys_prompt="You are a calculator.", model=tuner, formatter=OpenAIChatFormatter(),
-                       toolkit=toolkit, max_iters=3)
+    tuner = ModelTuner(
+        ScriptedEngine(checkpoint, tokenizer, [NATIVE_CALL[family], NATIVE_ANSWER[family]]),
+        SamplingParams(max_tokens=64),
+        template_kwargs=template_kwargs,
+    )
+    agent = ReActAgent(
+        name="Calc",
+        sys_prompt="You are a calculator.",
+        model=tuner,
+        formatter=OpenAIChatFormatter(),
+        toolkit=toolkit,
+        max_iters=3,
+    )
     agent.set_console_output_enabled(False)
     reply = asyncio.run(agent(Msg("user", "What is 2 + 3?", "user")))
     return tuner.calls, reply
@@ -229,12 +268,12 @@ def extends(previous, current) -> bool:
 # the 1st call's prompt + sampled ids (else the cause), and does re-rendering the 1st call's conversation
 # from text change sampled tokens?
 EXPECTED = {
-    "qwen2.5": (None, False),                      # extends: calls merge
+    "qwen2.5": (None, False),  # extends: calls merge
     # AgentScope's formatter drops the ThinkingBlock; the tuner puts it back as reasoning_content (item 4),
     # so within one query the template re-renders the <think> block the model wrote
     "qwen3": (None, False),
-    "llama3.2": ("completion_rerendered", True),   # the template writes no <|python_tag|>, and <|eot_id|> for <|eom_id|>
-    "mistral-nemo": ("prompt_rerendered", True),   # system + tools move to the last user turn
+    "llama3.2": ("completion_rerendered", True),  # the template writes no <|python_tag|>, and <|eot_id|> for <|eom_id|>
+    "mistral-nemo": ("prompt_rerendered", True),  # system + tools move to the last user turn
 }
 
 
@@ -243,8 +282,9 @@ def test_family_scripted_react_run(family, family_tokenizer, family_dir):
     calls, reply = _scripted_react(family, family_tokenizer(family), family_dir(family))
     assert len(calls) == 2, [c.completion.text for c in calls]
     first, second = calls
-    assert [(t.name, json.loads(t.arguments)) for t in first.completion.tool_calls] == [("add", {"a": 2, "b": 3})], \
+    assert [(t.name, json.loads(t.arguments)) for t in first.completion.tool_calls] == [("add", {"a": 2, "b": 3})], (
         f"{family}: the native tool call was not parsed: {first.completion.text!r}"
+    )
     assert first.tool_format == FAMILIES[family][1]
     # Llama 3.x renders today's date: the record names the date it rendered, so a re-render matches on any day
     assert bool((first.template_kwargs or {}).get("date_string")) == (family == "llama3.2")
@@ -285,11 +325,16 @@ def test_ingest_measures_family_drift(tmp_path, family_tokenizer, family_dir, ca
     assert judge_main(["ingest", str(write(tmp_path / "traces" / "part.jsonl", trajectories)), "--db", str(db)]) == 0
     out = capsys.readouterr().out
     assert "extension: 2 of 4 engine calls extend" in out and "re-render drift: " in out, out
-    got = rows(db, """SELECT task_id, tool_format, bool_or(extends_previous), max(divergence_cause),
+    got = rows(
+        db,
+        """SELECT task_id, tool_format, bool_or(extends_previous), max(divergence_cause),
                              max(CASE WHEN call_index = 0 THEN rerender_drift_tokens END), count(drift_measured)
-                      FROM calls JOIN trajectories USING (trajectory_id) GROUP BY ALL ORDER BY task_id""")
-    expected = sorted((f"t-{family}", FAMILIES[family][1], EXPECTED[family][0] is None, EXPECTED[family][0],
-                       EXPECTED[family][1], 2) for family in FAMILIES)
+                      FROM calls JOIN trajectories USING (trajectory_id) GROUP BY ALL ORDER BY task_id""",
+    )
+    expected = sorted(
+        (f"t-{family}", FAMILIES[family][1], EXPECTED[family][0] is None, EXPECTED[family][0], EXPECTED[family][1], 2)
+        for family in FAMILIES
+    )
     assert [(t, f, e, c, d > 0, m) for t, f, e, c, d, m in got] == expected
     # the old measure, on the same calls, flags nothing (it compares a re-render with itself)
     assert rows(db, "SELECT DISTINCT template_drift FROM calls") == [(False,)]
@@ -316,19 +361,28 @@ def _rerender_drift_per_call(tokenizer, call):
     from astuner.chat import detect_family, normalize_messages, parse_completion, special_tokens_of
 
     completion = list(call["completion_token_ids"])
-    parsed = parse_completion(tokenizer.decode(completion, skip_special_tokens=False), detect_family(tokenizer),
-                              special_tokens_of(tokenizer))
+    parsed = parse_completion(
+        tokenizer.decode(completion, skip_special_tokens=False), detect_family(tokenizer), special_tokens_of(tokenizer)
+    )
     reply = {"role": "assistant", "content": parsed.text}
     if parsed.calls:
-        reply["tool_calls"] = [{"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["input"]}}
-                               for c in parsed.calls]
+        reply["tool_calls"] = [
+            {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["input"]}}
+            for c in parsed.calls
+        ]
     if parsed.reasoning:
         reply["reasoning_content"] = parsed.reasoning
     sampled = list(call["prompt_token_ids"]) + completion
     try:
-        again = list(tokenizer.apply_chat_template(normalize_messages(list(call["messages"]) + [reply]),
-                                                   tools=call.get("tools") or None, tokenize=True, return_dict=False,
-                                                   **(call.get("template_kwargs") or {})))
+        again = list(
+            tokenizer.apply_chat_template(
+                normalize_messages(list(call["messages"]) + [reply]),
+                tools=call.get("tools") or None,
+                tokenize=True,
+                return_dict=False,
+                **(call.get("template_kwargs") or {}),
+            )
+        )
     except Exception:
         return len(sampled)
     matcher = difflib.SequenceMatcher(None, again, sampled, autojunk=False)
@@ -349,12 +403,12 @@ def test_batched_rerender_drift_equals_the_per_call_values(family_tokenizer, fam
             prompt, completion = list(c["prompt_token_ids"]), list(c["completion_token_ids"])
             middle = len(prompt) // 2
             calls += [
-                {**c, "prompt_token_ids": prompt[:middle] + [prompt[middle] + 1] + prompt[middle + 1:]},  # one id off
-                {**c, "prompt_token_ids": prompt[:middle] + prompt[middle + 3:]},                        # ids missing
-                {**c, "completion_token_ids": completion[::-1]},                                         # reply scrambled
-                {**c, "prompt_token_ids": prompt * 2},                                                   # repeats: ties
+                {**c, "prompt_token_ids": prompt[:middle] + [prompt[middle] + 1] + prompt[middle + 1 :]},  # one id off
+                {**c, "prompt_token_ids": prompt[:middle] + prompt[middle + 3 :]},  # ids missing
+                {**c, "completion_token_ids": completion[::-1]},  # reply scrambled
+                {**c, "prompt_token_ids": prompt * 2},  # repeats: ties
                 {**c, "template_kwargs": {**(c.get("template_kwargs") or {}), "truncation": True, "max_length": 16}},
-                {**c, "messages": [{"content": "no role"}]},                                             # refused
+                {**c, "messages": [{"content": "no role"}]},  # refused
             ]
         expected = [_rerender_drift_per_call(tok, c) for c in calls]
         assert rerender_drift_tokens_batch(tok, calls) == expected, family
@@ -379,13 +433,19 @@ def test_measure_drift_in_chunks_equals_one_chunk(tmp_path, family_tokenizer, fa
         trajectories.append(make_traj(f"t-{family}", 0, calls=records, checkpoint=str(family_dir(family))))
     con = open_store(tmp_path / "s.duckdb")
     try:
-        ingest(con, [str(write(tmp_path / "traces" / "part.jsonl", trajectories))], check_template=False, progress=False)
-        columns = "SELECT trajectory_id, call_index, extends_previous, divergence_at, divergence_cause, rerender_drift_tokens " \
-                  "FROM calls ORDER BY 1, 2"
+        ingest(
+            con, [str(write(tmp_path / "traces" / "part.jsonl", trajectories))], check_template=False, progress=False
+        )
+        columns = (
+            "SELECT trajectory_id, call_index, extends_previous, divergence_at, divergence_cause, rerender_drift_tokens "
+            "FROM calls ORDER BY 1, 2"
+        )
         got = {}
         for chunk in (512, 3, 1):
-            con.execute("UPDATE calls SET extends_previous = NULL, divergence_at = NULL, divergence_cause = NULL, "
-                        "rerender_drift_tokens = NULL, drift_measured = NULL")
+            con.execute(
+                "UPDATE calls SET extends_previous = NULL, divergence_at = NULL, divergence_cause = NULL, "
+                "rerender_drift_tokens = NULL, drift_measured = NULL"
+            )
             measure_drift(con, IngestResult(), progress=False, chunk=chunk)
             got[chunk] = con.execute(columns).fetchall()
     finally:
@@ -398,8 +458,15 @@ def test_store_from_before_the_drift_columns_gains_them(tmp_path, capsys):
     from astuner.migrations import latest_version
     from astuner.store import open_store
 
-    drift_columns = ["tool_format", "extends_previous", "divergence_at", "divergence_cause", "rerender_drift_tokens",
-                     "drift_measured", "template_kwargs"]
+    drift_columns = [
+        "tool_format",
+        "extends_previous",
+        "divergence_at",
+        "divergence_cause",
+        "rerender_drift_tokens",
+        "drift_measured",
+        "template_kwargs",
+    ]
     db = tmp_path / "old.duckdb"
     con = open_store(db)
     for name in drift_columns + ["error", "completion_reasoning"]:  # what a store written before them looks like
@@ -409,12 +476,19 @@ def test_store_from_before_the_drift_columns_gains_them(tmp_path, capsys):
     con.close()
     open_store(db, read_only=True).close()  # a reader leaves it as it is
     con = open_store(db)
-    have = {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'calls'").fetchall()}
+    have = {
+        r[0]
+        for r in con.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'calls'").fetchall()
+    }
     version = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()[0][0]
     con.close()
     assert set(drift_columns) <= have and version == str(latest_version())
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"migrated from schema version 1 to {latest_version()}" in err[0] and "m002_drift_columns" in err[0]
+    assert (
+        len(err) == 1
+        and f"migrated from schema version 1 to {latest_version()}" in err[0]
+        and "m002_drift_columns" in err[0]
+    )
 
 
 def test_llama_date_is_recorded_and_rerenders_on_another_day(tmp_path, family_tokenizer, family_dir):
@@ -433,18 +507,29 @@ def test_llama_date_is_recorded_and_rerenders_on_another_day(tmp_path, family_to
     assert rows(db, "SELECT DISTINCT template_drift FROM calls") == [(False,)]  # re-rendered with the recorded date
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--tool-format", "harmony"], "--tool-format 'harmony': unknown format; choose one of auto, hermes, qwen3, llama3, mistral"),
-    (["--template-kwargs", "[1]"], "--template-kwargs '[1]': must be a JSON object"),
-    (["--template-kwargs", "{x"], "--template-kwargs '{x': not JSON"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--tool-format", "harmony"],
+            "--tool-format 'harmony': unknown format; choose one of auto, hermes, qwen3, llama3, mistral",
+        ),
+        (["--template-kwargs", "[1]"], "--template-kwargs '[1]': must be a JSON object"),
+        (["--template-kwargs", "{x"], "--template-kwargs '{x': not JSON"),
+    ],
+)
 def test_collect_family_options_bad_input(tmp_path, capsys, args, message):
     from helpers import workflow_ref, write_tasks
 
     from collect.main import main as collect_main
 
     tasks = write_tasks(tmp_path / "tasks.jsonl", 1)
-    assert collect_main(["--workflow", workflow_ref("ExampleMathLearn"), "--tasks", str(tasks), "--out", str(tmp_path / "o"), *args]) == 2
+    assert (
+        collect_main(
+            ["--workflow", workflow_ref("ExampleMathLearn"), "--tasks", str(tasks), "--out", str(tmp_path / "o"), *args]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
 
@@ -462,15 +547,22 @@ def test_qwen3_strips_thinking_of_an_earlier_query(family_tokenizer, family_dir)
     from astuner.tuner import ModelTuner
 
     tok = family_tokenizer("qwen3")
-    tuner = ModelTuner(ScriptedEngine(family_dir("qwen3"), tok, [NATIVE_ANSWER["qwen3"]] * 2), SamplingParams(max_tokens=64))
-    agent = ReActAgent(name="Calc", sys_prompt="You are a calculator.", model=tuner, formatter=OpenAIChatFormatter(), max_iters=2)
+    tuner = ModelTuner(
+        ScriptedEngine(family_dir("qwen3"), tok, [NATIVE_ANSWER["qwen3"]] * 2), SamplingParams(max_tokens=64)
+    )
+    agent = ReActAgent(
+        name="Calc", sys_prompt="You are a calculator.", model=tuner, formatter=OpenAIChatFormatter(), max_iters=2
+    )
     agent.set_console_output_enabled(False)
 
     async def two_queries():
         await agent(Msg("user", "What is 2 + 3?", "user"))
         await agent(Msg("user", "And 3 + 2?", "user"))
+
     asyncio.run(two_queries())
     first, second = tuner.calls
     assert first.completion.reasoning == "It is 5."
-    extends, at, cause = extension({**first.model_dump(), "completion_text": first.completion.text}, second.model_dump())
+    extends, at, cause = extension(
+        {**first.model_dump(), "completion_text": first.completion.text}, second.model_dump()
+    )
     assert (extends, cause) == (False, "thinking_stripped") and at >= len(first.prompt_token_ids)

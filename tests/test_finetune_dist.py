@@ -24,12 +24,40 @@ from finetune.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
-TRAIN = ["--seed", "0", "--learning_rate", "1e-3", "--max_steps", "6", "--logging_steps", "1", "--disable_tqdm", "true",
-         "--gradient_checkpointing", "false", "--lr_scheduler_type", "constant"]
+TRAIN = [
+    "--seed",
+    "0",
+    "--learning_rate",
+    "1e-3",
+    "--max_steps",
+    "6",
+    "--logging_steps",
+    "1",
+    "--disable_tqdm",
+    "true",
+    "--gradient_checkpointing",
+    "false",
+    "--lr_scheduler_type",
+    "constant",
+]
 ONE = ["--per_device_train_batch_size", "4"]  # the global batch: 1 x 4 and 2 x 2
 TWO = ["--per_device_train_batch_size", "2"]
-DPO = ["--method", "dpo", "--use_peft", "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0",
-       "--lora_target_modules", "q_proj", "v_proj", "--beta", "0.1"]
+DPO = [
+    "--method",
+    "dpo",
+    "--use_peft",
+    "--lora_r",
+    "4",
+    "--lora_alpha",
+    "8",
+    "--lora_dropout",
+    "0",
+    "--lora_target_modules",
+    "q_proj",
+    "v_proj",
+    "--beta",
+    "0.1",
+]
 ERROR = "finetune: error: "
 
 
@@ -45,7 +73,9 @@ def store(tmp_path_factory):
         prompt = [rng.randrange(10, 590) for _ in range(rng.randrange(6, 20))]
         for sample, reward in ((0, 1.0), (1, 0.0)):
             completion = [rng.randrange(10, 590) for _ in range(rng.randrange(3, 12))]
-            trajs.append(make_traj(f"t{t}", sample, reward=reward, calls=[make_call(0, prompt=prompt, completion=completion)]))
+            trajs.append(
+                make_traj(f"t{t}", sample, reward=reward, calls=[make_call(0, prompt=prompt, completion=completion)])
+            )
     tmp = tmp_path_factory.mktemp("dist")
     db = tmp / "store.duckdb"
     assert judge_main(["ingest", str(write(tmp / "traces.jsonl", trajs)), "--db", str(db)]) == 0
@@ -60,8 +90,19 @@ def free_port() -> int:
 
 
 def torchrun(n=2):
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_addr", "127.0.0.1",
-            "--master_port", str(free_port()), "-m", "finetune"]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(n),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "finetune",
+    ]
 
 
 def accelerate(*launch):
@@ -130,16 +171,30 @@ class Launch:
         self.tag = f"ASTUNER_TEST_LAUNCH={uuid.uuid4().hex}"
         home = tmp_path / "home"
         home.mkdir(exist_ok=True)
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HOME": str(home), "HF_HOME": str(home / "hf"),
-               "OMP_NUM_THREADS": "1", **(extra_env or {})}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "HF_HUB_OFFLINE": "1",
+            "HOME": str(home),
+            "HF_HOME": str(home / "hf"),
+            "OMP_NUM_THREADS": "1",
+            **(extra_env or {}),
+        }
         for name in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "ASTUNER_CRASH_AT"):
             if name not in (extra_env or {}):
                 env.pop(name, None)
         env["ASTUNER_TEST_LAUNCH"] = self.tag.partition("=")[2]
         self.log = tmp_path / f"launch-{self.tag[-8:]}.log"
         with open(self.log, "w") as log:
-            self.proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd,
+                cwd=tmp_path,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -170,6 +225,7 @@ def run(cmd, tmp_path, timeout=240, **kw):
 def finetune_args(store, tiny_model):
     def args(out, *extra):
         return ["--db", str(store), "--model_name_or_path", str(tiny_model), "--output_dir", str(out), *TRAIN, *extra]
+
     return args
 
 
@@ -211,7 +267,9 @@ def assert_same_training(one, two, parent, tol=1e-5):
     assert len(la) == len(lb) == 6
     dloss = max(abs(a - b) for a, b in zip(la, lb))
     dweight, update = max_weight_delta(one, two), max_weight_delta(parent, two)
-    print(f"max |dloss| {dloss:.3g}, max |dweight| {dweight:.3g}, update {update:.3g} (losses {la[0]:.4f} -> {la[-1]:.4f})")
+    print(
+        f"max |dloss| {dloss:.3g}, max |dweight| {dweight:.3g}, update {update:.3g} (losses {la[0]:.4f} -> {la[-1]:.4f})"
+    )
     assert dloss < tol and dweight < tol
     assert update > 100 * tol  # and training moved the weights far more than that
     m = manifest(two)
@@ -274,8 +332,13 @@ def test_rerun_refused_while_earlier_workers_live(finetune_args, tmp_path, capsy
     naming them; once they are dead it trains."""
     out = tmp_path / "ckpt"
     partial = Path(f"{out}.partial")
-    long = Launch([*accelerate("--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port())),
-                   *finetune_args(out, *TWO, "--max_steps", "100000")], tmp_path)
+    long = Launch(
+        [
+            *accelerate("--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port())),
+            *finetune_args(out, *TWO, "--max_steps", "100000"),
+        ],
+        tmp_path,
+    )
     try:
         deadline = time.time() + 180
         while len(workers := finetune_workers(long.tag)) < 2 or "'loss'" not in long.output():  # both ranks training
@@ -290,7 +353,9 @@ def test_rerun_refused_while_earlier_workers_live(finetune_args, tmp_path, capsy
         capsys.readouterr()
         assert main(finetune_args(out, *ONE, "--max_steps", "2")) == 2
         err = capsys.readouterr().err.strip()
-        assert err.count("\n") == 0 and err.startswith(ERROR) and "workers of an earlier run on it are still alive" in err, err
+        assert (
+            err.count("\n") == 0 and err.startswith(ERROR) and "workers of an earlier run on it are still alive" in err
+        ), err
         assert all(f"pid {pid} " in err for pid in workers), err
     finally:
         long.kill()
@@ -300,20 +365,37 @@ def test_rerun_refused_while_earlier_workers_live(finetune_args, tmp_path, capsy
     assert manifest(out)["world_size"] == 1 and not partial.exists()
 
 
-@pytest.mark.parametrize("name, launch, extra, says", [
-    ("accelerate --cpu", lambda: accelerate("--cpu", "--num_processes", "2"), [],
-     "accelerate launch started 1 process where several were asked for"),
-    ("torchrun --use_cpu false", lambda: torchrun(2), ["--use_cpu", "false"],
-     "launched as 2 processes, but each would train alone as world size 1"),
-    ("torchrun --use_cpu false --ddp_backend gloo", lambda: torchrun(2), ["--use_cpu", "false", "--ddp_backend", "gloo"],
-     "so gradients would not be averaged"),
-])
+@pytest.mark.parametrize(
+    "name, launch, extra, says",
+    [
+        (
+            "accelerate --cpu",
+            lambda: accelerate("--cpu", "--num_processes", "2"),
+            [],
+            "accelerate launch started 1 process where several were asked for",
+        ),
+        (
+            "torchrun --use_cpu false",
+            lambda: torchrun(2),
+            ["--use_cpu", "false"],
+            "launched as 2 processes, but each would train alone as world size 1",
+        ),
+        (
+            "torchrun --use_cpu false --ddp_backend gloo",
+            lambda: torchrun(2),
+            ["--use_cpu", "false", "--ddp_backend", "gloo"],
+            "so gradients would not be averaged",
+        ),
+    ],
+)
 def test_wrong_launches_are_refused_before_training(finetune_args, tmp_path, name, launch, extra, says):
     out = tmp_path / "ckpt"
     rc, log = run([*launch(), *finetune_args(out, *TWO, *extra)], tmp_path)
     lines = [line for line in log.splitlines() if line.startswith(ERROR)]
     assert rc != 0 and len(lines) == 1 and says in lines[0], log[-3000:]
-    assert "Traceback (most recent call last)" not in log.split(ERROR)[0]  # finetune's own: no traceback before its line
+    assert (
+        "Traceback (most recent call last)" not in log.split(ERROR)[0]
+    )  # finetune's own: no traceback before its line
     assert not out.exists() and not Path(f"{out}.partial").exists()
 
 

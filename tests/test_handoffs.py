@@ -63,7 +63,11 @@ def test_handoffs_records_every_worker_call(tmp_path, tokenizer, tiny_model):
     )
     tasks = load_tasks(str(EXAMPLE / "tasks.jsonl"))
     writer = TraceWriter(tmp_path / "traces")
-    stats = asyncio.run(run_collect(spec, ScriptedEngine(tokenizer, str(tiny_model)), [(t, 0) for t in tasks], writer, 2, progress=False))
+    stats = asyncio.run(
+        run_collect(
+            spec, ScriptedEngine(tokenizer, str(tiny_model)), [(t, 0) for t in tasks], writer, 2, progress=False
+        )
+    )
     assert stats.ok == len(tasks) == 4
 
     for traj in load(tmp_path):
@@ -87,7 +91,11 @@ def test_handoff_judger():
     judge = import_object(f"{EXAMPLE / 'judger.py'}:handoff_reward", "--judger")
     worker = {"agent_name": "Worker"}
     trajectories = [
-        {"status": "ok", "calls": [{"agent_name": "Orchestrator"}, worker], "metadata": {"response": "It printed 5050."}},
+        {
+            "status": "ok",
+            "calls": [{"agent_name": "Orchestrator"}, worker],
+            "metadata": {"response": "It printed 5050."},
+        },
         {"status": "ok", "calls": [worker], "metadata": {"response": "done"}},
         {"status": "ok", "calls": [{"agent_name": "Orchestrator"}], "metadata": {"response": "5050"}},
         {"status": "error", "calls": [worker], "metadata": {"response": "5050"}},

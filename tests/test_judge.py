@@ -22,8 +22,8 @@ def answers_set(tmp_path):
         make_traj("t0", 0, reward=1.0, final="4"),
         make_traj("t0", 1, reward=0.0, final="5"),
         make_traj("t1", 0, reward=0.5, final="4.0000001"),
-        make_traj("t1", 1, reward=None, final=None),               # no final answer
-        make_traj("t2", 0, reward=1.0, final="4", answer=None),    # task has no reference
+        make_traj("t1", 1, reward=None, final=None),  # no final answer
+        make_traj("t2", 0, reward=1.0, final="4", answer=None),  # task has no reference
         make_traj("t3", 0, reward=None, final="abc", status="error"),
     ]
     db = tmp_path / "store.duckdb"
@@ -32,15 +32,26 @@ def answers_set(tmp_path):
 
 
 def scores_of(db, judger):
-    return dict(rows(db, """SELECT t.task_id || '/' || t.sample_index, s.value FROM scores s JOIN trajectories t
-                            USING (trajectory_id) WHERE s.judger = ? AND s.call_index IS NULL""", [judger]))
+    return dict(
+        rows(
+            db,
+            """SELECT t.task_id || '/' || t.sample_index, s.value FROM scores s JOIN trajectories t
+                            USING (trajectory_id) WHERE s.judger = ? AND s.call_index IS NULL""",
+            [judger],
+        )
+    )
 
 
 def test_double_ingest_adds_nothing(tmp_path, capsys):
-    trajs = [make_traj(f"t{i}", s, reward=1.0, calls=[make_call(0), make_call(1, role="other", trainable=False)])
-             for i in range(3) for s in range(2)]
+    trajs = [
+        make_traj(f"t{i}", s, reward=1.0, calls=[make_call(0), make_call(1, role="other", trainable=False)])
+        for i in range(3)
+        for s in range(2)
+    ]
     traces = write(tmp_path / "out" / "traces" / "part-000000.jsonl", trajs)
-    (tmp_path / "out" / "collect.json").write_text(json.dumps({"run_id": "run-a", "created_at": 1.0e9, "checkpoint": "c"}))
+    (tmp_path / "out" / "collect.json").write_text(
+        json.dumps({"run_id": "run-a", "created_at": 1.0e9, "checkpoint": "c"})
+    )
     db = tmp_path / "store.duckdb"
     assert main(["ingest", str(tmp_path / "out"), "--db", str(db)]) == 0
     assert "ingested 6 new trajectories (12 model calls)" in capsys.readouterr().out
@@ -52,7 +63,9 @@ def test_double_ingest_adds_nothing(tmp_path, capsys):
     assert rows(db, "SELECT stage, count(*) FROM runs GROUP BY stage ORDER BY stage") == [("collect", 1), ("ingest", 2)]
     assert rows(db, "SELECT config->>'checkpoint' FROM runs WHERE stage = 'collect'") == [("c",)]
     # the stored ids, logprobs and JSON round-trip exactly
-    call = rows(db, "SELECT prompt_token_ids, completion_token_ids, completion_logprobs, messages FROM calls LIMIT 1")[0]
+    call = rows(db, "SELECT prompt_token_ids, completion_token_ids, completion_logprobs, messages FROM calls LIMIT 1")[
+        0
+    ]
     assert call[:3] == ([1, 2, 3], [4, 5], [-0.5, -0.5]) and json.loads(call[3]) == [{"role": "user", "content": "q"}]
 
 
@@ -63,10 +76,19 @@ def test_malformed_lines_named_and_skipped(tmp_path, capsys):
     missing = json.loads(good[2])
     del missing["status"]
     path = tmp_path / "bad.jsonl"
-    path.write_bytes(b"\n".join([
-        good[0].encode(), b'{"schema_version": 1, "truncated', json.dumps(wrong_version).encode(),
-        json.dumps(missing).encode(), b"\xff\xfe not utf-8", dump_line(make_traj("t9", 0)).strip(),
-    ]) + b"\n")
+    path.write_bytes(
+        b"\n".join(
+            [
+                good[0].encode(),
+                b'{"schema_version": 1, "truncated',
+                json.dumps(wrong_version).encode(),
+                json.dumps(missing).encode(),
+                b"\xff\xfe not utf-8",
+                dump_line(make_traj("t9", 0)).strip(),
+            ]
+        )
+        + b"\n"
+    )
     db = tmp_path / "store.duckdb"
     assert main(["--help"]) == 0
     capsys.readouterr()
@@ -85,49 +107,124 @@ def test_malformed_lines_named_and_skipped(tmp_path, capsys):
 
 def test_builtin_judgers_on_known_answers(tmp_path, capsys):
     db = answers_set(tmp_path)
-    assert main(["score", "--db", str(db), "--judger", "workflow", "exact", "numeric:final_answer,answer,1e-3",
-                 "--judger", "regex:final_answer,pattern", "--batch_size", "2"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--db",
+                str(db),
+                "--judger",
+                "workflow",
+                "exact",
+                "numeric:final_answer,answer,1e-3",
+                "--judger",
+                "regex:final_answer,pattern",
+                "--batch_size",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert scores_of(db, "workflow") == {"t0/0": 1.0, "t0/1": 0.0, "t1/0": 0.5, "t1/1": None, "t2/0": 1.0, "t3/0": None}
     assert scores_of(db, "exact") == {"t0/0": 1.0, "t0/1": 0.0, "t1/0": 0.0, "t1/1": 0.0, "t2/0": None, "t3/0": 0.0}
     assert scores_of(db, "numeric:final_answer,answer,1e-3") == {
-        "t0/0": 1.0, "t0/1": 0.0, "t1/0": 1.0, "t1/1": 0.0, "t2/0": None, "t3/0": 0.0}
-    assert rows(db, "SELECT label FROM scores WHERE judger LIKE 'numeric%' AND value = 0 AND label IS NOT NULL") == [("not a number",)]
+        "t0/0": 1.0,
+        "t0/1": 0.0,
+        "t1/0": 1.0,
+        "t1/1": 0.0,
+        "t2/0": None,
+        "t3/0": 0.0,
+    }
+    assert rows(db, "SELECT label FROM scores WHERE judger LIKE 'numeric%' AND value = 0 AND label IS NOT NULL") == [
+        ("not a number",)
+    ]
     # no task has a 'pattern' field: never applicable
     assert set(scores_of(db, "regex:final_answer,pattern").values()) == {None}
 
 
 def test_regex_judger_and_bad_pattern(tmp_path):
-    trajs = [make_traj("a", 0, final="The answer is 42", extra_task={"pattern": r"\b42\b"}),
-             make_traj("b", 0, final="4200", extra_task={"pattern": r"\b42\b"}),
-             make_traj("c", 0, final="x", extra_task={"pattern": "("})]
+    trajs = [
+        make_traj("a", 0, final="The answer is 42", extra_task={"pattern": r"\b42\b"}),
+        make_traj("b", 0, final="4200", extra_task={"pattern": r"\b42\b"}),
+        make_traj("c", 0, final="x", extra_task={"pattern": "("}),
+    ]
     db = tmp_path / "s.duckdb"
     assert main(["ingest", str(write(tmp_path / "r.jsonl", trajs)), "--db", str(db)]) == 0
     assert main(["score", "--db", str(db), "--judger", "regex:final_answer,pattern"]) == 0
-    got = {r[0]: r[1:] for r in rows(db, "SELECT t.task_id, s.value, s.error IS NOT NULL FROM scores s JOIN trajectories t USING (trajectory_id)")}
+    got = {
+        r[0]: r[1:]
+        for r in rows(
+            db, "SELECT t.task_id, s.value, s.error IS NOT NULL FROM scores s JOIN trajectories t USING (trajectory_id)"
+        )
+    }
     assert got == {"a": (1.0, False), "b": (0.0, False), "c": (None, True)}
 
 
 def test_custom_judgers_by_module_function(tmp_path, capsys):
     db = answers_set(tmp_path)
     ref = f"{TESTS / 'judgers_custom.py'}"
-    assert main(["score", "--db", str(db), "--judger", f"{ref}:answer_length", "judgers_custom:picky",
-                 f"{ref}:not_a_number", f"{ref}:agentscope_judge", f"{ref}:AnswerJudge", f"{ref}:completion_chars"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--db",
+                str(db),
+                "--judger",
+                f"{ref}:answer_length",
+                "judgers_custom:picky",
+                f"{ref}:not_a_number",
+                f"{ref}:agentscope_judge",
+                f"{ref}:AnswerJudge",
+                f"{ref}:completion_chars",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert scores_of(db, f"{ref}:answer_length") == {
-        "t0/0": 1.0, "t0/1": 1.0, "t1/0": 0.0, "t1/1": None, "t2/0": 0.0, "t3/0": 0.0}
-    picky = dict(rows(db, """SELECT t.task_id || '/' || t.sample_index, coalesce(s.error, CAST(s.value AS VARCHAR))
-                             FROM scores s JOIN trajectories t USING (trajectory_id) WHERE judger = 'judgers_custom:picky'"""))
-    assert picky == {"t0/0": "0.5", "t0/1": "0.5", "t1/0": "RuntimeError: cannot judge t1",
-                     "t1/1": "RuntimeError: cannot judge t1", "t2/0": "0.5", "t3/0": "0.5"}
+        "t0/0": 1.0,
+        "t0/1": 1.0,
+        "t1/0": 0.0,
+        "t1/1": None,
+        "t2/0": 0.0,
+        "t3/0": 0.0,
+    }
+    picky = dict(
+        rows(
+            db,
+            """SELECT t.task_id || '/' || t.sample_index, coalesce(s.error, CAST(s.value AS VARCHAR))
+                             FROM scores s JOIN trajectories t USING (trajectory_id) WHERE judger = 'judgers_custom:picky'""",
+        )
+    )
+    assert picky == {
+        "t0/0": "0.5",
+        "t0/1": "0.5",
+        "t1/0": "RuntimeError: cannot judge t1",
+        "t1/1": "RuntimeError: cannot judge t1",
+        "t2/0": "0.5",
+        "t3/0": "0.5",
+    }
     assert "errors" in out and "cannot judge t1" in out
     assert rows(db, f"SELECT DISTINCT value, error FROM scores WHERE judger = '{ref}:not_a_number'") == [
-        (None, "returned nan, not a finite number")]
+        (None, "returned nan, not a finite number")
+    ]
     assert scores_of(db, f"{ref}:agentscope_judge") == {
-        "t0/0": 1.0, "t0/1": 0.0, "t1/0": 0.0, "t1/1": 0.0, "t2/0": None, "t3/0": 0.0}
+        "t0/0": 1.0,
+        "t0/1": 0.0,
+        "t1/0": 0.0,
+        "t1/1": 0.0,
+        "t2/0": None,
+        "t3/0": 0.0,
+    }
     # t1/1 has no final answer, so its response is its last completion; t2's task has no answer: KeyError, recorded
     assert scores_of(db, f"{ref}:AnswerJudge")["t0/0"] == 1.0
-    assert rows(db, f"SELECT DISTINCT label FROM scores WHERE judger = '{ref}:AnswerJudge' ORDER BY 1") == [("failure",), ("success",)]
-    assert rows(db, f"SELECT count(*), min(call_index), max(value) FROM scores WHERE judger = '{ref}:completion_chars'") == [(6, 0, 2.0)]
+    assert rows(db, f"SELECT DISTINCT label FROM scores WHERE judger = '{ref}:AnswerJudge' ORDER BY 1") == [
+        ("failure",),
+        ("success",),
+    ]
+    assert rows(
+        db, f"SELECT count(*), min(call_index), max(value) FROM scores WHERE judger = '{ref}:completion_chars'"
+    ) == [(6, 0, 2.0)]
     # call-level scores stay out of the combined reward
     n_judgers = dict(rows(db, "SELECT task_id || '/' || sample_index, n_judgers FROM rewards"))
     assert n_judgers["t0/0"] == 4  # answer_length, picky, agentscope_judge, AnswerJudge
@@ -137,7 +234,10 @@ def test_rescoring_replaces_and_weights_combine(tmp_path):
     db = answers_set(tmp_path)
     assert main(["score", "--db", str(db), "--judger", "workflow", "exact"]) == 0
     assert main(["score", "--db", str(db), "--judger", "workflow=3", "exact"]) == 0
-    assert rows(db, "SELECT judger, count(*), min(weight) FROM scores GROUP BY 1 ORDER BY 1") == [("exact", 6, 1.0), ("workflow", 6, 3.0)]
+    assert rows(db, "SELECT judger, count(*), min(weight) FROM scores GROUP BY 1 ORDER BY 1") == [
+        ("exact", 6, 1.0),
+        ("workflow", 6, 3.0),
+    ]
     rewards = dict(rows(db, "SELECT task_id || '/' || sample_index, reward FROM rewards"))
     # weighted mean of the judgers that applied: (3 * workflow + 1 * exact) / 4, or the only one that applied
     assert rewards == {"t0/0": 1.0, "t0/1": 0.0, "t1/0": (3 * 0.5 + 0.0) / 4, "t1/1": 0.0, "t2/0": 1.0, "t3/0": 0.0}
@@ -146,7 +246,10 @@ def test_rescoring_replaces_and_weights_combine(tmp_path):
 
 
 def test_views_match_hand_computation(tmp_path):
-    shared = [make_call(0, prompt=(1, 2), completion=(7,)), make_call(1, role="critic", trainable=False, prompt=(9,), completion=(9,))]
+    shared = [
+        make_call(0, prompt=(1, 2), completion=(7,)),
+        make_call(1, role="critic", trainable=False, prompt=(9,), completion=(9,)),
+    ]
     trajs = []
     rewards = {}
     for iteration in (0, 1):
@@ -154,26 +257,50 @@ def test_views_match_hand_computation(tmp_path):
             for sample in range(3):
                 reward = round(((hash((iteration, task)) % 7) + sample * 3) % 5 / 4, 2) if task != "c" else None
                 calls = [make_call(0, prompt=(1, 2), completion=(7 + sample,)), shared[1]]
-                trajs.append(make_traj(task, sample, reward=reward, iteration=iteration, calls=calls, run_id=f"r{iteration}",
-                                       status="error" if (task, sample) == ("b", 2) else "ok"))
+                trajs.append(
+                    make_traj(
+                        task,
+                        sample,
+                        reward=reward,
+                        iteration=iteration,
+                        calls=calls,
+                        run_id=f"r{iteration}",
+                        status="error" if (task, sample) == ("b", 2) else "ok",
+                    )
+                )
                 rewards[(iteration, task, sample)] = reward
     db = tmp_path / "s.duckdb"
     assert main(["ingest", str(write(tmp_path / "v.jsonl", trajs)), "--db", str(db)]) == 0
     assert main(["score", "--db", str(db), "--judger", "workflow", "--success_threshold", "0.5"]) == 0
 
     status = {(i, t, s): "error" if (t, s) == ("b", 2) else "ok" for (i, t, s) in rewards}
-    got_stats = {(r[0], r[1]): r[2:] for r in rows(db, "SELECT task_id, iteration, n, n_scored, mean_reward, max_reward, success_rate FROM task_stats")}
+    got_stats = {
+        (r[0], r[1]): r[2:]
+        for r in rows(
+            db, "SELECT task_id, iteration, n, n_scored, mean_reward, max_reward, success_rate FROM task_stats"
+        )
+    }
     for iteration in (0, 1):
         for task in ("a", "b", "c"):
             values = [rewards[(iteration, task, s)] for s in range(3)]
             scored = [v for v in values if v is not None]
-            success = sum(1 for s in range(3) if status[(iteration, task, s)] == "ok" and values[s] is not None and values[s] >= 0.5) / 3
+            success = (
+                sum(
+                    1
+                    for s in range(3)
+                    if status[(iteration, task, s)] == "ok" and values[s] is not None and values[s] >= 0.5
+                )
+                / 3
+            )
             n, n_scored, mean, top, rate = got_stats[(task, iteration)]
             assert (n, n_scored) == (3, len(scored))
             assert mean == (pytest.approx(sum(scored) / len(scored)) if scored else None)
             assert top == (max(scored) if scored else None)
             assert rate == pytest.approx(success)
-    best = {(r[0], r[1]): (r[2], r[3]) for r in rows(db, "SELECT task_id, iteration, sample_index, reward FROM best_per_task")}
+    best = {
+        (r[0], r[1]): (r[2], r[3])
+        for r in rows(db, "SELECT task_id, iteration, sample_index, reward FROM best_per_task")
+    }
     expected_best = {}
     for (iteration, task, sample), reward in sorted(rewards.items()):
         if reward is None or status[(iteration, task, sample)] != "ok":
@@ -188,34 +315,65 @@ def test_views_match_hand_computation(tmp_path):
     ranks = rows(db, "SELECT task_id, iteration, sample_index FROM sft_candidates WHERE task_rank = 1 ORDER BY 1, 2")
     assert {(t, i): s for t, i, s in ranks} == {k: v[0] for k, v in expected_best.items()}
     # DPO candidates: identical prompt ids, different completions, chosen strictly better
-    pairs = rows(db, """SELECT task_id, iteration, prompt_token_ids, chosen_completion_ids, rejected_completion_ids,
-                               chosen_reward, rejected_reward, margin, role FROM dpo_candidates""")
+    pairs = rows(
+        db,
+        """SELECT task_id, iteration, prompt_token_ids, chosen_completion_ids, rejected_completion_ids,
+                               chosen_reward, rejected_reward, margin, role FROM dpo_candidates""",
+    )
     expected_pairs = 0
     for (iteration, task, a), ra in rewards.items():
         for (i2, t2, b), rb in rewards.items():
-            if (i2, t2) == (iteration, task) and ra is not None and rb is not None and ra > rb \
-                    and status[(iteration, task, a)] == status[(iteration, task, b)] == "ok":
+            if (
+                (i2, t2) == (iteration, task)
+                and ra is not None
+                and rb is not None
+                and ra > rb
+                and status[(iteration, task, a)] == status[(iteration, task, b)] == "ok"
+            ):
                 expected_pairs += 1
     assert len(pairs) == expected_pairs > 0
     for _task, _it, prompt, chosen, rejected, rc, rr, margin, role in pairs:
-        assert prompt == [1, 2] and chosen != rejected and rc > rr and margin == pytest.approx(rc - rr) and role == "default"
+        assert (
+            prompt == [1, 2]
+            and chosen != rejected
+            and rc > rr
+            and margin == pytest.approx(rc - rr)
+            and role == "default"
+        )
 
 
 def test_template_drift_column(tmp_path, tiny_model, tokenizer):
     messages = [{"role": "system", "content": "You add."}, {"role": "user", "content": "2+2?"}]
-    tools = [{"type": "function", "function": {"name": "add", "description": "adds", "parameters": {"type": "object", "properties": {}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {"name": "add", "description": "adds", "parameters": {"type": "object", "properties": {}}},
+        }
+    ]
     ids = render_prompt_ids(tokenizer, messages, tools)
-    calls = [make_call(0, prompt=ids, messages=messages, tools=tools),
-             make_call(1, prompt=ids[:-1] + [ids[-1] + 1], messages=messages, tools=tools),   # drifted
-             make_call(2, trainable=False, prompt=ids + [5], messages=messages, tools=tools),   # not trained: not checked
-             make_call(3, prompt=None, completion=None, messages=messages)]                    # no engine ids
+    calls = [
+        make_call(0, prompt=ids, messages=messages, tools=tools),
+        make_call(1, prompt=ids[:-1] + [ids[-1] + 1], messages=messages, tools=tools),  # drifted
+        make_call(2, trainable=False, prompt=ids + [5], messages=messages, tools=tools),  # not trained: not checked
+        make_call(3, prompt=None, completion=None, messages=messages),
+    ]  # no engine ids
     db = tmp_path / "s.duckdb"
-    path = write(tmp_path / "d.jsonl", [make_traj("t", 0, calls=calls, checkpoint=str(tiny_model)),
-                                       make_traj("u", 0, calls=[make_call(0)], checkpoint="/elsewhere")])
+    path = write(
+        tmp_path / "d.jsonl",
+        [
+            make_traj("t", 0, calls=calls, checkpoint=str(tiny_model)),
+            make_traj("u", 0, calls=[make_call(0)], checkpoint="/elsewhere"),
+        ],
+    )
     assert main(["ingest", str(path), "--db", str(db)]) == 0
-    got = rows(db, "SELECT call_index, template_drift FROM calls JOIN trajectories USING (trajectory_id) WHERE task_id = 't' ORDER BY 1")
+    got = rows(
+        db,
+        "SELECT call_index, template_drift FROM calls JOIN trajectories USING (trajectory_id) WHERE task_id = 't' ORDER BY 1",
+    )
     assert got == [(0, False), (1, True), (2, None), (3, None)]
-    assert rows(db, "SELECT template_drift FROM calls JOIN trajectories USING (trajectory_id) WHERE task_id = 'u'") == [(None,)]
+    assert rows(db, "SELECT template_drift FROM calls JOIN trajectories USING (trajectory_id) WHERE task_id = 'u'") == [
+        (None,)
+    ]
 
 
 class ScriptedJudgeEngine:
@@ -234,10 +392,22 @@ class ScriptedJudgeEngine:
 def test_llm_judge_parses_scores_or_records_errors(tokenizer):
     from judge.llm import LLMJudge
 
-    trajs = [{"trajectory_id": str(i), "task_id": "t", "main_query": "What is 2+2?", "task": {"answer": 4},
-              "status": "ok", "reward": None, "metadata": {"final_answer": "4"}, "response": "4",
-              "calls": [{"messages": [{"role": "user", "content": "What is 2+2?"}], "completion_text": "4", "tool_calls": []}]}
-             for i in range(4)]
+    trajs = [
+        {
+            "trajectory_id": str(i),
+            "task_id": "t",
+            "main_query": "What is 2+2?",
+            "task": {"answer": 4},
+            "status": "ok",
+            "reward": None,
+            "metadata": {"final_answer": "4"},
+            "response": "4",
+            "calls": [
+                {"messages": [{"role": "user", "content": "What is 2+2?"}], "completion_text": "4", "tool_calls": []}
+            ],
+        }
+        for i in range(4)
+    ]
     engine = ScriptedJudgeEngine(tokenizer, ["Correct. Score: 7", "score = 10", "Score: 42", "I think it is fine."])
     scores = LLMJudge(engine)(trajs)
     assert [s.value for s in scores] == [0.7, 1.0, None, None]
@@ -252,8 +422,22 @@ def test_llm_judge_with_the_tiny_model(tmp_path, tiny_model):
     db = answers_set(tmp_path)
     template = tmp_path / "judge.txt"
     template.write_text("Q: {main_query}\nA: {response}\nRef: {answer}\n{transcript}\nScore 0-10 as 'Score: N'.")
-    assert main(["score", "--db", str(db), "--judger", f"llm:{template}", "--judge_model", str(tiny_model),
-                 "--judge_max_tokens", "16"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--db",
+                str(db),
+                "--judger",
+                f"llm:{template}",
+                "--judge_model",
+                str(tiny_model),
+                "--judge_max_tokens",
+                "16",
+            ]
+        )
+        == 0
+    )
     got = rows(db, "SELECT value, error, explanation FROM scores WHERE judger LIKE 'llm%'")
     assert len(got) == 6
     for value, error, explanation in got:
@@ -272,7 +456,9 @@ def test_sql_formats(tmp_path, capsys):
     assert out.splitlines()[0].split() == ["task_id", "mean_reward"] and "(4 rows)" in out
     assert main(["sql", "SELECT task_id FROM task_stats ORDER BY 1", "--db", str(db), "--format", "csv"]) == 0
     assert capsys.readouterr().out.split() == ["task_id", "t0", "t1", "t2", "t3"]
-    assert main(["sql", "SELECT task_id, n FROM task_stats ORDER BY 1 LIMIT 1", "--db", str(db), "--format", "json"]) == 0
+    assert (
+        main(["sql", "SELECT task_id, n FROM task_stats ORDER BY 1 LIMIT 1", "--db", str(db), "--format", "json"]) == 0
+    )
     assert json.loads(capsys.readouterr().out) == {"task_id": "t0", "n": 2}
     out_file = tmp_path / "r.parquet"
     assert main(["sql", "SELECT * FROM rewards", "--db", str(db), "--format", "parquet", "--out", str(out_file)]) == 0
@@ -330,13 +516,24 @@ def test_store_of_another_version_or_kind(tmp_path, capsys):
 def test_second_writer_gets_a_clear_error(tmp_path, capsys):
     db = answers_set(tmp_path)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import duckdb, sys; con = duckdb.connect(sys.argv[1]); print('ready', flush=True); sys.stdin.read()", str(db)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys; con = duckdb.connect(sys.argv[1]); print('ready', flush=True); sys.stdin.read()",
+            str(db),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "ready"
         capsys.readouterr()
-        for argv in (["score", "--db", str(db)], ["ingest", str(tmp_path / "traces"), "--db", str(db)], ["sql", "SELECT 1", "--db", str(db)]):
+        for argv in (
+            ["score", "--db", str(db)],
+            ["ingest", str(tmp_path / "traces"), "--db", str(db)],
+            ["sql", "SELECT 1", "--db", str(db)],
+        ):
             assert main(argv) == 2
             err = capsys.readouterr().err
             assert err.count("\n") == 1 and f"is held by process {holder.pid}" in err and "python" in err, err
@@ -357,10 +554,16 @@ class _Tags(HTMLParser):
 
 
 def test_report_writes_plots_and_a_browsable_page(tmp_path, capsys):
-    calls = [make_call(0, text="<b>not bold</b>", messages=[{"role": "user", "content": "q <script>"}]),
-             make_call(1, role="critic", trainable=False)]
-    trajs = [make_traj(f"t{i}", s, reward=float(s), final=str(s), iteration=it, calls=calls, run_id=f"r{it}")
-             for it in (0, 1) for i in range(3) for s in range(2)] + [make_traj("t9", 0, status="error")]
+    calls = [
+        make_call(0, text="<b>not bold</b>", messages=[{"role": "user", "content": "q <script>"}]),
+        make_call(1, role="critic", trainable=False),
+    ]
+    trajs = [
+        make_traj(f"t{i}", s, reward=float(s), final=str(s), iteration=it, calls=calls, run_id=f"r{it}")
+        for it in (0, 1)
+        for i in range(3)
+        for s in range(2)
+    ] + [make_traj("t9", 0, status="error")]
     db = tmp_path / "s.duckdb"
     assert main(["ingest", str(write(tmp_path / "t.jsonl", trajs)), "--db", str(db)]) == 0
     assert main(["score", "--db", str(db), "--judger", "workflow", "exact"]) == 0
@@ -374,13 +577,31 @@ def test_report_writes_plots_and_a_browsable_page(tmp_path, capsys):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = page.read_text()
     assert "&lt;script&gt;" in text and "<script>" not in text and "&lt;b&gt;not bold" in text
-    assert text.count("<details><summary><b>") + text.count("<details open><summary><b>") == 13 and "critic" in text and "boom" in text
+    assert (
+        text.count("<details><summary><b>") + text.count("<details open><summary><b>") == 13
+        and "critic" in text
+        and "boom" in text
+    )
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium:  # where a browser is installed, open the page headless and screenshot it
         shot = tmp_path / "shot.png"
-        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                        "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
-                        "--window-size=1200,1600", page.as_uri()], check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--no-first-run",
+                f"--user-data-dir={tmp_path / 'profile'}",
+                f"--screenshot={shot}",
+                "--window-size=1200,1600",
+                page.as_uri(),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         assert shot.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -399,10 +620,15 @@ def test_help_shows_ready_to_paste_examples(capsys):
 def test_python_m_judge_end_to_end(tmp_path):
     """The commands a user pastes, as subprocesses: ingest, score, sql."""
     db = tmp_path / "s.duckdb"
-    traces = write(tmp_path / "traces" / "p.jsonl", [make_traj("t0", 0, reward=1.0, final="4"), make_traj("t1", 0, reward=0.0, final="3")])
+    traces = write(
+        tmp_path / "traces" / "p.jsonl",
+        [make_traj("t0", 0, reward=1.0, final="4"), make_traj("t1", 0, reward=0.0, final="3")],
+    )
+
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "judge", *args], capture_output=True, text=True, timeout=300,
-                              cwd=TESTS.parent)
+        return subprocess.run(
+            [sys.executable, "-m", "judge", *args], capture_output=True, text=True, timeout=300, cwd=TESTS.parent
+        )
 
     assert run("ingest", str(traces), "--db", str(db)).returncode == 0
     assert run("score", "--db", str(db), "--judger", "workflow", "exact=2").returncode == 0
@@ -420,15 +646,34 @@ def test_real_collect_traces_ingest_without_drift(tmp_path, capsys):
 
     tasks = write_tasks(tmp_path / "tasks.jsonl", 2)
     for workflow in ("WerewolfLite", "ExampleMathLearn"):
-        assert collect_main(["--workflow", workflow_ref(workflow), "--tasks", str(tasks), "--out", str(tmp_path / workflow),
-                             "--max-tokens", "24", "--seed", "0", "--samples-per-task", "2"]) == 0
+        assert (
+            collect_main(
+                [
+                    "--workflow",
+                    workflow_ref(workflow),
+                    "--tasks",
+                    str(tasks),
+                    "--out",
+                    str(tmp_path / workflow),
+                    "--max-tokens",
+                    "24",
+                    "--seed",
+                    "0",
+                    "--samples-per-task",
+                    "2",
+                ]
+            )
+            == 0
+        )
     db = tmp_path / "s.duckdb"
     assert main(["ingest", str(tmp_path / "WerewolfLite"), str(tmp_path / "ExampleMathLearn"), "--db", str(db)]) == 0
     out = capsys.readouterr().out
     checked = rows(db, "SELECT count(*) FROM calls WHERE trainable AND prompt_token_ids IS NOT NULL")[0][0]
     assert checked >= 8 and f"template drift: 0 drifted of {checked} trainable engine calls checked" in out
     assert rows(db, "SELECT DISTINCT template_drift FROM calls WHERE trainable") == [(False,)]
-    assert rows(db, """SELECT role, trainable, count(*), count(template_drift) FROM calls JOIN trajectories USING (trajectory_id)
-                       WHERE workflow = 'werewolf_lite' GROUP BY ALL ORDER BY role""") == [
-        ("seer", True, 4, 4), ("villager", False, 4, 0), ("werewolf", True, 4, 4)]
+    assert rows(
+        db,
+        """SELECT role, trainable, count(*), count(template_drift) FROM calls JOIN trajectories USING (trajectory_id)
+                       WHERE workflow = 'werewolf_lite' GROUP BY ALL ORDER BY role""",
+    ) == [("seer", True, 4, 4), ("villager", False, 4, 0), ("werewolf", True, 4, 4)]
     assert rows(db, "SELECT stage, count(*) FROM runs GROUP BY stage ORDER BY stage") == [("collect", 2), ("ingest", 1)]

@@ -52,7 +52,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         state[module] = "open"
         for target in sorted(graph[module]):
             if state.get(target) == "open":
-                return path[path.index(target):] + [target]
+                return path[path.index(target) :] + [target]
             if target not in state and (cycle := visit(target, path + [target])):
                 return cycle
         state[module] = "done"
@@ -80,10 +80,19 @@ def test_no_import_cycles():
 
 def test_stages_depend_on_astuner_only():
     graph = import_graph()
-    crossing = sorted(f"{module} -> {target}" for module, targets in graph.items() for target in targets
-                      if module.split(".")[0] in STAGES and target.split(".")[0] in STAGES
-                      and target.split(".")[0] != module.split(".")[0])
+    crossing = sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        for target in targets
+        if module.split(".")[0] in STAGES
+        and target.split(".")[0] in STAGES
+        and target.split(".")[0] != module.split(".")[0]
+    )
     assert not crossing, "a stage imports another stage: " + ", ".join(crossing)
-    upward = sorted(f"{module} -> {target}" for module, targets in graph.items() for target in targets
-                    if module.split(".")[0] == "astuner" and target.split(".")[0] != "astuner")
+    upward = sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        for target in targets
+        if module.split(".")[0] == "astuner" and target.split(".")[0] != "astuner"
+    )
     assert not upward, "astuner imports a stage or an alias package: " + ", ".join(upward)

@@ -20,9 +20,29 @@ def test_warmup_checkpoint_serves_the_workflow(tmp_path, tiny_model, tokenizer):
     rerun = subprocess.run(cmd, capture_output=True, text=True)
     assert "exists; nothing to do" in rerun.stdout
 
-    assert collect_main(["--workflow", f"{EXAMPLE / 'workflow.py'}:LearnToAnswer", "--tasks", str(EXAMPLE / "eval_tasks.jsonl"),
-                         "--model", str(out), "--limit", "4", "--samples-per-task", "2", "--max-tokens", "8", "--seed", "0",
-                         "--out", str(tmp_path / "c")]) == 0
+    assert (
+        collect_main(
+            [
+                "--workflow",
+                f"{EXAMPLE / 'workflow.py'}:LearnToAnswer",
+                "--tasks",
+                str(EXAMPLE / "eval_tasks.jsonl"),
+                "--model",
+                str(out),
+                "--limit",
+                "4",
+                "--samples-per-task",
+                "2",
+                "--max-tokens",
+                "8",
+                "--seed",
+                "0",
+                "--out",
+                str(tmp_path / "c"),
+            ]
+        )
+        == 0
+    )
     trajectories = load(tmp_path / "c")
     assert len(trajectories) == 8 and all(t.status == "ok" and t.reward in (0.0, 1.0) for t in trajectories)
     assert assert_token_exact(trajectories, tokenizer) == 8

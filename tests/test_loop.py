@@ -21,12 +21,23 @@ ROOT = Path(__file__).resolve().parent.parent
 def write_recipe(tmp: Path, **changes) -> Path:
     recipe = {
         "run_dir": str(tmp / "run"),
-        "collect": {"workflow": workflow_ref("Debate"), "tasks": str(write_tasks(tmp / "tasks.jsonl", 2)),
-                    "samples_per_task": 2, "max_tokens": 16, "seed": 0},
+        "collect": {
+            "workflow": workflow_ref("Debate"),
+            "tasks": str(write_tasks(tmp / "tasks.jsonl", 2)),
+            "samples_per_task": 2,
+            "max_tokens": 16,
+            "seed": 0,
+        },
         "eval": {"tasks": str(write_tasks(tmp / "eval.jsonl", 1, prefix="e")), "seed": 1234},
         "judge": {"judger": ["workflow"]},
-        "finetune": {"method": "sft", "max_steps": 2, "per_device_train_batch_size": 4, "gradient_checkpointing": False,
-                     "learning_rate": 1e-3, "disable_tqdm": True},
+        "finetune": {
+            "method": "sft",
+            "max_steps": 2,
+            "per_device_train_batch_size": 4,
+            "gradient_checkpointing": False,
+            "learning_rate": 1e-3,
+            "disable_tqdm": True,
+        },
         "accelerate_config": "cpu",
         **changes,
     }
@@ -39,7 +50,9 @@ def test_two_iterations_killed_between_stages_resume(tmp_path, tiny_model, capsy
     recipe = write_recipe(tmp_path)
     run = tmp_path / "run"
     command = [sys.executable, "-m", "astuner", "iterate", "--recipe", str(recipe), "--iterations", "2"]
-    proc = subprocess.Popen(command, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        command, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     progress = run / "progress.json"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -62,17 +75,30 @@ def test_two_iterations_killed_between_stages_resume(tmp_path, tiny_model, capsy
         assert (run / f"iter-{k}" / "checkpoint" / "finetune.json").is_file()
         assert not (run / f"iter-{k}" / "checkpoint.partial").exists()
     # every (iteration, task, sample) once, in the store and in the traces
-    assert rows(run / "store.duckdb", "SELECT iteration, count(*), count(DISTINCT (task_id, sample_index)) FROM trajectories "
-                "GROUP BY 1 ORDER BY 1") == [(0, 4, 4), (1, 4, 4)]
-    assert rows(run / "eval.duckdb", "SELECT iteration, count(*) FROM trajectories GROUP BY 1 ORDER BY 1") == [(0, 2), (1, 2), (2, 2)]
+    assert rows(
+        run / "store.duckdb",
+        "SELECT iteration, count(*), count(DISTINCT (task_id, sample_index)) FROM trajectories GROUP BY 1 ORDER BY 1",
+    ) == [(0, 4, 4), (1, 4, 4)]
+    assert rows(run / "eval.duckdb", "SELECT iteration, count(*) FROM trajectories GROUP BY 1 ORDER BY 1") == [
+        (0, 2),
+        (1, 2),
+        (2, 2),
+    ]
     for k in (0, 1):
-        lines = [json.loads(line) for f in (run / f"iter-{k}" / "traces").glob("*.jsonl") for line in f.read_text().splitlines()]
+        lines = [
+            json.loads(line)
+            for f in (run / f"iter-{k}" / "traces").glob("*.jsonl")
+            for line in f.read_text().splitlines()
+        ]
         assert len(lines) == 4 and len({(t["task"]["task_id"], t["sample_index"]) for t in lines}) == 4
     # iteration 1 was collected with the checkpoint trained on iteration 0, which records its parent
     assert rows(run / "store.duckdb", "SELECT DISTINCT checkpoint_path FROM trajectories WHERE iteration = 1") == [
-        (str((run / "iter-0" / "checkpoint").resolve()),)]
+        (str((run / "iter-0" / "checkpoint").resolve()),)
+    ]
     manifest = json.loads((run / "iter-1" / "checkpoint" / "finetune.json").read_text())
-    assert manifest["parent_checkpoint"] == str((run / "iter-0" / "checkpoint").resolve()) and manifest["iterations"] == [1]
+    assert manifest["parent_checkpoint"] == str((run / "iter-0" / "checkpoint").resolve()) and manifest[
+        "iterations"
+    ] == [1]
     table = (run / "results.md").read_text()
     assert "| iteration | held_out_reward" in table and "\n| 2 |" in table
     assert (run / "reward.png").stat().st_size > 0
@@ -102,15 +128,21 @@ def test_recipe_errors(tmp_path, capsys):
         _start(read_recipe(write_recipe(tmp_path, finetune={"method": "dpo"})))
     # the command-line targets reach collect (and so every stage after it)
     recipe = read_recipe(write_recipe(tmp_path), trainable_targets="critic")
-    assert recipe.stage_config("collect")["trainable_targets"] == "critic" == recipe.stage_config("eval")["trainable_targets"]
+    assert (
+        recipe.stage_config("collect")["trainable_targets"]
+        == "critic"
+        == recipe.stage_config("eval")["trainable_targets"]
+    )
 
 
 def test_recipe_bad_value_refused_before_any_stage(tmp_path, capsys):
     """A value the stage would refuse (collect's samples_per_task: 0, eval's top_p: 2, a number that is not one) is
     one line naming the section, the option and the value, before the run folder or any stage is started."""
-    for section, key, value, message in [("collect", "samples_per_task", 0, "collect: --samples-per-task 0: must be at least 1"),
-                                         ("eval", "top_p", 2, "eval: --top-p 2: must be above 0 and at most 1"),
-                                         ("collect", "concurrency", "many", "collect: argument --concurrency: invalid int value: 'many'")]:
+    for section, key, value, message in [
+        ("collect", "samples_per_task", 0, "collect: --samples-per-task 0: must be at least 1"),
+        ("eval", "top_p", 2, "eval: --top-p 2: must be above 0 and at most 1"),
+        ("collect", "concurrency", "many", "collect: argument --concurrency: invalid int value: 'many'"),
+    ]:
         recipe = yaml.safe_load(write_recipe(tmp_path).read_text())
         recipe[section][key] = value
         path = tmp_path / f"bad-{key}.yaml"

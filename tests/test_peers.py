@@ -30,12 +30,27 @@ def tasks_file(tmp_path, rows_, name="tasks.jsonl") -> Path:
 
 
 def math_tasks(tmp_path, n=2) -> Path:
-    return tasks_file(tmp_path, [{"task_id": f"t{i}", "question": f"What is {i} + {i}?", "answer": 2 * i} for i in range(n)])
+    return tasks_file(
+        tmp_path, [{"task_id": f"t{i}", "question": f"What is {i} + {i}?", "answer": 2 * i} for i in range(n)]
+    )
 
 
 def collect(tmp_path, workflow, tasks, *extra, out="out"):
-    rc = collect_main(["--workflow", workflow, "--tasks", str(tasks), "--out", str(tmp_path / out),
-                       "--max-tokens", "16", "--seed", "0", *extra])
+    rc = collect_main(
+        [
+            "--workflow",
+            workflow,
+            "--tasks",
+            str(tasks),
+            "--out",
+            str(tmp_path / out),
+            "--max-tokens",
+            "16",
+            "--seed",
+            "0",
+            *extra,
+        ]
+    )
     assert rc == 0
     return tmp_path / out
 
@@ -48,8 +63,12 @@ def score(tmp_path, out, *judgers, extra=(), db="store.duckdb"):
 
 
 def scores(db, judger):
-    return rows(db, "SELECT t.task_id, s.value, s.error FROM scores s JOIN trajectories t USING (trajectory_id) "
-                    "WHERE s.judger = ? ORDER BY t.task_id", [judger])
+    return rows(
+        db,
+        "SELECT t.task_id, s.value, s.error FROM scores s JOIN trajectories t USING (trajectory_id) "
+        "WHERE s.judger = ? ORDER BY t.task_id",
+        [judger],
+    )
 
 
 # ---------------------------------------------------------------- 1. agentscope.tuner, no dspy
@@ -68,8 +87,14 @@ def test_agentscope_tuner_workflow_and_judges_run_unchanged(tmp_path, tokenizer)
     for judger in (peer("answer_judge"), peer("speaker_judge"), builtin):
         assert all(error is None for _, _, error in scores(db, judger)), scores(db, judger)
     assert [v for _, v, _ in scores(db, peer("speaker_judge"))] == [1.0, 1.0]  # it read response.name and .role
-    tokens = {r[0]: r[1] for r in rows(db, "SELECT task_id, sum(prompt_tokens + completion_tokens) FROM calls "
-                                           "JOIN trajectories USING (trajectory_id) GROUP BY task_id")}
+    tokens = {
+        r[0]: r[1]
+        for r in rows(
+            db,
+            "SELECT task_id, sum(prompt_tokens + completion_tokens) FROM calls "
+            "JOIN trajectories USING (trajectory_id) GROUP BY task_id",
+        )
+    }
     assert {t: -v for t, v, _ in scores(db, builtin)} == tokens  # built-in judges get select_model's composite response
 
 
@@ -94,10 +119,15 @@ def test_auxiliary_checkpoint_is_recorded_not_trainable(tmp_path, tiny_model, to
     out = collect(tmp_path, peer("play_against_participant"), math_tasks(tmp_path), "--auxiliary-models", aux)
     for t in load(out):
         assert t.status == "ok", t.error
-        assert [(c.agent_name, c.role, c.trainable) for c in t.calls] == [("player", "default", True), ("opponent", "participant", False)]
+        assert [(c.agent_name, c.role, c.trainable) for c in t.calls] == [
+            ("player", "default", True),
+            ("opponent", "participant", False),
+        ]
         assert t.calls[1].model == str(opponent) and t.calls[1].completion_token_ids
     assert assert_token_exact(load(out), tokenizer) == 4
-    assert json.loads((out / "collect.json").read_text())["auxiliary_models"] == {"participant": {"path": str(opponent), "engine": "transformers"}}
+    assert json.loads((out / "collect.json").read_text())["auxiliary_models"] == {
+        "participant": {"path": str(opponent), "engine": "transformers"}
+    }
 
     # the same from a recipe (a YAML mapping), as the loop writes collect.yaml from its recipe's collect section
     import yaml
@@ -105,10 +135,20 @@ def test_auxiliary_checkpoint_is_recorded_not_trainable(tmp_path, tiny_model, to
     from astuner.loop import read_recipe
 
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({"run_dir": str(tmp_path / "run"), "collect": {
-        "workflow": peer("play_against_participant"), "tasks": str(math_tasks(tmp_path, 1)), "max_tokens": 8,
-        "auxiliary_models": {"participant": {"path": str(tiny_model), "temperature": 0}}},
-        "judge": {"judger": [peer("judge_model_judge")], "auxiliary_models": {"judge": str(tiny_model)}}}))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "run_dir": str(tmp_path / "run"),
+                "collect": {
+                    "workflow": peer("play_against_participant"),
+                    "tasks": str(math_tasks(tmp_path, 1)),
+                    "max_tokens": 8,
+                    "auxiliary_models": {"participant": {"path": str(tiny_model), "temperature": 0}},
+                },
+                "judge": {"judger": [peer("judge_model_judge")], "auxiliary_models": {"judge": str(tiny_model)}},
+            }
+        )
+    )
     stage = tmp_path / "collect.yaml"
     stage.write_text(yaml.safe_dump(read_recipe(recipe).stage_config("collect")))
     assert collect_main(["--config", str(stage), "--out", str(tmp_path / "from-recipe")]) == 0
@@ -134,11 +174,22 @@ class _ChatServer:
                 if len(server.requests) > limit:
                     self.send_error(503)
                     return
-                reply = json.dumps({
-                    "id": f"chatcmpl-{len(server.requests)}", "object": "chat.completion", "created": 0, "model": body["model"],
-                    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": server.REPLY}}],
-                    "usage": {"prompt_tokens": 7, "completion_tokens": 4, "total_tokens": 11},
-                }).encode()
+                reply = json.dumps(
+                    {
+                        "id": f"chatcmpl-{len(server.requests)}",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": body["model"],
+                        "choices": [
+                            {
+                                "index": 0,
+                                "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": server.REPLY},
+                            }
+                        ],
+                        "usage": {"prompt_tokens": 7, "completion_tokens": 4, "total_tokens": 11},
+                    }
+                ).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(reply)))
@@ -169,7 +220,9 @@ def test_auxiliary_endpoint_in_collect_and_judge(tmp_path, monkeypatch):
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     monkeypatch.setenv("JUDGE_KEY", "sk-local")
     with _ChatServer() as server:
-        aux = json.dumps({"judge": {"base_url": server.url, "model": "judge-7b", "api_key_env": "JUDGE_KEY", "temperature": 0}})
+        aux = json.dumps(
+            {"judge": {"base_url": server.url, "model": "judge-7b", "api_key_env": "JUDGE_KEY", "temperature": 0}}
+        )
         out = collect(tmp_path, peer("ask_the_judge_model"), math_tasks(tmp_path), "--auxiliary-models", aux)
         for t in load(out):
             assert t.status == "ok", t.error
@@ -191,25 +244,46 @@ def test_auxiliary_endpoint_in_collect_and_judge(tmp_path, monkeypatch):
 
 def test_auxiliary_checkpoint_for_a_judge(tmp_path, tiny_model):
     out = collect(tmp_path, peer("solve_with_react"), math_tasks(tmp_path, 1))
-    db = score(tmp_path, out, peer("judge_model_judge"), extra=["--auxiliary-models", json.dumps({"judge": str(tiny_model)})])
+    db = score(
+        tmp_path, out, peer("judge_model_judge"), extra=["--auxiliary-models", json.dumps({"judge": str(tiny_model)})]
+    )
     [(_, value, error)] = scores(db, peer("judge_model_judge"))
     assert error is None and value in (1.0, 0.25)
 
 
-@pytest.mark.parametrize("value, message", [
-    ("{judge: [unclosed", "--auxiliary-models '{judge: [unclosed': neither JSON nor YAML"),
-    ('["a"]', "expected a mapping of name -> model spec"),
-    ('{"judge": 3}', "--auxiliary-models: 'judge': expected a checkpoint folder or a mapping with path or base_url"),
-    ('{"judge": "/nonexistent/ckpt"}', "--auxiliary-models: 'judge': path /nonexistent/ckpt: not a checkpoint folder"),
-    ('{"judge": {"base_url": "http://h/v1"}}', "'judge': an endpoint needs model"),
-    ('{"judge": {"base_url": "http://h/v1", "model": "m", "key": "x"}}', "'judge': unknown key(s) key"),
-    ('{"judge": {"base_url": "ftp://h", "model": "m"}}', "base_url 'ftp://h' is not an http(s) URL"),
-    ('{"judge": {"path": "x", "base_url": "http://h/v1"}}', "give exactly one of path"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("{judge: [unclosed", "--auxiliary-models '{judge: [unclosed': neither JSON nor YAML"),
+        ('["a"]', "expected a mapping of name -> model spec"),
+        (
+            '{"judge": 3}',
+            "--auxiliary-models: 'judge': expected a checkpoint folder or a mapping with path or base_url",
+        ),
+        (
+            '{"judge": "/nonexistent/ckpt"}',
+            "--auxiliary-models: 'judge': path /nonexistent/ckpt: not a checkpoint folder",
+        ),
+        ('{"judge": {"base_url": "http://h/v1"}}', "'judge': an endpoint needs model"),
+        ('{"judge": {"base_url": "http://h/v1", "model": "m", "key": "x"}}', "'judge': unknown key(s) key"),
+        ('{"judge": {"base_url": "ftp://h", "model": "m"}}', "base_url 'ftp://h' is not an http(s) URL"),
+        ('{"judge": {"path": "x", "base_url": "http://h/v1"}}', "give exactly one of path"),
+    ],
+)
 def test_bad_auxiliary_specs_are_one_line(tmp_path, capsys, value, message):
     tasks = math_tasks(tmp_path, 1)
-    rc = collect_main(["--workflow", peer("play_against_participant"), "--tasks", str(tasks), "--out", str(tmp_path / "o"),
-                       "--auxiliary-models", value])
+    rc = collect_main(
+        [
+            "--workflow",
+            peer("play_against_participant"),
+            "--tasks",
+            str(tasks),
+            "--out",
+            str(tmp_path / "o"),
+            "--auxiliary-models",
+            value,
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("collect: ") and message in err[0], err
     assert not (tmp_path / "o").exists()
@@ -219,10 +293,22 @@ def test_bad_auxiliary_spec_for_judge_is_one_line(tmp_path, capsys):
     from astuner.store import open_store
 
     open_store(str(tmp_path / "s.duckdb")).close()
-    rc = judge_main(["score", "--db", str(tmp_path / "s.duckdb"), "--judger", peer("judge_model_judge"), "--auxiliary-models", '{"judge": 3}'])
+    rc = judge_main(
+        [
+            "score",
+            "--db",
+            str(tmp_path / "s.duckdb"),
+            "--judger",
+            peer("judge_model_judge"),
+            "--auxiliary-models",
+            '{"judge": 3}',
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and err == ["judge score: error: --auxiliary-models: 'judge': expected a checkpoint folder or a mapping with path "
-                               "or base_url, got 3"]
+    assert rc == 2 and err == [
+        "judge score: error: --auxiliary-models: 'judge': expected a checkpoint folder or a mapping with path "
+        "or base_url, got 3"
+    ]
 
 
 # ---------------------------------------------------------------- 4. task rows as AgentJet writes them
@@ -232,10 +318,19 @@ class_workflow = f"{TESTS / 'peer_rows.py'}:CityWorkflow"
 def test_agentjet_task_rows(tmp_path, capsys):
     from astuner.tasks import load_tasks
 
-    agentjet = {"main_query": "Where?", "task_id": "a1", "init_messages": [{"role": "system", "content": "Be brief."}],
-                "metadata": {"city": "Paris", "answer": "Paris"}}
+    agentjet = {
+        "main_query": "Where?",
+        "task_id": "a1",
+        "init_messages": [{"role": "system", "content": "Be brief."}],
+        "metadata": {"city": "Paris", "answer": "Paris"},
+    }
     no_query = {"task_id": "a2", "metadata": {"city": "Rome", "answer": "Rome"}}
-    flat = {"task_id": "a3", "question": "Where?", "city": "Oslo", "answer": "Oslo"}  # today's shape: the row is the metadata
+    flat = {
+        "task_id": "a3",
+        "question": "Where?",
+        "city": "Oslo",
+        "answer": "Oslo",
+    }  # today's shape: the row is the metadata
     path = tasks_file(tmp_path, [agentjet, no_query, flat])
     tasks = {t.task_id: t for t in load_tasks(str(path))}
     assert tasks["a1"].metadata == agentjet["metadata"] and tasks["a1"].init_messages == agentjet["init_messages"]
@@ -262,18 +357,28 @@ def test_failed_calls_are_recorded_and_never_trained(tmp_path, capsys):
     from finetune.options import FinetuneConfig
 
     out = collect(tmp_path, f"{TESTS / 'peer_rows.py'}:CatchesFailedCalls", math_tasks(tmp_path, 1))
-    assert "collect: 2 model calls raised (recorded with their error, trainable: false); first: task t0 sample 0 call 1 (default): " \
+    assert (
+        "collect: 2 model calls raised (recorded with their error, trainable: false); first: task t0 sample 0 call 1 (default): "
         "ValueError: prompt of" in capsys.readouterr().err
+    )
     [t] = load(out)
     assert t.status == "ok" and t.metadata == {"caught": 2}
     ok, overflow, http = t.calls
     assert ok.error is None and ok.trainable
     assert (overflow.trainable, overflow.finish_reason, overflow.completion_token_ids) == (False, "error", None)
     assert "exceeds the model's context of 32768" in overflow.error and overflow.role == "default"
-    assert (http.role, http.trainable, http.model, http.error) == ("critic", False, "flaky-api", "ConnectionError: HTTP 500 from the API")
+    assert (http.role, http.trainable, http.model, http.error) == (
+        "critic",
+        False,
+        "flaky-api",
+        "ConnectionError: HTTP 500 from the API",
+    )
     db = score(tmp_path, out, "workflow")
     assert rows(db, "SELECT call_index, trainable, finish_reason = 'error' FROM calls ORDER BY call_index") == [
-        (0, True, False), (1, False, True), (2, False, True)]
+        (0, True, False),
+        (1, False, True),
+        (2, False, True),
+    ]
     con = open_store(str(db), read_only=True)
     try:
         data = build(con, FinetuneConfig(min_reward=0.0))
@@ -290,8 +395,13 @@ def test_embedded_model_fits_long_multi_turn_prompts(tmp_path, engine, tiny_mode
 
     assert engine.max_context == 32768 and tokenizer.model_max_length == 32768
     # a 9-player werewolves day: ~3,000 tokens of history, then more turns on top
-    history = [{"role": "user", "content": f"Player{i % 9 + 1}: I think Player{(i * 4) % 9 + 1} is a werewolf because of the vote."}
-               for i in range(150)]
+    history = [
+        {
+            "role": "user",
+            "content": f"Player{i % 9 + 1}: I think Player{(i * 4) % 9 + 1} is a werewolf because of the vote.",
+        }
+        for i in range(150)
+    ]
     from astuner.chat import render_prompt_ids
 
     ids = render_prompt_ids(tokenizer, history, None)
@@ -316,8 +426,11 @@ def test_an_overflowing_prompt_fails_alone(engine):
     from astuner.engines import SamplingParams
 
     async def both():
-        return await asyncio.gather(engine.generate([5] * 40000, SamplingParams(max_tokens=4, seed=0)),
-                                    engine.generate([5, 6, 7], SamplingParams(max_tokens=4, seed=1)), return_exceptions=True)
+        return await asyncio.gather(
+            engine.generate([5] * 40000, SamplingParams(max_tokens=4, seed=0)),
+            engine.generate([5, 6, 7], SamplingParams(max_tokens=4, seed=1)),
+            return_exceptions=True,
+        )
 
     too_long, fine = asyncio.run(both())
     assert isinstance(too_long, ValueError) and "exceeds the model's context" in str(too_long)

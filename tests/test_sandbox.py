@@ -200,7 +200,11 @@ def test_secret_environment_variable_never_reaches_the_code(mode, kernel_layers,
     monkeypatch.setenv("ASTUNER_SANDBOX_SECRET", "hunter2")
     proc = subprocess.run(
         [sys.executable, "-c", DRIVER, json.dumps(MODES[mode]), SNOOP],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)

@@ -17,7 +17,9 @@ def test_a_new_store_has_a_column_for_every_field_of_the_record(tmp_path):
     con = open_store(tmp_path / "store.duckdb")
     try:
         assert store_schema.schema_mismatches(con) == []
-        assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall() == [(str(len(MIGRATIONS)),)]
+        assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall() == [
+            (str(len(MIGRATIONS)),)
+        ]
     finally:
         con.close()
 
@@ -40,15 +42,20 @@ def test_ingest_reads_every_field_of_a_call(tmp_path):
     """A call's error and the reasoning parsed out of its completion reach the store, as every other field."""
     failed = {**make_call(0, prompt=None, completion=None), "error": "HTTPError: 500", "finish_reason": "error"}
     thought = make_call(1)
-    thought["completion"] = {"text": "4", "tool_calls": [{"id": "c1", "name": "add", "arguments": '{"a": 2}'}],
-                             "reasoning": "two and two"}
+    thought["completion"] = {
+        "text": "4",
+        "tool_calls": [{"id": "c1", "name": "add", "arguments": '{"a": 2}'}],
+        "reasoning": "two and two",
+    }
     thought["tool_format"] = "qwen3"
     write(tmp_path / "t.jsonl", [make_traj("a", 0, reward=0.5, calls=[failed, thought])])
     con = open_store(tmp_path / "store.duckdb")
     ingest(con, [str(tmp_path / "t.jsonl")], check_template=False, progress=False)
     con.close()
-    got = rows(tmp_path / "store.duckdb", "SELECT call_index, error, completion_reasoning, tool_format, tool_calls FROM calls "
-                                          "ORDER BY call_index")
+    got = rows(
+        tmp_path / "store.duckdb",
+        "SELECT call_index, error, completion_reasoning, tool_format, tool_calls FROM calls ORDER BY call_index",
+    )
     assert got[0][:3] == (0, "HTTPError: 500", None)
     assert got[1][:4] == (1, None, "two and two", "qwen3")
     assert json.loads(got[1][4]) == [{"id": "c1", "name": "add", "arguments": '{"a": 2}'}]
@@ -61,8 +68,14 @@ def test_ingest_refuses_a_line_with_a_field_the_record_does_not_know(tmp_path, w
     calls[0]["completion"]["tool_calls"] = [{"id": "c1", "name": "add", "arguments": "{}"}]
     good = [make_traj(f"t{i}", 0, calls=calls) for i in range(3)]
     bad = json.loads(good[1].model_dump_json())
-    target = {"top": bad, "task": bad["task"], "call": bad["calls"][0], "completion": bad["calls"][0]["completion"],
-              "tool_call": bad["calls"][0]["completion"]["tool_calls"][0], "sampling": bad["sampling"]}[where]
+    target = {
+        "top": bad,
+        "task": bad["task"],
+        "call": bad["calls"][0],
+        "completion": bad["calls"][0]["completion"],
+        "tool_call": bad["calls"][0]["completion"]["tool_calls"][0],
+        "sampling": bad["sampling"],
+    }[where]
     target["surprise"] = 1  # a misspelt or newer field: DuckDB's typed read would drop it without a word
     path = tmp_path / "traces.jsonl"
     path.write_text("\n".join([good[0].model_dump_json(), json.dumps(bad), good[2].model_dump_json()]) + "\n")
@@ -88,8 +101,11 @@ def test_the_exact_reader_stores_the_same_rows_as_the_bulk_reader(tmp_path):
         con.close()
         assert result.new_trajectories == 3 and len(result.bad_lines) == (name == "exact")
     for table, key in (("trajectories", "trajectory_id"), ("calls", "trajectory_id, call_index")):
-        query = f"SELECT * EXCLUDE (source_file, ingested_at) FROM {table} ORDER BY {key}" if table == "trajectories" \
+        query = (
+            f"SELECT * EXCLUDE (source_file, ingested_at) FROM {table} ORDER BY {key}"
+            if table == "trajectories"
             else f"SELECT * FROM {table} ORDER BY {key}"
+        )
         assert rows(tmp_path / "bulk.duckdb", query) == rows(tmp_path / "exact.duckdb", query)
 
 
@@ -105,11 +121,15 @@ def test_a_version_1_store_is_migrated_in_order_and_a_newer_one_refused(tmp_path
     con.close()
     con = open_store(db)
     assert store_schema.schema_mismatches(con) == []
-    assert [r[0] for r in con.execute("SELECT name FROM _migrations ORDER BY name").fetchall()] == [f.__name__ for f in MIGRATIONS]
+    assert [r[0] for r in con.execute("SELECT name FROM _migrations ORDER BY name").fetchall()] == [
+        f.__name__ for f in MIGRATIONS
+    ]
     con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(latest_version() + 1)])
     con.close()
     assert "migrated from schema version 2" in capsys.readouterr().err
-    with pytest.raises(StoreVersionError, match=f"schema version {latest_version() + 1}, this astuner uses {latest_version()}"):
+    with pytest.raises(
+        StoreVersionError, match=f"schema version {latest_version() + 1}, this astuner uses {latest_version()}"
+    ):
         open_store(db)
 
 

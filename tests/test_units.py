@@ -10,14 +10,23 @@ from astuner.engines import SamplingParams
 from astuner.tasks import TaskFormatError, load_tasks
 from astuner.trajectory import SCHEMA_VERSION, TraceFormatError, read_trajectories
 
-TOOLS = [{"type": "function", "function": {"name": "add", "description": "Add.", "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "add",
+            "description": "Add.",
+            "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}},
+        },
+    }
+]
 
 
 def test_tiny_tokenizer_matches_tokenizer_json(tiny_model, tokenizer):
     from tokenizers import Tokenizer
 
     raw = Tokenizer.from_file(str(tiny_model / "tokenizer.json"))
-    text = "Hi  there!\n\tdef f(x): return x+1 <tool_call>\n{\"name\": \"f\"}\n</tool_call> ünï 中文 12345"
+    text = 'Hi  there!\n\tdef f(x): return x+1 <tool_call>\n{"name": "f"}\n</tool_call> ünï 中文 12345'
     assert tokenizer(text, add_special_tokens=False)["input_ids"] == raw.encode(text, add_special_tokens=False).ids
     assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"], skip_special_tokens=True) == text
 
@@ -28,19 +37,26 @@ def test_template_renders_tools_and_marks_generation(tokenizer):
     assert text.endswith("<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n")
     enc = tokenizer.apply_chat_template(
         [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}],
-        tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=True,
     )
     masked = [t for t, m in zip(enc["input_ids"], enc["assistant_masks"]) if m]
     assert tokenizer.decode(masked) == "A<|im_end|>\n"
 
 
 def test_formatter_shapes_render_identically(tokenizer):
-    call = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": "{\"a\": 1}"}}
-    dashscope = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": [], "tool_calls": [call]},
-                 {"role": "tool", "tool_call_id": "c1", "content": "2", "name": "add"}]
-    openai = [{"role": "user", "name": "user", "content": [{"type": "text", "text": "hi"}]},
-              {"role": "assistant", "name": "F", "content": None, "tool_calls": [call]},
-              {"role": "tool", "tool_call_id": "c1", "content": "2", "name": "add"}]
+    call = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1}'}}
+    dashscope = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [], "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "2", "name": "add"},
+    ]
+    openai = [
+        {"role": "user", "name": "user", "content": [{"type": "text", "text": "hi"}]},
+        {"role": "assistant", "name": "F", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "2", "name": "add"},
+    ]
     assert normalize_messages(dashscope) == normalize_messages(openai)
     text = render_prompt(tokenizer, dashscope, TOOLS)
     assert '<tool_call>\n{"name": "add", "arguments": {"a": 1}}\n</tool_call>' in text
@@ -51,9 +67,21 @@ def test_formatter_shapes_render_identically(tokenizer):
 @pytest.mark.parametrize(
     "completion, text, calls",
     [
-        ('Let me add.\n<tool_call>\n{"name": "add", "arguments": {"a": 1}}\n</tool_call>', "Let me add.", [("add", {"a": 1})]),
-        ('<tool_call>{"name": "a", "arguments": {}}</tool_call><tool_call>{"name": "b", "arguments": "{\\"x\\": 2}"}</tool_call>', "", [("a", {}), ("b", {"x": 2})]),
-        ('<tool_call>{"name": "add", "arguments": {"a": 1</tool_call>', '<tool_call>{"name": "add", "arguments": {"a": 1</tool_call>', []),
+        (
+            'Let me add.\n<tool_call>\n{"name": "add", "arguments": {"a": 1}}\n</tool_call>',
+            "Let me add.",
+            [("add", {"a": 1})],
+        ),
+        (
+            '<tool_call>{"name": "a", "arguments": {}}</tool_call><tool_call>{"name": "b", "arguments": "{\\"x\\": 2}"}</tool_call>',
+            "",
+            [("a", {}), ("b", {"x": 2})],
+        ),
+        (
+            '<tool_call>{"name": "add", "arguments": {"a": 1</tool_call>',
+            '<tool_call>{"name": "add", "arguments": {"a": 1</tool_call>',
+            [],
+        ),
         ('<tool_call>{"arguments": {}}</tool_call> rest', '<tool_call>{"arguments": {}}</tool_call> rest', []),
         ('<tool_call>["add"]</tool_call>', '<tool_call>["add"]</tool_call>', []),
         ("<tool_call> never closed", "<tool_call> never closed", []),
@@ -74,7 +102,11 @@ def test_engine_seeds_hold_across_batches_and_logprobs_match_forward(engine, tok
     alone = engine.generate_batch([prompt], [SamplingParams(max_tokens=16, seed=7)])[0]
     mixed = engine.generate_batch(
         [prompt[:3], prompt, prompt + prompt],
-        [SamplingParams(max_tokens=5, seed=1), SamplingParams(max_tokens=16, seed=7), SamplingParams(max_tokens=9, top_p=0.5)],
+        [
+            SamplingParams(max_tokens=5, seed=1),
+            SamplingParams(max_tokens=16, seed=7),
+            SamplingParams(max_tokens=9, top_p=0.5),
+        ],
     )
     assert mixed[1].completion_token_ids == alone.completion_token_ids
     assert len(mixed[0].completion_token_ids) <= 5 and len(mixed[2].completion_token_ids) <= 9
@@ -107,8 +139,11 @@ def test_engine_batches_concurrent_requests(engine, tokenizer):
 
     engine.generate_batch = spy
     try:
+
         async def many():
-            return await asyncio.gather(*(engine.generate(prompt, SamplingParams(max_tokens=4, seed=i)) for i in range(20)))
+            return await asyncio.gather(
+                *(engine.generate(prompt, SamplingParams(max_tokens=4, seed=i)) for i in range(20))
+            )
 
         results = asyncio.run(many())
     finally:
@@ -145,7 +180,9 @@ def test_tasks_from_every_source(tmp_path, monkeypatch):
     ds.to_csv(str(tmp_path / "t.csv"), index=False)
     ds.save_to_disk(str(tmp_path / "saved"))
     (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / "envgen.py").write_text("def tasks():\n    for i in (1, 2):\n        yield {'question': f'q{i}', 'answer': i}\n")
+    (tmp_path / "envgen.py").write_text(
+        "def tasks():\n    for i in (1, 2):\n        yield {'question': f'q{i}', 'answer': i}\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     sources = ["t.parquet", "t.csv", "saved", "t.jsonl"]
     loaded = [load_tasks(str(tmp_path / s)) for s in sources] + [load_tasks("envgen:tasks")]
@@ -176,7 +213,11 @@ def test_reference_import_name():
     from agentscope_tuner import ModelTuner, Workflow, WorkflowOutput, WorkflowTask
 
     assert (Workflow, WorkflowTask, WorkflowOutput, ModelTuner) == (
-        astuner.Workflow, astuner.WorkflowTask, astuner.WorkflowOutput, astuner.ModelTuner)
+        astuner.Workflow,
+        astuner.WorkflowTask,
+        astuner.WorkflowOutput,
+        astuner.ModelTuner,
+    )
     assert "ModelTuner" in agentscope_tuner.__all__
 
 
@@ -189,8 +230,18 @@ def test_matched_tokens_is_difflibs_count():
     from astuner.drift import matched_tokens
 
     rng = random.Random(7)
-    cases = [([], []), ([1], []), ([], [1]), ([1, 2, 3], [1, 2, 3]), ([1, 2, 3, 9], [1, 2, 3]), ([1, 2, 3], [1, 2, 3, 9, 8]),
-             ([1, 2], [1, 2, 9, 1, 2]), ([1, 1, 1, 1], [1, 1]), ([1, 2] * 20, [2, 1] * 20), ([1, None, 3], [1, None, 3, 4])]
+    cases = [
+        ([], []),
+        ([1], []),
+        ([], [1]),
+        ([1, 2, 3], [1, 2, 3]),
+        ([1, 2, 3, 9], [1, 2, 3]),
+        ([1, 2, 3], [1, 2, 3, 9, 8]),
+        ([1, 2], [1, 2, 9, 1, 2]),
+        ([1, 1, 1, 1], [1, 1]),
+        ([1, 2] * 20, [2, 1] * 20),
+        ([1, None, 3], [1, None, 3, 4]),
+    ]
     for _ in range(200):
         alphabet = rng.choice([2, 3, 40, 600])
         a = [rng.randrange(alphabet) for _ in range(rng.randrange(120))]
@@ -204,7 +255,7 @@ def test_matched_tokens_is_difflibs_count():
         elif roll < 0.7:  # a near-copy: the drift a re-render makes
             for _ in range(rng.randrange(1, 6)):
                 at = rng.randrange(len(b) + 1)
-                b[at:at + rng.randrange(3)] = [rng.randrange(alphabet) for _ in range(rng.randrange(3))]
+                b[at : at + rng.randrange(3)] = [rng.randrange(alphabet) for _ in range(rng.randrange(3))]
         else:
             b = [rng.randrange(alphabet) for _ in range(rng.randrange(120))]
         cases.append((a, b) if rng.random() < 0.5 else (b, a))

@@ -11,15 +11,39 @@ from judge.main import main as judge
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "werewolves"
 WORKFLOW = f"{EXAMPLE / 'workflow.py'}:WerewolvesWorkflow"
-SIDES = {"werewolf": "werewolves", "villager": "villagers", "seer": "villagers", "witch": "villagers", "hunter": "villagers"}
+SIDES = {
+    "werewolf": "werewolves",
+    "villager": "villagers",
+    "seer": "villagers",
+    "witch": "villagers",
+    "hunter": "villagers",
+}
 
 
 def play(tmp_path, tiny_model, out, *extra):
     tasks = tmp_path / "tasks.jsonl"
     tasks.write_text(json.dumps({"task_id": "game", "query": "Play a game of werewolves", "seed": 11}) + "\n")
     # greedy: the tiny model's garbage, and so the whole game, is the same on every run
-    assert collect(["--workflow", WORKFLOW, "--tasks", str(tasks), "--model", str(tiny_model), "--out", str(tmp_path / out),
-                    "--max-tokens", "16", "--temperature", "0", *extra]) == 0
+    assert (
+        collect(
+            [
+                "--workflow",
+                WORKFLOW,
+                "--tasks",
+                str(tasks),
+                "--model",
+                str(tiny_model),
+                "--out",
+                str(tmp_path / out),
+                "--max-tokens",
+                "16",
+                "--temperature",
+                "0",
+                *extra,
+            ]
+        )
+        == 0
+    )
     [traj] = load(tmp_path / out)
     assert traj.status == "ok", traj.traceback
     return traj
@@ -40,9 +64,17 @@ def test_werewolves_game_roles_and_per_role_rewards(tmp_path, tiny_model):
 
     db = tmp_path / "store.duckdb"
     assert judge(["ingest", str(tmp_path / "wolves" / "traces"), "--db", str(db)]) == 0
-    assert judge(["score", "--db", str(db), "--judger", "workflow", "--judger", f"{EXAMPLE / 'judger.py'}:side_reward"]) == 0
-    per_role = dict(rows(db, """SELECT c.role, avg(s.value) FROM scores s JOIN calls c USING (trajectory_id, call_index)
-                                WHERE s.call_index IS NOT NULL GROUP BY c.role"""))
+    assert (
+        judge(["score", "--db", str(db), "--judger", "workflow", "--judger", f"{EXAMPLE / 'judger.py'}:side_reward"])
+        == 0
+    )
+    per_role = dict(
+        rows(
+            db,
+            """SELECT c.role, avg(s.value) FROM scores s JOIN calls c USING (trajectory_id, call_index)
+                                WHERE s.call_index IS NOT NULL GROUP BY c.role""",
+        )
+    )
     assert len(per_role) >= 4
     assert per_role == {role: float(SIDES[role] == meta["winner"]) for role in per_role}
     assert rows(db, "SELECT reward FROM rewards") == [(traj.reward,)]

@@ -31,8 +31,28 @@ def tasks_file(path: Path, good: int, bad: dict[int, str]) -> Path:
 def collect(tmp_path, tasks: Path, *extra: str) -> Path:
     out = tmp_path / "out"
     started = time.monotonic()
-    assert main(["--workflow", MISBEHAVES, "--tasks", str(tasks), "--out", str(out), "--max-tokens", "6", "--seed", "1",
-                 "--concurrency", "8", "--timeout-s", str(TIMEOUT_S), *extra]) == 0
+    assert (
+        main(
+            [
+                "--workflow",
+                MISBEHAVES,
+                "--tasks",
+                str(tasks),
+                "--out",
+                str(out),
+                "--max-tokens",
+                "6",
+                "--seed",
+                "1",
+                "--concurrency",
+                "8",
+                "--timeout-s",
+                str(TIMEOUT_S),
+                *extra,
+            ]
+        )
+        == 0
+    )
     collect.seconds = time.monotonic() - started
     return out
 
@@ -81,7 +101,9 @@ def test_runs_that_crash_their_worker_every_time_are_recorded_once_and_resume_sk
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_a_run_that_swallows_its_cancellation_is_still_a_timeout(tmp_path, workers):
     """AgentScope's agents catch CancelledError as an interrupt and return: the run used to be recorded ok."""
-    out = collect(tmp_path, tasks_file(tmp_path / "tasks.jsonl", 2, {1: "swallow"}), "--workers", workers, "--timeout-s", "2")
+    out = collect(
+        tmp_path, tasks_file(tmp_path / "tasks.jsonl", 2, {1: "swallow"}), "--workers", workers, "--timeout-s", "2"
+    )
     trajs = {t.task.task_id: t for t in load(out)}
     assert trajs["t01"].status == "timeout" and "--timeout-s 2" in trajs["t01"].error
     assert trajs["t01"].duration_s < 4 and len(trajs["t01"].calls) == 1
@@ -89,8 +111,16 @@ def test_a_run_that_swallows_its_cancellation_is_still_a_timeout(tmp_path, worke
 
 
 def test_a_run_past_the_memory_limit_is_an_error_record(tmp_path):
-    out = collect(tmp_path, tasks_file(tmp_path / "tasks.jsonl", 7, {4: "leak"}), "--workers", "2",
-                  "--max-run-memory-mb", "150", "--timeout-s", "30")
+    out = collect(
+        tmp_path,
+        tasks_file(tmp_path / "tasks.jsonl", 7, {4: "leak"}),
+        "--workers",
+        "2",
+        "--max-run-memory-mb",
+        "150",
+        "--timeout-s",
+        "30",
+    )
     trajs = {t.task.task_id: t for t in load(out)}
     leak = trajs["t04"]
     assert leak.status == "error" and "--max-run-memory-mb 150" in leak.error, leak.error
@@ -103,14 +133,37 @@ def test_workers_record_what_one_process_records(tmp_path):
     from collect.main import main as collect_main
 
     tasks = tmp_path / "tasks.jsonl"
-    tasks.write_text("".join(json.dumps({"task_id": f"q{i}", "question": f"What is {i} + 1?"}) + "\n" for i in range(4)))
+    tasks.write_text(
+        "".join(json.dumps({"task_id": f"q{i}", "question": f"What is {i} + 1?"}) + "\n" for i in range(4))
+    )
     runs = {}
     for workers in ("0", "2"):
         out = tmp_path / f"w{workers}"
-        assert collect_main(["--workflow", workflow_ref("ExampleMathLearn"), "--tasks", str(tasks), "--out", str(out),
-                             "--max-tokens", "12", "--seed", "5", "--samples-per-task", "2", "--workers", workers]) == 0
+        assert (
+            collect_main(
+                [
+                    "--workflow",
+                    workflow_ref("ExampleMathLearn"),
+                    "--tasks",
+                    str(tasks),
+                    "--out",
+                    str(out),
+                    "--max-tokens",
+                    "12",
+                    "--seed",
+                    "5",
+                    "--samples-per-task",
+                    "2",
+                    "--workers",
+                    workers,
+                ]
+            )
+            == 0
+        )
         runs[workers] = load(out)
-    assert [(t.task.task_id, t.sample_index) for t in runs["0"]] == [(t.task.task_id, t.sample_index) for t in runs["2"]]
+    assert [(t.task.task_id, t.sample_index) for t in runs["0"]] == [
+        (t.task.task_id, t.sample_index) for t in runs["2"]
+    ]
     for one, two in zip(runs["0"], runs["2"]):
         assert [c.prompt_token_ids for c in one.calls] == [c.prompt_token_ids for c in two.calls]
         assert [c.completion_token_ids for c in one.calls] == [c.completion_token_ids for c in two.calls]
@@ -122,9 +175,29 @@ def test_workers_do_not_outlive_a_killed_collect(tmp_path, tiny_model):
     """kill -9 of collect alone (not its group): its workers see the pipe close and exit."""
     tasks = tasks_file(tmp_path / "tasks.jsonl", 0, {0: "sleep", 1: "sleep"})
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-m", "collect", "--workflow", MISBEHAVES, "--tasks", str(tasks),
-                             "--out", str(tmp_path / "out"), "--model", str(tiny_model), "--max-tokens", "4",
-                             "--workers", "2", "--timeout-s", "120"], env=env, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "collect",
+            "--workflow",
+            MISBEHAVES,
+            "--tasks",
+            str(tasks),
+            "--out",
+            str(tmp_path / "out"),
+            "--model",
+            str(tiny_model),
+            "--max-tokens",
+            "4",
+            "--workers",
+            "2",
+            "--timeout-s",
+            "120",
+        ],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
     collect_process = psutil.Process(proc.pid)
     deadline = time.monotonic() + 120
     workers = []
@@ -141,11 +214,14 @@ def test_workers_do_not_outlive_a_killed_collect(tmp_path, tiny_model):
     assert not alive, f"workers outlived collect: {alive}"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--workers", "-1"], "--workers -1: must be 0"),
-    (["--workers", "0", "--max-run-memory-mb", "100"], "--max-run-memory-mb needs worker processes"),
-    (["--max-run-memory-mb", "0"], "--max-run-memory-mb 0: must be positive"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--workers", "-1"], "--workers -1: must be 0"),
+        (["--workers", "0", "--max-run-memory-mb", "100"], "--max-run-memory-mb needs worker processes"),
+        (["--max-run-memory-mb", "0"], "--max-run-memory-mb 0: must be positive"),
+    ],
+)
 def test_bad_worker_options_get_one_line_errors(tmp_path, capsys, args, message):
     assert main(["--workflow", MISBEHAVES, "--out", str(tmp_path / "o"), *args]) == 2
     err = capsys.readouterr().err.strip()
@@ -167,14 +243,24 @@ def test_calls_from_worker_processes_are_batched_as_in_one_process(tmp_path, eng
 
     batches = []
     generate_batch = engine.generate_batch
-    engine.generate_batch = lambda prompts, sampling: (batches.append(len(prompts)), generate_batch(prompts, sampling))[1]
-    spec = RunSpec(run_id="batching", workflow_cls=load_workflow(MISBEHAVES), workflow_ref=MISBEHAVES,
-                   checkpoint=Checkpoint(path=engine.checkpoint, sha256="-"), sampling=Sampling(max_tokens=4, seed=0),
-                   trainable_targets=None)
+    engine.generate_batch = lambda prompts, sampling: (batches.append(len(prompts)), generate_batch(prompts, sampling))[
+        1
+    ]
+    spec = RunSpec(
+        run_id="batching",
+        workflow_cls=load_workflow(MISBEHAVES),
+        workflow_ref=MISBEHAVES,
+        checkpoint=Checkpoint(path=engine.checkpoint, sha256="-"),
+        sampling=Sampling(max_tokens=4, seed=0),
+        trainable_targets=None,
+    )
     todo = [(Task(task_id=f"c{i}", main_query="compute"), 0) for i in range(16)]
     try:
-        stats = asyncio.run(run_collect_pool(spec, engine, todo, TraceWriter(tmp_path / "traces"), concurrency=16,
-                                             workers=2, progress=False))
+        stats = asyncio.run(
+            run_collect_pool(
+                spec, engine, todo, TraceWriter(tmp_path / "traces"), concurrency=16, workers=2, progress=False
+            )
+        )
     finally:
         del engine.generate_batch
     assert stats.ok == 16

@@ -175,6 +175,7 @@ async def tuner_style_workflow(task, model, auxiliary_models):
     """An agentscope.tuner workflow function, unchanged."""
     from agentscope.agent import ReActAgent
     from agentscope.formatter import OpenAIChatFormatter
+
     agent = ReActAgent(name="Friday", sys_prompt="Answer.", model=model, formatter=OpenAIChatFormatter(), max_iters=1)
     reply = await agent(Msg("user", task["question"], "user"))
     return TunerWorkflowOutput(reward=0.25, response=reply.get_text_content(), metrics={"turns": 1.0})
@@ -193,10 +194,20 @@ class Debate(Workflow):
 
         model_tuner.register_model("solver")
         model_tuner.register_model("critic")
-        solver = ReActAgent(name="Solver", sys_prompt="Solve it.", model=model_tuner.get_model("solver"),
-                            formatter=DashScopeChatFormatter(), max_iters=1)
-        critic = ReActAgent(name="Critic", sys_prompt="Criticise it.", model=model_tuner.get_model("critic"),
-                            formatter=DashScopeChatFormatter(), max_iters=1)
+        solver = ReActAgent(
+            name="Solver",
+            sys_prompt="Solve it.",
+            model=model_tuner.get_model("solver"),
+            formatter=DashScopeChatFormatter(),
+            max_iters=1,
+        )
+        critic = ReActAgent(
+            name="Critic",
+            sys_prompt="Criticise it.",
+            model=model_tuner.get_model("critic"),
+            formatter=DashScopeChatFormatter(),
+            max_iters=1,
+        )
         answer = await solver(Msg("user", task.task.main_query, "user"))
         review = await critic(answer)
         await solver(Msg("user", review.get_text_content() or "", "user"))

@@ -69,13 +69,21 @@ def compute_reward_judger(cls) -> Callable[..., list[Score]]:
     def judge(trajectories, **_):
         results = []
         for traj in trajectories:
-            task = WorkflowTask(Task(traj["task_id"], traj["main_query"], traj["task"]), traj["sample_index"], traj["iteration"])
+            task = WorkflowTask(
+                Task(traj["task_id"], traj["main_query"], traj["task"]), traj["sample_index"], traj["iteration"]
+            )
             metadata = traj["metadata"] or {}
-            output = WorkflowOutput(reward=traj["reward"], metadata=metadata, is_success=metadata.get("is_success"),
-                                    log_metrics=metadata.get("log_metrics") or {})
+            output = WorkflowOutput(
+                reward=traj["reward"],
+                metadata=metadata,
+                is_success=metadata.get("is_success"),
+                log_metrics=metadata.get("log_metrics") or {},
+            )
             result = instance.compute_reward(task, output)
             raw, success = result if isinstance(result, (tuple, list)) and len(result) == 2 else (result, None)
-            results.append(Score(_number(raw), label=None if success is None else ("success" if success else "failure")))
+            results.append(
+                Score(_number(raw), label=None if success is None else ("success" if success else "failure"))
+            )
         return results
 
     return judge

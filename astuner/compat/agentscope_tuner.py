@@ -134,7 +134,9 @@ def judge_func_judger(fn, auxiliary_models: dict | None = None) -> Callable[...,
     hands them: {"response": ..., "metrics": {..., execution_time, input/output/total_tokens, usage}}.
     """
     task_name, response_name = list(inspect.signature(fn).parameters)[:2]
-    optional = _declared(fn, {"auxiliary_models": auxiliary_models or {}, "logger": logging.getLogger(f"judge.{fn.__name__}")})
+    optional = _declared(
+        fn, {"auxiliary_models": auxiliary_models or {}, "logger": logging.getLogger(f"judge.{fn.__name__}")}
+    )
     composite = (getattr(fn, "__module__", "") or "").startswith(_BUILT_IN_JUDGES)
 
     def judge(trajectories, **_):
@@ -146,12 +148,18 @@ def judge_func_judger(fn, auxiliary_models: dict | None = None) -> Callable[...,
             out = await fn(**{task_name: traj["task"], response_name: response}, **optional)
             metrics = getattr(out, "metrics", None)
             reward = getattr(out, "reward", out)
-            return Score(None if reward is None else float(reward), explanation=json.dumps(metrics, default=str) if metrics else None)
+            return Score(
+                None if reward is None else float(reward),
+                explanation=json.dumps(metrics, default=str) if metrics else None,
+            )
 
         async def all_of():
             return await asyncio.gather(*(one(t) for t in trajectories), return_exceptions=True)
 
-        return [Score(None, error=f"{type(r).__name__}: {r}") if isinstance(r, BaseException) else r for r in asyncio.run(all_of())]
+        return [
+            Score(None, error=f"{type(r).__name__}: {r}") if isinstance(r, BaseException) else r
+            for r in asyncio.run(all_of())
+        ]
 
     return judge
 

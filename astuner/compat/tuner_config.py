@@ -77,16 +77,20 @@ def read_tuner_config(spec: str | dict | None) -> dict:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ValueError(f"{where}: not valid YAML{at} ({getattr(exc, 'problem', None) or exc}); "
-                         "give a YAML file or a mapping such as '{ajet: {rollout: {multi_turn: {max_steps: 10}}}}'") from None
+        raise ValueError(
+            f"{where}: not valid YAML{at} ({getattr(exc, 'problem', None) or exc}); "
+            "give a YAML file or a mapping such as '{ajet: {rollout: {multi_turn: {max_steps: 10}}}}'"
+        ) from None
     except OSError as exc:
         raise ValueError(f"{where}: cannot read ({exc.strerror})") from None
     if value is None:
         return {}
     if not isinstance(value, dict):
         kind = "no such file, and not" if not is_file else "not"
-        raise ValueError(f"{where}: {kind} a YAML mapping (got {type(value).__name__}); "
-                         "give a YAML file or a mapping such as '{ajet: {rollout: {multi_turn: {max_steps: 10}}}}'")
+        raise ValueError(
+            f"{where}: {kind} a YAML mapping (got {type(value).__name__}); "
+            "give a YAML file or a mapping such as '{ajet: {rollout: {multi_turn: {max_steps: 10}}}}'"
+        )
     return value
 
 

@@ -26,8 +26,10 @@ def tokenizer_problem(path: str | Path) -> str | None:
     Read from the files, so it costs no tokenizer load; every stage renders prompts through the template."""
     path = Path(path)
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
-        return (f"no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the model's tokenizer there with "
-                f"tokenizer.save_pretrained('{path}')")
+        return (
+            f"no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the model's tokenizer there with "
+            f"tokenizer.save_pretrained('{path}')"
+        )
     if (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file():
         return None
     try:
@@ -36,8 +38,10 @@ def tokenizer_problem(path: str | Path) -> str | None:
         config = {}
     if isinstance(config, dict) and config.get("chat_template"):
         return None
-    return (f"the tokenizer has no chat template (no chat_template.jinja, and tokenizer_config.json has no chat_template); "
-            f"add the model's template as {path / 'chat_template.jinja'}")
+    return (
+        f"the tokenizer has no chat template (no chat_template.jinja, and tokenizer_config.json has no chat_template); "
+        f"add the model's template as {path / 'chat_template.jinja'}"
+    )
 
 
 def require_checkpoint(checkpoint: str | Path, option: str = "--model") -> Path:
@@ -51,7 +55,9 @@ def require_checkpoint(checkpoint: str | Path, option: str = "--model") -> Path:
     try:
         json.loads((path / "config.json").read_text())
     except ValueError as exc:
-        raise ValueError(f"{option} {checkpoint}: config.json is not valid JSON ({exc}); re-save it with model.save_pretrained") from None
+        raise ValueError(
+            f"{option} {checkpoint}: config.json is not valid JSON ({exc}); re-save it with model.save_pretrained"
+        ) from None
     problem = tokenizer_problem(path)
     if problem:
         raise ValueError(f"{option} {checkpoint}: {problem}")

@@ -37,8 +37,15 @@ WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv, doc=__doc__, tasks=HERE / "tasks.jsonl", steps=300, batch_size=64,
-                      batch_help="(prompt, random word) pairs per step", seed_help="seeds torch and the random answers")
+    args = parse_args(
+        argv,
+        doc=__doc__,
+        tasks=HERE / "tasks.jsonl",
+        steps=300,
+        batch_size=64,
+        batch_help="(prompt, random word) pairs per step",
+        seed_help="seeds torch and the random answers",
+    )
 
     def sequences(tokenizer):
         """A train prompt, then a number word, both drawn at random."""

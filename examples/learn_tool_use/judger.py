@@ -40,7 +40,9 @@ def call_reward(calls, **task_columns):
         if right_lookup:
             looked_up.add(episode)
         codes = [str(lookup["code"]) for lookup in meta.get("lookups") or [] if lookup.get("code") is not None]
-        is_answer = not call.get("tool_calls") and (call.get("completion_text") or "").strip() == meta.get("final_answer")
+        is_answer = not call.get("tool_calls") and (call.get("completion_text") or "").strip() == meta.get(
+            "final_answer"
+        )
         scores.append((call, 0.5 * right_lookup + 0.5 * (is_answer and meta.get("final_answer") in codes)))
     value = {id(call): v for call, v in scores}
     return [value[id(call)] for call in calls]

@@ -43,8 +43,13 @@ async def agent_calls(question: str, key: int, code: int) -> list[tuple[list[dic
     class Scripted(ChatModelBase):
         def __init__(self):
             super().__init__(model_name="warmup-script", stream=False)
-            self.calls, self.script = [], [[ToolUseBlock(type="tool_use", id="warmup", name="code", input={"key": key})],
-                                           [TextBlock(type="text", text="0")]]
+            self.calls, self.script = (
+                [],
+                [
+                    [ToolUseBlock(type="tool_use", id="warmup", name="code", input={"key": key})],
+                    [TextBlock(type="text", text="0")],
+                ],
+            )
 
         async def __call__(self, messages, tools=None, tool_choice=None, **kwargs):
             self.calls.append((messages, tools))
@@ -76,7 +81,7 @@ class Episodes:
         base = render_prompt_ids(tokenizer, m1, t1)
         for d in range(10):
             (_, _), (m2, t2) = asyncio.run(agent_calls(questions[0], d, d))
-            rest = render_prompt_ids(tokenizer, m2, t2)[len(base):]
+            rest = render_prompt_ids(tokenizer, m2, t2)[len(base) :]
             cut = rest.index(self.end_id) + 1  # call 1's completion ends with <|im_end|>, as the engine samples it
             self.call1[d], self.gap[d] = rest[:cut], rest[cut:]
         self.check(tokenizer, questions)
@@ -89,7 +94,9 @@ class Episodes:
             key, code = i % 10, (3 * i + 1) % 10
             (_, _), (m2, t2) = asyncio.run(agent_calls(question, key, code))
             joined = self.prompts[i] + self.call1[key] + self._gap(key, code)
-            assert render_prompt_ids(tokenizer, m2, t2) == joined, f"episode pieces do not match the render of {question!r}"
+            assert render_prompt_ids(tokenizer, m2, t2) == joined, (
+                f"episode pieces do not match the render of {question!r}"
+            )
 
     def _gap(self, key: int, code: int) -> list[int]:
         # the gap rendered with code CODES[key]: swap that code (one token) for CODES[code]'s
@@ -107,8 +114,15 @@ class Episodes:
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv, doc=__doc__, tasks=HERE / "tasks.jsonl", steps=200, batch_size=32,
-                      batch_help="random episodes per step", seed_help="seeds torch and the random digits")
+    args = parse_args(
+        argv,
+        doc=__doc__,
+        tasks=HERE / "tasks.jsonl",
+        steps=200,
+        batch_size=32,
+        batch_help="random episodes per step",
+        seed_help="seeds torch and the random digits",
+    )
     warm_up(args, lambda tokenizer: Episodes(tokenizer, [task["question"] for task in read_tasks(args.tasks)]).sample)
 
 

@@ -100,8 +100,15 @@ class ToolsInSystemPrompt(ChatModelBase):
 
 
 def make_agent(model, toolkit: Toolkit) -> ReActAgent:
-    agent = ReActAgent(name="assistant", sys_prompt=SYS_PROMPT, model=ToolsInSystemPrompt(model), formatter=DashScopeChatFormatter(),
-                       toolkit=toolkit, memory=InMemoryMemory(), max_iters=MAX_ITERS)
+    agent = ReActAgent(
+        name="assistant",
+        sys_prompt=SYS_PROMPT,
+        model=ToolsInSystemPrompt(model),
+        formatter=DashScopeChatFormatter(),
+        toolkit=toolkit,
+        memory=InMemoryMemory(),
+        max_iters=MAX_ITERS,
+    )
     agent.set_console_output_enabled(False)
     return agent
 
@@ -127,8 +134,16 @@ class LookupAgent(Workflow):
         reply = await agent.reply(Msg("user", task.task.main_query, role="user"))
         answer = (reply.get_text_content() or "").strip()
         reward = score(answer, row["key"], lookups)
-        return WorkflowOutput(reward=reward, metadata={"final_answer": answer, "answer": table[str(row["key"])], "table": table,
-                                                       "lookups": lookups, "tool_called": bool(lookups)})
+        return WorkflowOutput(
+            reward=reward,
+            metadata={
+                "final_answer": answer,
+                "answer": table[str(row["key"])],
+                "table": table,
+                "lookups": lookups,
+                "tool_called": bool(lookups),
+            },
+        )
 
 
 class LookupAgentSharedTables(LookupAgent):

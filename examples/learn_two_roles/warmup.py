@@ -25,16 +25,26 @@ from workflow import WORDS, format_messages  # noqa: E402  (the workflow's own p
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv, doc=__doc__, tasks=HERE / "tasks.jsonl", steps=300, batch_size=64,
-                      batch_help="(prompt, random reply) pairs per step", seed_help="seeds torch and the random replies")
+    args = parse_args(
+        argv,
+        doc=__doc__,
+        tasks=HERE / "tasks.jsonl",
+        steps=300,
+        batch_size=64,
+        batch_help="(prompt, random reply) pairs per step",
+        seed_help="seeds torch and the random replies",
+    )
 
     def sequences(tokenizer):
         """A role drawn at random, then one of its prompts and one of its replies: every training
         question for the speaker, every listener phrasing over every number word for the listener."""
         tasks = read_tasks(args.tasks)
-        prompts = {"speaker": render_prompts(tokenizer, format_messages, [t["question"] for t in tasks]),
-                   "listener": render_prompts(tokenizer, format_messages,
-                                              sorted({t["listener_prompt"].format(word=w) for t in tasks for w in WORDS}))}
+        prompts = {
+            "speaker": render_prompts(tokenizer, format_messages, [t["question"] for t in tasks]),
+            "listener": render_prompts(
+                tokenizer, format_messages, sorted({t["listener_prompt"].format(word=w) for t in tasks for w in WORDS})
+            ),
+        }
         answers = {"speaker": replies(tokenizer, WORDS), "listener": replies(tokenizer, [str(d) for d in range(10)])}
 
         def sample(rng):

@@ -47,8 +47,10 @@ def heard_word(digit: int, said: str) -> str:
 
 
 def role_scores(digit: int, said: str, heard: str, heard_back: str) -> dict[str, float]:
-    return {"speaker": 1.0 if said.lower() == WORDS[digit] else 0.0,
-            "listener": 1.0 if heard_back == str(WORDS.index(heard)) else 0.0}
+    return {
+        "speaker": 1.0 if said.lower() == WORDS[digit] else 0.0,
+        "listener": 1.0 if heard_back == str(WORDS.index(heard)) else 0.0,
+    }
 
 
 class SpeakerListener(Workflow):
@@ -70,5 +72,13 @@ class SpeakerListener(Workflow):
         scores = role_scores(digit, said, heard, heard_back)
         targets = [r for r in (model_tuner.trainable_targets or ROLES) if r in scores]
         reward = sum(scores[r] for r in targets) / len(targets) if targets else 0.0
-        return WorkflowOutput(reward=reward, metadata={"said": said, "heard": heard, "heard_back": heard_back, "role_scores": scores,
-                                                       "trained_roles": targets})
+        return WorkflowOutput(
+            reward=reward,
+            metadata={
+                "said": said,
+                "heard": heard,
+                "heard_back": heard_back,
+                "role_scores": scores,
+                "trained_roles": targets,
+            },
+        )

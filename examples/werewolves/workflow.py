@@ -83,8 +83,10 @@ def task_seed(task: WorkflowTask) -> int:
 
 
 def player_prompt(name: str, role: str, wolves: list[str]) -> str:
-    prompt = (f"You are {name} in a game of werewolves with 9 players: 3 werewolves, 3 villagers, a seer, "
-              f"a witch and a hunter. Your role: {role}. Answer in one short sentence.")
+    prompt = (
+        f"You are {name} in a game of werewolves with 9 players: 3 werewolves, 3 villagers, a seer, "
+        f"a witch and a hunter. Your role: {role}. Answer in one short sentence."
+    )
     if role == "werewolf":
         prompt += f" Your fellow werewolves: {', '.join(w for w in wolves if w != name)}."
     return prompt
@@ -127,8 +129,14 @@ class WerewolvesWorkflow(Workflow):
         side = trainable_side(model_tuner.trainable_targets)
         return WorkflowOutput(
             reward=1.0 if winner == side else 0.0,
-            metadata={"winner": winner, "trainable_side": side, "roles": self.roles, "rounds": rounds,
-                      "eliminated": self.eliminated, "survivors": self.alive},
+            metadata={
+                "winner": winner,
+                "trainable_side": side,
+                "roles": self.roles,
+                "rounds": rounds,
+                "eliminated": self.eliminated,
+                "survivors": self.alive,
+            },
         )
 
     # ----- helpers --------------------------------------------------------------------
@@ -154,7 +162,9 @@ class WerewolvesWorkflow(Workflow):
         self.alive.remove(name)
         self.eliminated.append({"player": name, "role": self.roles[name], "round": round_no, "cause": cause})
         if self.roles[name] == "hunter" and cause != "poison" and self.alive:  # a poisoned hunter cannot shoot
-            target = pick(await self.ask(name, f"You are dead. Shoot one of: {', '.join(self.alive)}."), self.alive, self.rng)
+            target = pick(
+                await self.ask(name, f"You are dead. Shoot one of: {', '.join(self.alive)}."), self.alive, self.rng
+            )
             await self.announce(f"The hunter {name} shoots {target}.")
             await self.kill(target, round_no, "hunter")
         elif self.alive:  # last words: also a night-one victim gets a say
@@ -180,7 +190,9 @@ class WerewolvesWorkflow(Workflow):
 
         for seer in self.alive_with("seer"):
             others = [p for p in self.alive if p != seer]
-            checked = pick(await self.ask(seer, f"Seer, name a player to check: {', '.join(others)}."), others, self.rng)
+            checked = pick(
+                await self.ask(seer, f"Seer, name a player to check: {', '.join(others)}."), others, self.rng
+            )
             is_wolf = "is" if self.roles[checked] == "werewolf" else "is not"
             await self.announce(f"{checked} {is_wolf} a werewolf.", to=[seer])
 
@@ -205,15 +217,18 @@ class WerewolvesWorkflow(Workflow):
 
     async def day(self, n: int) -> str | None:
         night_dead = [e["player"] for e in self.eliminated if e["round"] == n]
-        await self.announce(f"Day {n}. Died last night: {', '.join(night_dead) or 'nobody'}. Alive: {', '.join(self.alive)}.")
+        await self.announce(
+            f"Day {n}. Died last night: {', '.join(night_dead) or 'nobody'}. Alive: {', '.join(self.alive)}."
+        )
         for name in list(self.alive):
             speech = await self.ask(name, "Speak briefly: who do you suspect?")
             await self.announce(f"{name} says: {speech}", to=[p for p in self.alive if p != name])
 
         # Votes are secret and simultaneous: asked together (the engine batches them), parsed in seat order.
         ballots = {name: [p for p in self.alive if p != name] for name in self.alive}
-        texts = await asyncio.gather(*(self.ask(name, f"Vote to eliminate one of: {', '.join(others)}.")
-                                       for name, others in ballots.items()))
+        texts = await asyncio.gather(
+            *(self.ask(name, f"Vote to eliminate one of: {', '.join(others)}.") for name, others in ballots.items())
+        )
         votes = [pick(text, others, self.rng) for text, others in zip(texts, ballots.values())]
         out = self.plurality(votes)
         await self.announce(f"Votes: {', '.join(votes)}. {out} is eliminated.")

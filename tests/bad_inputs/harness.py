@@ -33,6 +33,7 @@ JUDGERS = DATA / "corpus_judgers.py"
 
 # ------------------------------------------------------------------ running a stage in-process
 
+
 @dataclass
 class Result:
     rc: int | str
@@ -54,8 +55,12 @@ def captured():
     try:
         os.dup2(files[0].fileno(), 1)
         os.dup2(files[1].fileno(), 2)
-        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="replace", write_through=True)
-        sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="replace", write_through=True)
+        sys.stdout = io.TextIOWrapper(
+            io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="replace", write_through=True
+        )
+        sys.stderr = io.TextIOWrapper(
+            io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="replace", write_through=True
+        )
         yield got
     finally:
         sys.stdout.flush()
@@ -114,6 +119,7 @@ def run_stage(command: str, args: list[str]) -> Result:
 
 # ------------------------------------------------------------------ the good inputs, built once
 
+
 @dataclass
 class World:
     """A small good traces folder and store: 2 tasks x 2 samples of Echo on the tiny model, ingested and scored."""
@@ -131,12 +137,31 @@ def build_world(root: Path) -> World:
     root.mkdir(parents=True, exist_ok=True)
     model = ensure_tiny_model()
     tasks = root / "tasks.jsonl"
-    tasks.write_text("".join(json.dumps({"task_id": f"t{i}", "question": f"What is {i} + {i}?", "answer": 2 * i}) + "\n"
-                             for i in range(2)))
+    tasks.write_text(
+        "".join(
+            json.dumps({"task_id": f"t{i}", "question": f"What is {i} + {i}?", "answer": 2 * i}) + "\n"
+            for i in range(2)
+        )
+    )
     out, db = root / "out", root / "store.duckdb"
     steps = [
-        ("collect", ["--workflow", f"{WORKFLOWS}:Echo", "--tasks", str(tasks), "--samples-per-task", "2", "--max-tokens", "8",
-                     "--seed", "0", "--out", str(out)]),
+        (
+            "collect",
+            [
+                "--workflow",
+                f"{WORKFLOWS}:Echo",
+                "--tasks",
+                str(tasks),
+                "--samples-per-task",
+                "2",
+                "--max-tokens",
+                "8",
+                "--seed",
+                "0",
+                "--out",
+                str(out),
+            ],
+        ),
         ("judge ingest", [str(out / "traces"), "--db", str(db)]),
         ("judge score", ["--db", str(db), "--judger", "workflow"]),
     ]
@@ -148,6 +173,7 @@ def build_world(root: Path) -> World:
 
 
 # ------------------------------------------------------------------ a case
+
 
 @dataclass
 class Ctx:
@@ -205,7 +231,9 @@ class Case:
     args: Callable[[Ctx], list[str]]  # builds the input, returns the command's arguments
     exit: int  # expected exit code: != 0, or 0 for a per-item error record
     error: str  # regex the one error line must match
-    record: Callable[[Ctx], None] | None = None  # per-item cases: asserts the record exists (also: what must not be written)
+    record: Callable[[Ctx], None] | None = (
+        None  # per-item cases: asserts the record exists (also: what must not be written)
+    )
     locked: bool = False  # another process holds DuckDB's write lock on the case's store
 
 
@@ -246,8 +274,15 @@ def _store_counts(path: Path) -> dict[str, int] | None:
 def _write_lock_held(db: Path):
     """A second process holding a DuckDB write connection on `db` for the duration."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); print('ready', flush=True); "
-         "time.sleep(300)", str(db)], stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); print('ready', flush=True); time.sleep(300)",
+            str(db),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         if holder.stdout.readline().strip() != "ready":
             raise RuntimeError("the lock holder did not start")

@@ -41,8 +41,10 @@ def main(prefixes: list[str]) -> int:
             failed += bool(outcome.problems)
             status = "ok" if not outcome.problems else "FAILED: " + "; ".join(outcome.problems)
             print(f"{case.id}: {status}", file=sys.stderr, flush=True)
-            rows.append(f"| {case.id} | {case.command} | {outcome.result.rc} | `{cell(outcome.error_line or '(none)', tmp)}` |"
-                        + (f" {cell(status, tmp)} |" if outcome.problems else ""))
+            rows.append(
+                f"| {case.id} | {case.command} | {outcome.result.rc} | `{cell(outcome.error_line or '(none)', tmp)}` |"
+                + (f" {cell(status, tmp)} |" if outcome.problems else "")
+            )
     print("| case | command | exit | error line |\n|---|---|---|---|")
     print("\n".join(rows))
     print(f"\n{len(cases)} cases, {len(cases) - failed} pass their checks, {failed} fail", file=sys.stderr)

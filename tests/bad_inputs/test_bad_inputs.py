@@ -19,6 +19,7 @@ def test_the_corpus_is_large_enough():
 def test_bad_input(case, world, tmp_path):
     outcome = run_case(case, world, tmp_path / "case")
     assert not outcome.problems, (
-        f"{case.id} ({case.input}): " + "; ".join(outcome.problems)
+        f"{case.id} ({case.input}): "
+        + "; ".join(outcome.problems)
         + f"\n--- stderr ---\n{outcome.result.stderr[-4000:]}\n--- stdout ---\n{outcome.result.stdout[-2000:]}"
     )

@@ -38,8 +38,15 @@ def run(args: list[str], crash: str | None = None, timeout: float = 600) -> subp
     env["HF_HUB_OFFLINE"] = "1"
     if crash:
         env[ENV] = crash
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          start_new_session=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        start_new_session=True,
+        timeout=timeout,
+    )
 
 
 def killed(args: list[str], crash: str) -> str:
@@ -58,14 +65,37 @@ def collect_args(tmp: Path, out: Path) -> list[str]:
     tasks = tmp / "tasks.jsonl"
     if not tasks.exists():
         write_tasks(tasks, TASKS)
-    return ["-m", "collect", "--workflow", workflow_ref("OneCall"), "--tasks", str(tasks), "--out", str(out),
-            "--samples-per-task", str(SAMPLES), "--concurrency", "4", "--max-tokens", "8", "--seed", "0",
-            "--timeout-s", "4", "--flush-interval-s", "0"]  # 4 s: a loaded 2-core machine can take a second for a first call
+    return [
+        "-m",
+        "collect",
+        "--workflow",
+        workflow_ref("OneCall"),
+        "--tasks",
+        str(tasks),
+        "--out",
+        str(out),
+        "--samples-per-task",
+        str(SAMPLES),
+        "--concurrency",
+        "4",
+        "--max-tokens",
+        "8",
+        "--seed",
+        "0",
+        "--timeout-s",
+        "4",
+        "--flush-interval-s",
+        "0",
+    ]  # 4 s: a loaded 2-core machine can take a second for a first call
 
 
 def trace_keys(out: Path) -> list[tuple[str, int]]:
     """(task, sample) of every record on disk; reading parses every line, so a torn line fails here."""
-    return [(t.task.task_id, t.sample_index) for t in read_trajectories(out / "traces")] if (out / "traces").exists() else []
+    return (
+        [(t.task.task_id, t.sample_index) for t in read_trajectories(out / "traces")]
+        if (out / "traces").exists()
+        else []
+    )
 
 
 def expected_status(task_id: str) -> str:
@@ -76,7 +106,9 @@ def check_store(db: Path) -> tuple[int, int]:
     """The store opens for writing (DuckDB replays its WAL), ids are unique, every trajectory
     has all its calls and every score is there once. Returns (trajectories, scores)."""
     open_store(db).close()
-    (n, distinct, n_calls), = rows(db, "SELECT count(*), count(DISTINCT trajectory_id), coalesce(sum(n_calls), 0) FROM trajectories")
+    ((n, distinct, n_calls),) = rows(
+        db, "SELECT count(*), count(DISTINCT trajectory_id), coalesce(sum(n_calls), 0) FROM trajectories"
+    )
     assert n == distinct
     assert rows(db, "SELECT count(*) FROM calls") == [(n_calls,)]
     assert rows(db, "SELECT count(*) FROM trajectories GROUP BY task_id, sample_index HAVING count(*) > 1") == []
@@ -95,8 +127,15 @@ def test_collect_killed_at_seeded_points_resumes_without_loss_or_duplicates(tmp_
     rng = random.Random(SEED)
     out = tmp_path / "run"
     args = collect_args(tmp_path, out)
-    points = ["collect.recorded", "collect.part_written", "collect.part_renamed", "collect.recorded",
-              "collect.part_written", "collect.part_renamed", "collect.recorded"]
+    points = [
+        "collect.recorded",
+        "collect.part_written",
+        "collect.part_renamed",
+        "collect.recorded",
+        "collect.part_written",
+        "collect.part_renamed",
+        "collect.recorded",
+    ]
     on_disk = 0
     for point in points:
         killed(args, f"{point}@{rng.randint(1, 3)}")
@@ -109,7 +148,8 @@ def test_collect_killed_at_seeded_points_resumes_without_loss_or_duplicates(tmp_
     assert f"{on_disk} already in" in log
     trajectories = list(read_trajectories(out / "traces"))
     assert sorted((t.task.task_id, t.sample_index) for t in trajectories) == [
-        (f"t{i}", s) for i in range(TASKS) for s in range(SAMPLES)]
+        (f"t{i}", s) for i in range(TASKS) for s in range(SAMPLES)
+    ]
     assert all(t.status == expected_status(t.task.task_id) for t in trajectories)
     assert len({t.run_id for t in trajectories}) == 1
     assert not list((out / "traces").glob(".*.tmp"))  # leftovers of the kills were cleared
@@ -138,8 +178,9 @@ def test_ingest_killed_at_each_point_leaves_a_store_that_opens_and_completes(tmp
         before += added
         assert check_store(db)[0] == before
         # calls a kill left unchecked were checked by the rerun
-        assert rows(db, "SELECT count(*) FROM calls WHERE trainable AND prompt_token_ids IS NOT NULL "
-                        "AND template_drift IS NULL") == [(0,)], f"drift left unchecked after the kill at {point}"
+        assert rows(
+            db, "SELECT count(*) FROM calls WHERE trainable AND prompt_token_ids IS NOT NULL AND template_drift IS NULL"
+        ) == [(0,)], f"drift left unchecked after the kill at {point}"
     assert before == TASKS * SAMPLES
     assert "ingested 0 new trajectories" in ok(["-m", "judge", "ingest", str(traces / "traces"), "--db", str(db)])
 
@@ -174,8 +215,24 @@ def test_finetune_killed_leaves_no_half_written_checkpoint(tmp_path, traces, tin
     ok(["-m", "judge", "ingest", str(traces / "traces"), "--db", str(db)])
     ok(["-m", "judge", "score", "--db", str(db)])
     out = tmp_path / "checkpoint"
-    args = ["-m", "finetune", "--db", str(db), "--min_reward", "0", "--max_steps", "2", "--per_device_train_batch_size", "4",
-            "--gradient_checkpointing", "false", "--disable_tqdm", "true", "--output_dir", str(out)]
+    args = [
+        "-m",
+        "finetune",
+        "--db",
+        str(db),
+        "--min_reward",
+        "0",
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--gradient_checkpointing",
+        "false",
+        "--disable_tqdm",
+        "true",
+        "--output_dir",
+        str(out),
+    ]
     for point in ["finetune.saved", "finetune.complete"]:
         killed(args, f"{point}@1")
         assert not out.exists(), f"{out} exists after the kill at {point}: it must appear only when complete"
@@ -194,10 +251,12 @@ def test_loop_killed_with_its_stages_resumes_to_the_same_end(tmp_path, tiny_mode
     run_dir = tmp_path / "run"
     args = ["-m", "astuner", "iterate", "--recipe", str(recipe), "--iterations", "1"]
     progress = run_dir / "progress.json"
-    points = [f"loop.stage_done@{rng.randint(1, 2)}",  # a stage's work done, not recorded
-              f"collect.recorded@{rng.randint(1, 2)}",  # inside the next collect the loop starts
-              "finetune.renamed@1",  # the checkpoint whole, the loop not told
-              f"loop.stage_done@{rng.randint(1, 2)}"]
+    points = [
+        f"loop.stage_done@{rng.randint(1, 2)}",  # a stage's work done, not recorded
+        f"collect.recorded@{rng.randint(1, 2)}",  # inside the next collect the loop starts
+        "finetune.renamed@1",  # the checkpoint whole, the loop not told
+        f"loop.stage_done@{rng.randint(1, 2)}",
+    ]
     logs = ""
     for point in points:
         logs += killed(args, point)
@@ -213,7 +272,10 @@ def test_loop_killed_with_its_stages_resumes_to_the_same_end(tmp_path, tiny_mode
     assert_complete_checkpoint(run_dir / "iter-0" / "checkpoint")
     assert check_store(run_dir / "store.duckdb")[0] == 4
     assert rows(run_dir / "store.duckdb", "SELECT count(DISTINCT (task_id, sample_index)) FROM trajectories") == [(4,)]
-    assert rows(run_dir / "eval.duckdb", "SELECT iteration, count(*) FROM trajectories GROUP BY 1 ORDER BY 1") == [(0, 2), (1, 2)]
+    assert rows(run_dir / "eval.duckdb", "SELECT iteration, count(*) FROM trajectories GROUP BY 1 ORDER BY 1") == [
+        (0, 2),
+        (1, 2),
+    ]
     keys = trace_keys(run_dir / "iter-0")
     assert len(keys) == len(set(keys)) == 4
     assert "7 of 7 stages already done" in ok(args)

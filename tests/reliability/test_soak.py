@@ -21,8 +21,15 @@ def soak_out(tmp_path_factory, tiny_model):
     out = root / "out"
     out.mkdir()
     tasks = write_tasks(root / "tasks.jsonl", TASKS)
-    cmd = collect_command(out, tasks, concurrency=CONCURRENCY, timeout_s=TIMEOUT_S, samples_per_task=SAMPLES,
-                          max_tokens=4, model=str(tiny_model))
+    cmd = collect_command(
+        out,
+        tasks,
+        concurrency=CONCURRENCY,
+        timeout_s=TIMEOUT_S,
+        samples_per_task=SAMPLES,
+        max_tokens=4,
+        model=str(tiny_model),
+    )
     run = run_collect(cmd, out, timeout_s=600)
     assert run.ok, f"collect exited {run.returncodes}:\n{run.log[-3000:]}"
     return out

@@ -1,4 +1,3 @@
 """Imports fine until line 4."""
 
-
 import astuner_no_such_module  # noqa: F401
