@@ -35,7 +35,6 @@ from pathlib import Path
 
 from astuner.migrations import latest_version, migrate
 
-DEFAULT_SUCCESS_THRESHOLD = 1.0
 ROW_GROUP_SIZE = 16384
 
 _VIEWS = """
@@ -176,7 +175,6 @@ def open_store(path: str | os.PathLike, *, read_only: bool = False, create: bool
     if not tables and not read_only:
         migrate(con)
         create_views(con)
-        con.execute("UPDATE meta SET value = ? WHERE key = 'success_threshold'", [str(DEFAULT_SUCCESS_THRESHOLD)])
         return con
     if "meta" not in tables:
         con.close()

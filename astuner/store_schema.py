@@ -50,7 +50,7 @@ class RecordColumn:
     sql: str  # the column's DuckDB type
     read: str  # the type DuckDB reads the field as
     path: tuple[str, ...]  # the field's names from its table's record (Trajectory, ModelCall)
-    default: Any  # the model's default where it is not None (a missing key stores it), else None
+    default: Any  # the model's default (a missing key stores it), None where it has none
 
 
 def _column_of(info) -> Column:
@@ -109,14 +109,9 @@ def _walk(model: type[BaseModel], table: str, path: tuple[str, ...], prefix: str
             continue
         read = duckdb_type(annotation)
         default = _default(info)
-        yield RecordColumn(
-            table,
-            full,
-            column.sql or read,
-            read,
-            path + (name,),
-            None if default in (None, [], {}) and read != "JSON" else default,
-        )
+        if read.endswith("[]"):  # no record field has a list default; a list column stores NULL where one is missing
+            default = None
+        yield RecordColumn(table, full, column.sql or read, read, path + (name,), default)
 
 
 def record_columns() -> dict[str, list[RecordColumn]]:
