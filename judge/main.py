@@ -84,6 +84,10 @@ class ScoreConfig:
         default=10.0, metadata={"help": "llm judger: the top of the 'Score: N' scale; value = N / this."}
     )
 
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"--batch_size {self.batch_size}: must be at least 1")
+
 
 @dataclass
 class SqlConfig:
@@ -94,6 +98,14 @@ class SqlConfig:
     )
     out: str | None = field(default=None, metadata={"help": "Write the result to this file instead of printing it."})
     max_rows: int = field(default=100, metadata={"help": "table format: print at most this many rows."})
+
+    def __post_init__(self):
+        if self.format not in FORMATS:
+            raise ValueError(f"--format {self.format!r}: use one of {', '.join(FORMATS)}")
+        if self.format == "parquet" and not self.out:
+            raise ValueError("--format parquet needs --out FILE.parquet")
+        if self.out and self.format == "table":
+            raise ValueError("--out needs --format csv, json or parquet")
 
 
 @dataclass
@@ -145,8 +157,6 @@ def _score(cfg: ScoreConfig) -> int:
     from judge.judgers import parse_judger
     from judge.score import score
 
-    if cfg.batch_size < 1:
-        raise ValueError(f"--batch_size {cfg.batch_size}: must be at least 1")
     con = open_store(cfg.db, create=False)  # a mistyped --db must not become a new, empty store
     try:
         # every option is checked before anything is written (--remove, --success_threshold)
@@ -208,19 +218,11 @@ def _sql(cfg: SqlConfig) -> int:
 
     if not cfg.query:
         raise ValueError('no query given; e.g. python -m judge sql "SELECT * FROM task_stats" --db ' + cfg.db)
-    if cfg.format not in FORMATS:
-        raise ValueError(f"--format {cfg.format!r}: use one of {', '.join(FORMATS)}")
-    if cfg.format == "parquet" and not cfg.out:
-        raise ValueError("--format parquet needs --out FILE.parquet")
     con = open_store(cfg.db, read_only=True)
     try:
         try:
             if cfg.out:
-                options = {"csv": "FORMAT csv, HEADER", "json": "FORMAT json", "parquet": "FORMAT parquet"}.get(
-                    cfg.format
-                )
-                if options is None:
-                    raise ValueError("--out needs --format csv, json or parquet")
+                options = {"csv": "FORMAT csv, HEADER", "json": "FORMAT json", "parquet": "FORMAT parquet"}[cfg.format]
                 query = cfg.query.strip().rstrip(";")
                 con.execute(f"COPY ({query}) TO '{cfg.out.replace(chr(39), chr(39) * 2)}' ({options})")
                 print(f"wrote {cfg.out}")

@@ -142,6 +142,7 @@ def test_recipe_bad_value_refused_before_any_stage(tmp_path, capsys):
         ("collect", "samples_per_task", 0, "collect: --samples-per-task 0: must be at least 1"),
         ("eval", "top_p", 2, "eval: --top-p 2: must be above 0 and at most 1"),
         ("collect", "concurrency", "many", "collect: argument --concurrency: invalid int value: 'many'"),
+        ("judge", "batch_size", 0, "judge: --batch_size 0: must be at least 1"),
     ]:
         recipe = yaml.safe_load(write_recipe(tmp_path).read_text())
         recipe[section][key] = value
