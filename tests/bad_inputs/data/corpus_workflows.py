@@ -1,8 +1,8 @@
 """Workflows of the bad-input corpus (tests/bad_inputs): one good, cheap one for the fixture
 store and traces, and the ones whose runs must be recorded as errors."""
 
-from agentscope.message import TextBlock
 from agentscope.model import ChatModelBase, ChatResponse
+from agentscope.message import TextBlock
 
 from astuner import Workflow, WorkflowOutput
 
