@@ -10,6 +10,7 @@ every table these columns; tests/test_store_schema.py fails when a field is adde
 
 from __future__ import annotations
 
+import json
 import types
 import typing
 from dataclasses import dataclass
@@ -154,8 +155,6 @@ def _select(column: RecordColumn, row: str) -> str:
     if column.sql != column.read:
         expr = _CONVERT[(column.read, column.sql)].format(expr)
     if column.default is not None:
-        import json
-
         literal = json.dumps(column.default) if column.read == "JSON" else column.default
         expr = f"coalesce({expr}, {_sql_literal(literal)})"
     return f"{expr} AS {_quote(column.name)}"
