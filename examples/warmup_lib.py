@@ -80,10 +80,11 @@ def warm_up(
         return
     base = Path(args.model) if args.model else ensure_tiny_model()
     started = time.time()
-    sample = make_sample(AutoTokenizer.from_pretrained(base))
-    model, tokenizer, loss = train_masked(
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model, loss = train_masked(
         base,
-        sample,
+        tokenizer,
+        make_sample(tokenizer),
         steps=args.steps,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
@@ -98,6 +99,7 @@ def warm_up(
 
 def train_masked(
     base: Path,
+    tokenizer,
     sample: Sample,
     *,
     steps: int,
@@ -108,14 +110,13 @@ def train_masked(
     log_every: int = 50,
 ):
     """AdamW with a linear decay to 0 on sequences drawn by `sample(rng) -> (ids, loss_mask)`.
-    Returns (model, tokenizer, final loss). Right padding: positions start at 0, as at collect."""
+    Returns (model, final loss). Right padding: positions start at 0, as at collect."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(threads)
     rng = random.Random(seed)
     torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     model.train()
     pad_id = tokenizer.pad_token_id
@@ -140,7 +141,7 @@ def train_masked(
         if step % log_every == 0 or step == steps - 1:
             print(f"warmup: step {step:4d}  loss {loss.item():.4f}", flush=True)
     model.eval()
-    return model, tokenizer, loss.item()
+    return model, loss.item()
 
 
 def save_checkpoint(model, tokenizer, base: Path, out: Path, record: dict) -> None:
