@@ -192,33 +192,23 @@ def unknown_keys_query(files_param: str = "?") -> str:
     """A query naming the traces files (of `files_param`) that hold a line where an object of the record, at any
     depth, has a key its model does not declare. DuckDB's typed read would drop such keys without a word.
 
-    Each key list costs a parse of the line, so they are gathered in few: the root and its nested records in one
-    call; the objects of each top-level list (calls) in one; the records nested in those (completion) from the
-    small texts one extraction gives, not from the whole line again."""
-    paths = list(_record_paths(Trajectory, "$"))
-    plain = [(path, model) for path, many, model in paths if not many]
-    elements = [
-        (path, model) for path, many, model in paths if many and path.count("[*]") == 1 and path.endswith("[*]")
-    ]
-    nested = [(path, model) for path, many, model in paths if (path, model) not in elements and many]
-    anchors = [path for path, _ in nested if any(path.rsplit(".", 1)[0] == e for e, _ in elements)]
-    selects = [f"json_keys(json, [{', '.join(_sql_literal(p) for p, _ in plain)}]) AS k0"]
-    checks = [f"NOT list_has_all({_allowed(model)}, k0[{i + 1}])" for i, (_, model) in enumerate(plain)]
-    for i, (path, model) in enumerate(elements):
-        selects.append(f"json_keys(json, '{path}') AS e{i}")
-        checks.append(f"NOT list_has_all({_allowed(model)}, flatten(e{i}))")
-    for i, anchor in enumerate(anchors):
-        selects.append(f"json_extract(json, '{anchor}') AS a{i}")
-        for path, model in nested:
-            if path == anchor or path.startswith(anchor + "."):
-                relative = "$" + path[len(anchor) :]
-                keys = f"list_transform(a{i}, lambda x: json_keys(x, '{relative}'))"
-                keys = f"flatten({keys})" if "[*]" not in relative else f"flatten(flatten({keys}))"
-                checks.append(f"NOT list_has_all({_allowed(model)}, {keys})")
+    One parse of each line: json_structure merges the objects of each list into one (the keys of all of a
+    trajectory's calls in one object), and the key lists are read from that small text. Where a record's place
+    holds something other than an object or null (the structure says JSON where shapes conflict), the line is
+    named too: the line-by-line reader decides."""
+    paths = [(path.replace("[*]", "[0]"), model) for path, _, model in _record_paths(Trajectory, "$")]
+    literal = "[" + ", ".join(_sql_literal(p) for p, _ in paths) + "]"
+    checks = []
+    for i, (_, model) in enumerate(paths, start=1):
+        checks.append(f"NOT list_has_all({_allowed(model)}, coalesce(k[{i}], []))")
+        checks.append(f"(t[{i}] IS NOT NULL AND t[{i}] <> 'OBJECT' AND v[{i}] IS DISTINCT FROM 'NULL')")
+    # MATERIALIZED: else the optimizer inlines the key lists into each check, parsing every line once per check
     return (
-        f"SELECT DISTINCT filename FROM (SELECT filename, {', '.join(selects)} FROM read_json_objects({files_param}, "
-        "format='newline_delimited', filename=true, maximum_object_size=1073741824)) "
-        f"WHERE coalesce({' OR '.join(checks)}, false)"
+        f"WITH keys AS MATERIALIZED (SELECT filename, json_keys(s, {literal}) AS k, json_type(s, {literal}) AS t, "
+        f"json_extract_string(s, {literal}) AS v FROM (SELECT filename, json_structure(json) AS s "
+        f"FROM read_json_objects({files_param}, format='newline_delimited', filename=true, "
+        "maximum_object_size=1073741824))) "
+        f"SELECT DISTINCT filename FROM keys WHERE {' OR '.join(checks)}"
     )
 
 

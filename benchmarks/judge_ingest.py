@@ -1,23 +1,33 @@
-"""Judge store benchmark: ingest rate and the best_per_task query, in one run.
+"""Judge ingest benchmark: `judge ingest` end to end with its default checks, the bulk load, the drift
+checks bulk vs one call at a time, peak memory; and the best_per_task query. All in one run.
 
-    python benchmarks/judge_ingest.py                       # 10k x 8 calls x 512 tokens; 1M for the query
-    python benchmarks/judge_ingest.py --trajectories 2000 --query-trajectories 100000   # quick
+    python benchmarks/judge_ingest.py            # 40k real calls end to end, 32k generated, 1M for memory
+    python benchmarks/judge_ingest.py --quick    # a few minutes: smaller sizes, no 1M-call run
 
-1. Writes N generated trajectories (8 calls each; 384 prompt + 128 completion token ids, with
-   logprobs and four ~200-character messages per call) as JSONL, 1,000 per file, then times
-   `judge ingest` into a new store: the bulk load alone (--no_check_template), then the
-   template-drift check and the drift measures on their own over a sample of calls rendered with
-   the tiny model's chat template: first with the generated (random) ids, which every re-render
-   misses (the worst case for the drift measures' diff), then with the ids the template renders
-   (the common case: no drift). Targets: bulk load >= 50k calls/s on the 2-core CI machine.
-2. Builds a store of M trajectories (100 samples per task, one workflow score each) with SQL
-   and times `SELECT * FROM best_per_task` (all rows fetched), median of 3. Target: < 1 s.
+1. End to end (printed first): collects real traces of examples/learn_two_roles (two roles, one call each
+   per run) with the embedded tiny model, replicates them with fresh trajectory ids to --e2e-calls, and runs
+   `python -m judge ingest` (default checks: template drift and the drift measures) as a user would; prints
+   the rate its summary line gives and the command's wall time, then the same with --per_call_drift (the
+   path before batching) on the same files, and a re-ingest. Target: >= 20,000 calls/s.
+2. Generated records (--trajectories x 8 calls; 384 prompt + 128 completion ids, logprobs, four
+   ~200-character messages per call), 1,000 per file: the bulk load alone (--no_check_template; target
+   >= 100,000 calls/s), a re-ingest, then the drift checks bulk vs per call on --drift-sample calls made
+   distinct (every call rendered: the worst case for the bulk path's grouping), first on random ids (every
+   re-render misses), then on ids the template renders (no drift).
+3. Peak RSS of `judge ingest` (a child process, default checks) over --rss-calls generated calls. Target:
+   under 4 GB at 1M calls.
+4. Builds a store of M trajectories (100 samples per task, one workflow score each) with SQL and times
+   `SELECT * FROM best_per_task` (all rows fetched), median of 3. Target: < 1 s.
 """
 
 import argparse
+import hashlib
 import json
+import os
 import random
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -106,9 +116,102 @@ def write_traces(folder: Path, n: int, calls: int, prompt_len: int, completion_l
     return size
 
 
-def bench_ingest(args) -> None:
+ROOT = Path(__file__).resolve().parent.parent
+_RATE = re.compile(r"\(([\d,]+) model calls\) from .* in ([\d.]+)s \(([\d,]+) calls/s\)")
+
+
+def judge_ingest(traces: Path, db: Path, *flags: str) -> tuple[int, float, float, str]:
+    """`python -m judge ingest` as a user runs it: (calls, seconds and calls/s its summary prints, command wall)."""
+    t0 = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "judge", "ingest", str(traces), "--db", str(db), *flags],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    wall = time.perf_counter() - t0
+    if done.returncode:
+        sys.exit(f"judge ingest failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    found = _RATE.search(done.stdout)
+    calls, seconds = int(found.group(1).replace(",", "")), float(found.group(2))
+    return calls, seconds, wall, done.stdout.strip()
+
+
+def real_traces(folder: Path, checkpoint: str) -> Path:
+    """A collect of examples/learn_two_roles (80 tasks x 2 samples: a speaker and a listener call each)."""
+    out = folder / "collect"
+    subprocess.run(
+        [
+            sys.executable, "-m", "collect",
+            "--workflow", "examples/learn_two_roles/workflow.py:SpeakerListener",
+            "--tasks", "examples/learn_two_roles/tasks.jsonl",
+            "--model", checkpoint, "--samples-per-task", "2", "--max-tokens", "8", "--seed", "0",
+            "--out", str(out),
+        ],
+        cwd=ROOT, check=True, capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    return out / "traces"
+
+
+def replicate(traces: Path, folder: Path, calls: int) -> int:
+    """Copies of the real trajectories with fresh trajectory ids, up to `calls` calls, 1,000 lines a file."""
+    records = [json.loads(line) for f in sorted(traces.glob("*.jsonl")) for line in f.read_text().splitlines()]
+    per_copy = sum(len(r["calls"]) for r in records)
+    folder.mkdir(parents=True)
+    lines, written = [], 0
+    for copy in range(max(1, round(calls / per_copy))):
+        for r in records:
+            r["trajectory_id"] = hashlib.md5(f"{copy}:{r['trajectory_id']}".encode()).hexdigest()
+            lines.append(json.dumps(r))
+            written += len(r["calls"])
+    for start in range(0, len(lines), 1000):
+        (folder / f"part-{start // 1000:06d}.jsonl").write_text("\n".join(lines[start : start + 1000]) + "\n")
+    return written
+
+
+def bench_end_to_end(args, checkpoint: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        t0 = time.perf_counter()
+        n = replicate(real_traces(tmp, checkpoint), tmp / "replicas", args.e2e_calls)
+        print(
+            f"(real traces of learn_two_roles, collected and replicated to {n:,} calls in {time.perf_counter() - t0:.0f}s)"
+        )
+        calls, seconds, wall, out = judge_ingest(tmp / "replicas", tmp / "bulk.duckdb")
+        print(
+            f"END TO END, judge ingest with its default checks: {calls:,} calls in {seconds:.2f}s = "
+            f"{calls / seconds:,.0f} calls/s as the CLI prints it; command wall {wall:.2f}s = {calls / wall:,.0f} calls/s "
+            "(target >= 20,000)"
+        )
+        print("  " + out.replace("\n", "\n  "))
+        base_calls, base_seconds, base_wall, base_out = judge_ingest(
+            tmp / "replicas", tmp / "per_call.duckdb", "--per_call_drift"
+        )
+        print(
+            f"the same files with --per_call_drift (the path before batching): {base_seconds:.2f}s = "
+            f"{base_calls / base_seconds:,.0f} calls/s; bulk / per-call: {base_seconds / seconds:.1f}x"
+        )
+        same = base_out.splitlines()[1:] == out.splitlines()[1:]
+        print(f"  its drift summary lines are {'the same' if same else 'DIFFERENT'}")
+        again = judge_ingest(tmp / "replicas", tmp / "bulk.duckdb")[3].splitlines()[0]
+        print(f"re-ingest: {again}")
+
+
+def make_distinct(con, limit: int) -> None:
+    """Make each call of the first `limit` trajectories unique (its first prompt id from its own key), so no
+    two share a render; and mark them unchecked."""
+    con.execute(
+        f"""UPDATE calls SET template_drift = NULL, drift_measured = NULL,
+               prompt_token_ids = list_concat([(hash(trajectory_id, call_index) % 600)::INTEGER],
+                                              prompt_token_ids[2:])
+            WHERE trajectory_id IN (SELECT trajectory_id FROM trajectories ORDER BY trajectory_id LIMIT {limit})"""
+    )
+
+
+def bench_ingest(args, checkpoint: str) -> None:
     from astuner.store import open_store
-    from astuner.tiny import ensure_tiny_model
+    from judge import drift_measures
     from judge.ingest import IngestResult, check_template_drift, ingest, measure_drift
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,51 +231,41 @@ def bench_ingest(args) -> None:
         n_calls = result.new_calls
         print(
             f"bulk load: {n_calls:,} calls in {result.seconds:.2f}s = {n_calls / result.seconds:,.0f} calls/s "
-            f"({size / 1e6 / result.seconds:,.0f} MB/s; target >= 50,000 calls/s)"
+            f"({size / 1e6 / result.seconds:,.0f} MB/s; target >= 100,000 calls/s)"
         )
         t0 = time.perf_counter()
         again = ingest(con, [str(traces)], check_template=False, progress=False)
         print(f"re-ingest of the same files: {again.new_trajectories} new rows, {time.perf_counter() - t0:.2f}s")
 
-        # Drift check rate: real renders through the tiny model's chat template, on a sample.
-        checkpoint = str(ensure_tiny_model())
-        sample = min(args.drift_sample, n_calls)
+        # The drift checks, bulk and per call, on the same sample of calls made distinct.
         con.execute("UPDATE trajectories SET checkpoint_path = ?", [checkpoint])
-        # Both checks take every call not yet checked in the store: mark all as checked, then
-        # unmark one trajectory (the warm-up: imports and tokenizer loading are not per-call costs),
-        # then the sample, and time each check on the sample alone.
         con.execute("UPDATE calls SET template_drift = false, drift_measured = true")
-
-        def unmark(limit: int) -> None:
-            con.execute(
-                f"UPDATE calls SET template_drift = NULL, drift_measured = NULL WHERE trajectory_id IN "
-                f"(SELECT trajectory_id FROM trajectories ORDER BY trajectory_id LIMIT {limit})"
-            )
-
-        unmark(1)
+        sample = max(1, min(args.drift_sample, n_calls) // args.calls)
+        make_distinct(con, 1)  # the warm-up: imports and tokenizer loading are not per-call costs
         check_template_drift(con, IngestResult(), progress=False)
         measure_drift(con, IngestResult(), progress=False)
-        unmark(max(1, sample // args.calls))
-        drift = IngestResult()
-        t0 = time.perf_counter()
-        check_template_drift(con, drift, progress=False)
-        seconds = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        measure_drift(con, IngestResult(), progress=False)
-        measure_seconds = time.perf_counter() - t0
-        print(
-            f"template-drift check: {drift.drift_checked:,} calls in {seconds:.2f}s = {drift.drift_checked / seconds:,.0f} calls/s "
-            f"(one chat-template render + tokenization per trainable call; skip with --no_check_template)"
-        )
-        print(
-            f"drift measures (extension + re-render): {drift.drift_checked:,} calls in {measure_seconds:.2f}s = "
-            f"{drift.drift_checked / measure_seconds:,.0f} calls/s (every engine call; skipped with --no_check_template too; "
-            f"random ids: every call drifts, the worst case)"
-        )
-        seconds += measure_seconds
-        full = result.seconds + n_calls / (drift.drift_checked / seconds)
-        print(f"ingest with both checks, all {n_calls:,} calls trainable: ~{full:.1f}s = {n_calls / full:,.0f} calls/s")
 
+        def both(label: str) -> None:
+            times = {}
+            for path in ("per call", "bulk"):
+                make_distinct(con, sample)
+                t0 = time.perf_counter()
+                if path == "bulk":
+                    tokenizers = drift_measures.Tokenizers()
+                    drift_measures.check_template_drift(con, IngestResult(), tokenizers)
+                    drift_measures.measure_drift(con, IngestResult(), tokenizers)
+                else:
+                    check_template_drift(con, IngestResult(), progress=False)
+                    measure_drift(con, IngestResult(), progress=False)
+                times[path] = time.perf_counter() - t0
+            calls = sample * args.calls
+            print(
+                f"drift checks (template drift + extension + re-render), {label}, {calls:,} distinct calls: "
+                f"per call {calls / times['per call']:,.0f} calls/s, bulk {calls / times['bulk']:,.0f} calls/s "
+                f"({times['per call'] / times['bulk']:.1f}x)"
+            )
+
+        both("random ids (every re-render misses: the worst case)")
         # The common case: the sampled ids are what the template renders (a re-render reproduces them).
         from transformers import AutoTokenizer
 
@@ -181,9 +274,8 @@ def bench_ingest(args) -> None:
         tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         rows = con.execute(
             """SELECT c.trajectory_id, c.call_index, c.messages, c.tools, c.completion_text FROM calls c
-                              WHERE c.drift_measured AND c.trajectory_id IN (SELECT trajectory_id FROM trajectories
-                                    ORDER BY trajectory_id LIMIT ?)""",
-            [max(1, sample // args.calls)],
+               WHERE c.trajectory_id IN (SELECT trajectory_id FROM trajectories ORDER BY trajectory_id LIMIT ?)""",
+            [sample],
         ).fetchall()
         prompts = render_prompts_ids(tokenizer, [(json.loads(r[2]), json.loads(r[3])) for r in rows])
         completions = tokenizer([r[4] + tokenizer.eos_token for r in rows], add_special_tokens=False)["input_ids"]
@@ -202,20 +294,27 @@ def bench_ingest(args) -> None:
         )
         con.execute("""UPDATE calls SET prompt_token_ids = e.prompt, completion_token_ids = e.completion FROM exact_ids e
                        WHERE calls.trajectory_id = e.trajectory_id AND calls.call_index = e.call_index""")
-        unmark(max(1, sample // args.calls))
-        exact = IngestResult()
-        t0 = time.perf_counter()
-        check_template_drift(con, IngestResult(), progress=False)
-        exact_seconds = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        measure_drift(con, exact, progress=False)
-        exact_measure = time.perf_counter() - t0
+        con.unregister("exact_ids")
+        # distinct by their prompts' first id, as above: the template drift then finds that one id, the
+        # re-render drift one token of each call
+        both("ids the template renders but one (the common case)")
         con.close()
-        full = result.seconds + n_calls * (exact_seconds + exact_measure) / len(rows)
+
+
+def bench_memory(args, checkpoint: str) -> None:
+    """Peak RSS of a `judge ingest` child with its default checks over --rss-calls generated calls."""
+    import resource
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "traces").mkdir()
+        n = max(1, args.rss_calls // args.calls)
+        size = write_traces(tmp / "traces", n, args.calls, args.prompt_tokens, args.completion_tokens, checkpoint)
+        calls, seconds, wall, out = judge_ingest(tmp / "traces", tmp / "store.duckdb")
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child so far, in MiB
         print(
-            f"the same calls with the ids the template renders (no drift: {exact.rerender_changed} of "
-            f"{exact.rerender_tokens:,} tokens): template-drift check {len(rows) / exact_seconds:,.0f} calls/s, "
-            f"drift measures {len(rows) / exact_measure:,.0f} calls/s; ingest with both ~{n_calls / full:,.0f} calls/s"
+            f"memory: judge ingest of {calls:,} calls ({size / 1e9:.1f} GB of JSONL), default checks: {seconds:.0f}s "
+            f"({calls / seconds:,.0f} calls/s), peak RSS {peak:,.0f} MiB of the largest child so far (target < 4,096 MiB)"
         )
 
 
@@ -258,18 +357,33 @@ def bench_query(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trajectories", type=int, default=10_000)
+    parser.add_argument("--quick", action="store_true", help="8k calls end to end, 1,000 trajectories, no 1M run")
+    parser.add_argument("--e2e-calls", type=int, default=40_000, help="real calls, replicated, for the end-to-end run")
+    parser.add_argument("--trajectories", type=int, default=4_000)
     parser.add_argument("--calls", type=int, default=8)
     parser.add_argument("--prompt-tokens", type=int, default=384)
     parser.add_argument("--completion-tokens", type=int, default=128)
-    parser.add_argument("--drift-sample", type=int, default=4000, help="calls to time the template-drift check on")
+    parser.add_argument("--drift-sample", type=int, default=2000, help="calls to time the drift checks on")
+    parser.add_argument("--rss-calls", type=int, default=1_000_000, help="calls of the memory run (0: skip)")
     parser.add_argument("--query-trajectories", type=int, default=1_000_000)
     args = parser.parse_args()
+    if args.quick:
+        args.e2e_calls, args.trajectories, args.drift_sample = 8_000, 1_000, 400
+        args.rss_calls, args.query_trajectories = 0, 100_000
     import duckdb
 
-    print(f"duckdb {duckdb.__version__}, {__import__('os').cpu_count()} CPUs")
-    bench_ingest(args)
+    from astuner.tiny import ensure_tiny_model
+
+    load = os.getloadavg()
+    print(f"duckdb {duckdb.__version__}, {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    checkpoint = str(ensure_tiny_model())
+    bench_end_to_end(args, checkpoint)
+    bench_ingest(args, checkpoint)
+    if args.rss_calls:
+        bench_memory(args, checkpoint)
     bench_query(args)
+    load = os.getloadavg()
+    print(f"load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ from pathlib import Path
 from astuner.faults import crash_point
 from astuner.store_schema import insert_sql, missing_fields_sql, read_columns, unknown_keys_query
 from astuner.trajectory import SCHEMA_VERSION, TraceFormatError, dump_line, parse_trajectory, trace_files
+from judge import drift_measures
+from judge.render_pool import Renderer, load_tokenizer
 
 # Declared from the record model, so DuckDB neither guesses nor merges shapes: messages, tools and
 # metadata vary per workflow and stay JSON text; token ids become typed lists.
@@ -89,7 +91,7 @@ class IngestResult:
             + (f"; {self.drift_unchecked} not checked ({self.drift_unchecked_why})" if self.drift_unchecked else ""),
         ]
         if self.measured_pairs or self.rerender_tokens:
-            causes = ", ".join(f"{k} {v}" for k, v in sorted(self.causes.items(), key=lambda kv: -kv[1]))
+            causes = ", ".join(f"{k} {v}" for k, v in sorted(self.causes.items(), key=lambda kv: (-kv[1], kv[0])))
             share = self.rerender_changed / self.rerender_tokens if self.rerender_tokens else 0.0
             lines.append(
                 f"extension: {self.extending} of {self.measured_pairs} engine calls extend their agent's previous "
@@ -210,9 +212,29 @@ def _collect_runs(con, paths: list[str]) -> None:
 
 
 def ingest(
-    con, paths: list[str], *, strict: bool = False, check_template: bool = True, progress: bool = True
+    con,
+    paths: list[str],
+    *,
+    strict: bool = False,
+    check_template: bool = True,
+    progress: bool = True,
+    per_call_drift: bool = False,
+    render_workers: int = 0,
 ) -> IngestResult:
+    """Stage, insert, then (check_template) the drift checks: in bulk (judge/drift_measures.py), rendering in
+    `render_workers` processes (0: here), or with per_call_drift the per-call path below, kept to hold the bulk
+    one to its values."""
     started = time.perf_counter()
+    # started first: the workers' start (an interpreter, transformers) overlaps the bulk load
+    renderer = Renderer(render_workers) if check_template and not per_call_drift else None
+    try:
+        return _ingest(con, paths, strict, check_template, progress, renderer, started)
+    finally:
+        if renderer is not None:
+            renderer.close()
+
+
+def _ingest(con, paths, strict, check_template, progress, renderer, started) -> IngestResult:
     result = IngestResult()
     files: list[Path] = []
     for raw in paths:
@@ -257,9 +279,15 @@ def ingest(
     result.already_in_store = result.rows_read - result.new_trajectories + skipped
     con.execute("DROP TABLE staged")
     crash_point("ingest.committed")  # before the template drift check
-    if check_template:
+    if check_template and renderer is None:
         check_template_drift(con, result, progress)
         measure_drift(con, result, progress)
+    elif check_template:
+        from tqdm.auto import tqdm
+
+        with tqdm(desc="drift checks", unit="call", disable=not progress, unit_scale=True) as bar:
+            drift_measures.check_template_drift(con, result, renderer, bar)
+            drift_measures.measure_drift(con, result, renderer, bar)
     con.execute("DROP TABLE new_ids")
     result.seconds = time.perf_counter() - started
     con.execute(
@@ -293,7 +321,7 @@ def check_template_drift(con, result: IngestResult, progress: bool = True, chunk
            WHERE c.trainable AND c.prompt_token_ids IS NOT NULL AND c.template_drift IS NULL GROUP BY ALL"""
     ).fetchall()
     for checkpoint, count in groups:
-        tokenizer, why = _load_tokenizer(checkpoint)
+        tokenizer, why = load_tokenizer(checkpoint)
         if tokenizer is None:
             if not result.drift_unchecked:
                 result.drift_unchecked_why = why
@@ -381,7 +409,7 @@ def measure_drift(con, result: IngestResult, progress: bool = True, chunk: int =
                 extends, at, cause = (None, None, None) if key not in previous else extension(previous[key], call)
                 previous[key] = call
                 if checkpoint not in tokenizers:
-                    tokenizer = _load_tokenizer(checkpoint)[0]
+                    tokenizer = load_tokenizer(checkpoint)[0]
                     tokenizers[checkpoint] = (
                         None
                         if tokenizer is None
@@ -429,17 +457,3 @@ def measure_drift(con, result: IngestResult, progress: bool = True, chunk: int =
            FROM drift_measures d WHERE calls.trajectory_id = d.trajectory_id AND calls.call_index = d.call_index"""
     )
     con.unregister("drift_measures")
-
-
-def _load_tokenizer(checkpoint: str | None):
-    """(tokenizer, None), or (None, why the drift of this checkpoint's calls cannot be checked here)."""
-    if not checkpoint or not Path(checkpoint).is_dir():
-        return None, "checkpoint folder not found here"
-    from transformers import AutoTokenizer
-
-    from astuner.engines import tokenizer_problem
-
-    problem = tokenizer_problem(checkpoint)
-    if problem:
-        return None, f"checkpoint {checkpoint}: {problem}"
-    return AutoTokenizer.from_pretrained(checkpoint), None

@@ -33,6 +33,24 @@ class IngestConfig:
             "and record template_drift (--no_check_template skips it)."
         },
     )
+    render_workers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Processes that render calls for the drift checks (default: 2, or 1 on a 1-core machine; "
+            "0 renders in this process)."
+        },
+    )
+    per_call_drift: bool = field(
+        default=False,
+        metadata={
+            "help": "Compute the drift checks one call at a time, as before they were batched (slow; the same "
+            "values: kept to check the batched path against)."
+        },
+    )
+
+    def __post_init__(self):
+        if self.render_workers is not None and self.render_workers < 0:
+            raise ValueError(f"--render_workers {self.render_workers}: must be 0 (render here) or more")
 
 
 @dataclass
@@ -134,13 +152,21 @@ def format_table(headers: list[str], rows: list, width: int = 60) -> str:
 def _ingest(cfg: IngestConfig) -> int:
     from astuner.store import open_store
     from judge.ingest import IngestError, ingest
+    from judge.render_pool import default_workers
 
     if not cfg.traces:
         raise IngestError("no traces given; e.g. python -m judge ingest runs/demo/traces --db " + cfg.db)
     _ensure_parent(cfg.db)
     con = open_store(cfg.db)
     try:
-        result = ingest(con, cfg.traces, strict=cfg.strict, check_template=cfg.check_template)
+        result = ingest(
+            con,
+            cfg.traces,
+            strict=cfg.strict,
+            check_template=cfg.check_template,
+            per_call_drift=cfg.per_call_drift,
+            render_workers=default_workers() if cfg.render_workers is None else cfg.render_workers,
+        )
     finally:
         con.close()
     for line in result.bad_lines[:20]:

@@ -566,3 +566,64 @@ def test_qwen3_strips_thinking_of_an_earlier_query(family_tokenizer, family_dir)
         {**first.model_dump(), "completion_text": first.completion.text}, second.model_dump()
     )
     assert (extends, cause) == (False, "thinking_stripped") and at >= len(first.prompt_token_ids)
+
+
+# ----- ingest's bulk drift checks give the per-call path's values, call for call ----------------------
+DRIFT_COLUMNS = (
+    "SELECT trajectory_id, call_index, template_drift, extends_previous, divergence_at, divergence_cause, "
+    "rerender_drift_tokens, drift_measured FROM calls ORDER BY 1, 2"
+)
+
+
+def _drift_cases(family, tokenizer, checkpoint):
+    """The scripted ReAct run of `family` and variants that drift each way, as lists of call records."""
+    base = [c.model_dump() for c in _scripted_react(family, tokenizer, checkpoint)[0]]
+    first, second = base
+    prompt = list(second["prompt_token_ids"])
+    middle = len(prompt) // 2
+    return [
+        base,
+        [first, {**second, "prompt_token_ids": prompt[:middle] + [prompt[middle] + 1] + prompt[middle + 1 :]}],
+        [first, {**second, "tools": None}],  # tools_changed
+        [first, {**second, "messages": second["messages"][1:]}],  # history_edited
+        [{**first, "completion_token_ids": first["completion_token_ids"][::-1]}, second],  # reply scrambled
+        [first, {**second, "agent_name": "Other"}],  # another agent: no previous call
+        [{**first, "trainable": False}, {**second, "role": "critic"}],  # another role, an untrained call
+        [first, {**second, "template_kwargs": {"truncation": True, "max_length": 16}}],  # the per-call render
+        [first, {**second, "completion_token_ids": None, "prompt_token_ids": None}],  # no ids kept
+    ]
+
+
+def test_bulk_drift_checks_equal_the_per_call_path(tmp_path, family_tokenizer, family_dir, capsys):
+    """Every drift column, call for call, and the summary's counts: the bulk path (distinct calls rendered
+    once, extension compared in DuckDB) against the per-call path (--per_call_drift), on the four families'
+    traces, each case twice (samples that repeat a call), and one checkpoint that is not here."""
+    from helpers import make_traj, rows, write
+
+    from judge.main import main as judge_main
+
+    trajectories = []
+    for family in FAMILIES:
+        for n, calls in enumerate(_drift_cases(family, family_tokenizer(family), family_dir(family))):
+            for sample in range(2):
+                trajectories.append(
+                    make_traj(f"t-{family}-{n}", sample, calls=calls, checkpoint=str(family_dir(family)))
+                )
+    trajectories.append(
+        make_traj("t-elsewhere", 0, calls=_drift_cases("qwen3", family_tokenizer("qwen3"), family_dir("qwen3"))[1])
+    )
+    traces = write(tmp_path / "traces" / "part.jsonl", trajectories)
+    got, summaries = {}, {}
+    for path, flags in (("bulk", []), ("per_call", ["--per_call_drift"])):
+        db = tmp_path / f"{path}.duckdb"
+        assert judge_main(["ingest", str(traces), "--db", str(db), *flags]) == 0
+        summaries[path] = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("ingested")]
+        got[path] = rows(db, DRIFT_COLUMNS)
+    assert got["bulk"] == got["per_call"]
+    assert summaries["bulk"] == summaries["per_call"]
+    values = got["bulk"]
+    causes = {r[5] for r in values}
+    assert {"tools_changed", "history_edited", None} <= causes and len(causes) >= 4, causes
+    assert any(r[2] is True for r in values) or any(r[2] is False for r in values)
+    assert any(r[6] for r in values) and any(r[6] == 0 for r in values) and any(r[6] is None for r in values)
+    assert any(r[3] is True for r in values) and any(r[3] is False for r in values)
