@@ -188,6 +188,11 @@ def _record_paths(model: type[BaseModel], path: str):
             yield from _record_paths(item, f"{path}.{name}[*]")
 
 
+# DuckDB's JSON reader sets aside buffers of twice this size, inside ingest's memory limit; a longer line
+# sends its file to the line-by-line reader, which takes any length.
+MAX_LINE_BYTES = 128 << 20
+
+
 def unknown_keys_query(files_param: str = "?") -> str:
     """A query naming the traces files (of `files_param`) that hold a line where an object of the record, at any
     depth, has a key its model does not declare. DuckDB's typed read would drop such keys without a word.
@@ -207,7 +212,7 @@ def unknown_keys_query(files_param: str = "?") -> str:
         f"WITH keys AS MATERIALIZED (SELECT filename, json_keys(s, {literal}) AS k, json_type(s, {literal}) AS t, "
         f"json_extract_string(s, {literal}) AS v FROM (SELECT filename, json_structure(json) AS s "
         f"FROM read_json_objects({files_param}, format='newline_delimited', filename=true, "
-        "maximum_object_size=1073741824))) "
+        f"maximum_object_size={MAX_LINE_BYTES}))) "
         f"SELECT DISTINCT filename FROM keys WHERE {' OR '.join(checks)}"
     )
 

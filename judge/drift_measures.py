@@ -57,7 +57,7 @@ def _write_back(con, groups: str, values: str, columns: str) -> None:
     con.execute(f"DROP TABLE {values}")
 
 
-def check_template_drift(con, result, renderer: Renderer, bar=None, chunk: int = 256) -> None:
+def check_template_drift(con, result, renderer: Renderer, chunk: int = 256) -> None:
     """template_drift of every trainable call not checked yet: one render per distinct
     (checkpoint, messages, tools, template variables, prompt ids)."""
     con.execute(
@@ -77,8 +77,6 @@ def check_template_drift(con, result, renderer: Renderer, bar=None, chunk: int =
             if not result.drift_unchecked:
                 result.drift_unchecked_why = why
             result.drift_unchecked += count
-            if bar is not None:
-                bar.update(count)
             continue
         query = con.execute(
             """SELECT key, messages, tools, template_kwargs, prompt_token_ids, len(members) FROM template_groups
@@ -91,8 +89,6 @@ def check_template_drift(con, result, renderer: Renderer, bar=None, chunk: int =
                 drifted.append(drift)
                 result.drift_checked += row[-1]
                 result.drift_found += row[-1] * drift
-            if bar is not None:
-                bar.update(sum(r[-1] for r in rows))
     if keys:
         _values_table(con, "template_values", {"key": ("BIGINT", keys), "drift": ("BOOLEAN", drifted)})
         _write_back(con, "template_groups", "template_values", "template_drift = u.drift")
@@ -100,7 +96,7 @@ def check_template_drift(con, result, renderer: Renderer, bar=None, chunk: int =
     crash_point("ingest.drift_written")
 
 
-def measure_drift(con, result, renderer: Renderer, bar=None, chunk: int = 256) -> None:
+def measure_drift(con, result, renderer: Renderer, chunk: int = 256) -> None:
     """The drift measures of every engine call not measured yet (drift_measured NULL), and of the other
     calls of its trajectory, as the per-call path takes them."""
     from astuner.drift import extension
@@ -166,13 +162,8 @@ def measure_drift(con, result, renderer: Renderer, bar=None, chunk: int = 256) -
                 GROUP BY ALL)"""
     )
     keys, values = [], []
-    checkpoints = con.execute(
-        "SELECT checkpoint, sum(len(members)) FROM rerender_groups GROUP BY ALL ORDER BY ALL"
-    ).fetchall()
-    for checkpoint, count in checkpoints:
+    for (checkpoint,) in con.execute("SELECT DISTINCT checkpoint FROM rerender_groups ORDER BY ALL").fetchall():
         if renderer.call(unchecked_reason, checkpoint):
-            if bar is not None:
-                bar.update(count)
             continue
         query = con.execute(
             """SELECT key, messages, tools, template_kwargs, prompt_token_ids, completion_token_ids, len(members)
@@ -183,8 +174,6 @@ def measure_drift(con, result, renderer: Renderer, bar=None, chunk: int = 256) -
             for row, drift in zip(rows, drifts):
                 keys.append(row[0])
                 values.append(drift)
-            if bar is not None:
-                bar.update(sum(r[-1] for r in rows))
     # Every measured call at once: a statement on `con` between fetches would end the query being fetched.
     _values_table(con, "rerender_values", {"key": ("BIGINT", keys), "rerender": ("INTEGER", values)})
     con.execute(

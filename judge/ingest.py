@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from astuner.faults import crash_point
-from astuner.store_schema import insert_sql, missing_fields_sql, read_columns, unknown_keys_query
+from astuner.store_schema import MAX_LINE_BYTES, insert_sql, missing_fields_sql, read_columns, unknown_keys_query
 from astuner.trajectory import SCHEMA_VERSION, TraceFormatError, dump_line, parse_trajectory, trace_files
 from judge import drift_measures
 from judge.render_pool import Renderer, load_tokenizer
@@ -32,7 +32,7 @@ _COLUMNS_SQL = "{" + ", ".join(f"'{k}': '{v}'" for k, v in READ_COLUMNS.items())
 _READ = (
     "read_json(?, format='newline_delimited', filename=true, columns="
     + _COLUMNS_SQL
-    + ", maximum_object_size=1073741824)"
+    + f", maximum_object_size={MAX_LINE_BYTES})"
 )
 
 # Rows the typed read cannot vouch for: re-read those files line by line to name the bad lines.
@@ -56,6 +56,9 @@ _INSERT_TRAJECTORIES = (
 _INSERT_CALLS = insert_sql("calls", "c", {"trajectory_id": "trajectory_id"}) + (
     f" FROM (SELECT s.trajectory_id, unnest(s.calls) AS c {_NEW_ROWS})"
 )
+
+
+BATCH_BYTES = 128 << 20  # ~0.8 GB of DuckDB memory for the benchmark's records
 
 
 class IngestError(ValueError):
@@ -220,18 +223,82 @@ def ingest(
     progress: bool = True,
     per_call_drift: bool = False,
     render_workers: int = 0,
+    memory_limit: str | None = "2GB",
 ) -> IngestResult:
     """Stage, insert, then (check_template) the drift checks: in bulk (judge/drift_measures.py), rendering in
     `render_workers` processes (0: here), or with per_call_drift the per-call path below, kept to hold the bulk
-    one to its values."""
+    one to its values. memory_limit: DuckDB's, for the ingest (None: the connection's own)."""
     started = time.perf_counter()
     # started first: the workers' start (an interpreter, transformers) overlaps the bulk load
     renderer = Renderer(render_workers) if check_template and not per_call_drift else None
+    # DuckDB keeps the store's blocks cached up to its limit (80% of RAM by default): bounded here, it spills
+    limit = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
     try:
+        if memory_limit:
+            con.execute("SET memory_limit = ?", [memory_limit])
         return _ingest(con, paths, strict, check_template, progress, renderer, started)
     finally:
+        con.execute("SET memory_limit = ?", [limit])
         if renderer is not None:
             renderer.close()
+
+
+def _batches(files: list[Path]) -> list[list[Path]]:
+    """Files in batches of about BATCH_BYTES of JSON: each is staged, inserted (one transaction) and checked
+    before the next is read, so memory stays bounded whatever the ingest's size."""
+    batches: list[list[Path]] = [[]]
+    size = 0
+    for path in files:
+        length = path.stat().st_size
+        if batches[-1] and size + length > BATCH_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append(path)
+        size += length
+    return batches
+
+
+def _ingest_batch(con, files, paths, strict, check_template, progress, renderer, result, bar) -> None:
+    columns = ", ".join(f'"{name}" {kind}' for name, kind in READ_COLUMNS.items())
+    con.execute(f"CREATE OR REPLACE TEMP TABLE staged ({columns}, source_file VARCHAR)")
+    _stage(con, files, strict, result, progress)
+    crash_point("ingest.staged")
+    result.rows_read += con.execute("SELECT count(*) FROM staged").fetchall()[0][0]
+
+    # One row per id: the first occurrence not already in the store.
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE new_ids AS
+           SELECT trajectory_id, min(rowid) AS row_id FROM staged
+           WHERE trajectory_id NOT IN (SELECT trajectory_id FROM trajectories) GROUP BY trajectory_id"""
+    )
+    con.execute("BEGIN")
+    try:
+        con.execute(_INSERT_TRAJECTORIES)
+        con.execute(_INSERT_CALLS)
+        _collect_runs(con, paths)
+        crash_point("ingest.inserted")  # inside the transaction
+        con.execute("COMMIT")
+    except BaseException:
+        try:
+            con.execute("ROLLBACK")
+        except Exception:  # a failed COMMIT (disk full) leaves no transaction: its error is the one to see
+            pass
+        raise
+    trajectories, calls = con.execute(
+        "SELECT count(*), coalesce(sum(n_calls), 0) FROM trajectories JOIN new_ids USING (trajectory_id)"
+    ).fetchall()[0]
+    result.new_trajectories += trajectories
+    result.new_calls += calls
+    con.execute("DROP TABLE staged")
+    con.execute("DROP TABLE new_ids")
+    crash_point("ingest.committed")  # before the template drift check
+    if check_template and renderer is None:
+        check_template_drift(con, result, progress)
+        measure_drift(con, result, progress)
+    elif check_template:
+        drift_measures.check_template_drift(con, result, renderer)
+        drift_measures.measure_drift(con, result, renderer)
+    bar.update(calls)
 
 
 def _ingest(con, paths, strict, check_template, progress, renderer, started) -> IngestResult:
@@ -249,46 +316,13 @@ def _ingest(con, paths, strict, check_template, progress, renderer, started) -> 
 
     # Row order carries no meaning here; not keeping it lets DuckDB parse and insert in parallel.
     con.execute("SET preserve_insertion_order = false")
-    columns = ", ".join(f'"{name}" {kind}' for name, kind in READ_COLUMNS.items())
-    con.execute(f"CREATE OR REPLACE TEMP TABLE staged ({columns}, source_file VARCHAR)")
     files, skipped = _unfinished_files(con, files)
-    _stage(con, files, strict, result, progress)
-    crash_point("ingest.staged")
-    result.rows_read = con.execute("SELECT count(*) FROM staged").fetchall()[0][0]
+    from tqdm.auto import tqdm
 
-    # One row per id: the first occurrence not already in the store.
-    con.execute(
-        """CREATE OR REPLACE TEMP TABLE new_ids AS
-           SELECT trajectory_id, min(rowid) AS row_id FROM staged
-           WHERE trajectory_id NOT IN (SELECT trajectory_id FROM trajectories) GROUP BY trajectory_id"""
-    )
-    con.execute("BEGIN")
-    try:
-        con.execute(_INSERT_TRAJECTORIES)
-        con.execute(_INSERT_CALLS)
-        _collect_runs(con, paths)
-        crash_point("ingest.inserted")  # inside the transaction
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    result.new_trajectories = con.execute("SELECT count(*) FROM new_ids").fetchall()[0][0]
-    result.new_calls = con.execute(
-        "SELECT coalesce(sum(n_calls), 0) FROM trajectories JOIN new_ids USING (trajectory_id)"
-    ).fetchall()[0][0]
+    with tqdm(desc="ingest", unit="call", unit_scale=True, disable=not progress) as bar:
+        for batch in _batches(files):
+            _ingest_batch(con, batch, paths, strict, check_template, progress, renderer, result, bar)
     result.already_in_store = result.rows_read - result.new_trajectories + skipped
-    con.execute("DROP TABLE staged")
-    crash_point("ingest.committed")  # before the template drift check
-    if check_template and renderer is None:
-        check_template_drift(con, result, progress)
-        measure_drift(con, result, progress)
-    elif check_template:
-        from tqdm.auto import tqdm
-
-        with tqdm(desc="drift checks", unit="call", disable=not progress, unit_scale=True) as bar:
-            drift_measures.check_template_drift(con, result, renderer, bar)
-            drift_measures.measure_drift(con, result, renderer, bar)
-    con.execute("DROP TABLE new_ids")
     result.seconds = time.perf_counter() - started
     con.execute(
         "INSERT INTO runs VALUES (?, 'ingest', ?, NULL, NULL, now() - to_seconds(?), now())",

@@ -40,6 +40,10 @@ class IngestConfig:
             "0 renders in this process)."
         },
     )
+    memory_limit: str = field(
+        default="2GB",
+        metadata={"help": "DuckDB's memory limit while ingesting (beyond it, it spills to disk), e.g. 8GB."},
+    )
     per_call_drift: bool = field(
         default=False,
         metadata={
@@ -166,6 +170,7 @@ def _ingest(cfg: IngestConfig) -> int:
             check_template=cfg.check_template,
             per_call_drift=cfg.per_call_drift,
             render_workers=default_workers() if cfg.render_workers is None else cfg.render_workers,
+            memory_limit=cfg.memory_limit,
         )
     finally:
         con.close()
