@@ -224,17 +224,32 @@ def parse_judger(spec: str, llm_options: dict | None = None, auxiliary_models: d
     return Judger(name, version, weight, target, level)
 
 
+def storable_text(value: Any) -> str | None:
+    """Text the store can hold: a non-str becomes its str(); characters UTF-8 cannot encode (lone
+    surrogates such as '\\ud800') become their backslash escapes, so the row is kept, not the run lost."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def as_score(item: Any) -> Score:
-    """A judger's item -> Score; NaN, infinities and non-numbers become errors, not rewards."""
+    """A judger's item -> Score; NaN, infinities and non-numbers become errors, not rewards; its texts storable."""
     if isinstance(item, Score):
-        score = item
+        score = Score(item.value, *(storable_text(t) for t in (item.label, item.explanation, item.error)))
     elif item is None:
         return Score(None)
     else:
         try:
             score = Score(float(item))
         except (TypeError, ValueError):
-            return Score(None, error=f"returned {type(item).__name__} {str(item)[:80]!r}, expected a float or None")
+            return Score(
+                None, error=f"returned {type(item).__name__} {storable_text(item)[:80]!r}, expected a float or None"
+            )
     if score.value is not None and not math.isfinite(score.value):
         return Score(
             None, label=score.label, explanation=score.explanation, error=f"returned {score.value}, not a finite number"
