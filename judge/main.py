@@ -214,7 +214,7 @@ def _score(cfg: ScoreConfig) -> int:
 def _sql(cfg: SqlConfig) -> int:
     import duckdb
 
-    from astuner.store import open_store
+    from astuner.store import open_store, store_failure
 
     if not cfg.query:
         raise ValueError('no query given; e.g. python -m judge sql "SELECT * FROM task_stats" --db ' + cfg.db)
@@ -231,7 +231,8 @@ def _sql(cfg: SqlConfig) -> int:
             headers = [d[0] for d in cursor.description] if cursor.description else []
             rows = cursor.fetchall() if headers else []
         except duckdb.Error as exc:
-            raise ValueError(f"sql: {str(exc).splitlines()[0]}") from None
+            damage = store_failure(exc, cfg.db, damage_only=True)  # a damaged file or disk, not the query
+            raise ValueError(damage or f"sql: {str(exc).splitlines()[0]}") from None
     finally:
         con.close()
     if cfg.format == "table":
@@ -327,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     config_cls, run, positional, description = COMMANDS[command]
+    cfg = None
     try:
         cfg = parse_config(
             config_cls, argv[1:], prog=f"python -m judge {command}", description=description, positional=positional
@@ -335,3 +337,18 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, StoreError, IngestError, JudgerError, ValueError, FileNotFoundError) as exc:
         print(f"judge {command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # the disk or the store file failed mid-command: one line, not a traceback
+        message = _disk_failure(exc, cfg)
+        if message is None:
+            raise
+        print(f"judge {command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _disk_failure(exc: Exception, cfg) -> str | None:
+    from astuner.store import store_failure
+
+    if isinstance(exc, OSError):  # the report folder, an --out file: read-only, full, a file in the way
+        where = exc.filename or getattr(cfg, "out", None) or getattr(cfg, "db", "")
+        return f"{where}: {exc.strerror or exc}; pick a writable path with free space and run the same command again"
+    return store_failure(exc, getattr(cfg, "db", "the store"))
