@@ -176,8 +176,11 @@ def _llm_judge(
     )
 
 
-def parse_judger(spec: str, llm_options: dict | None = None, auxiliary_models: dict | None = None) -> Judger:
-    """'NAME[=WEIGHT]' -> Judger. `auxiliary_models` (name -> chat model) go to agentscope.tuner judges."""
+def parse_judger(
+    spec: str, llm_options: dict | None = None, auxiliary_models: dict | None = None, judge_input: str = "auto"
+) -> Judger:
+    """'NAME[=WEIGHT]' -> Judger. `auxiliary_models` (name -> chat model) go to agentscope.tuner judges (and
+    AgentJet's external LLM); `judge_input` says what an agentscope.tuner judge gets as its response."""
     name, weight = spec, 1.0
     head, sep, tail = spec.rpartition("=")
     if sep and head and re.fullmatch(r"[-+0-9.eE]+", tail):
@@ -213,7 +216,7 @@ def parse_judger(spec: str, llm_options: dict | None = None, auxiliary_models: d
     except (ImportError, FileNotFoundError, ValueError) as exc:
         raise JudgerError(str(exc).splitlines()[0]) from None
     version = _source_version(target)
-    peer = peer_judger(target, auxiliary_models)  # an AgentJet judge class or an agentscope.tuner judge
+    peer = peer_judger(target, auxiliary_models, judge_input)  # an AgentJet judge class or an agentscope.tuner judge
     if peer is not None:
         return Judger(name, version, weight, peer)
     if not callable(target):

@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass, field
 
 DEFAULT_DB = "runs/store.duckdb"
+JUDGE_INPUTS = ("auto", "response", "select_model")  # as astuner/compat/agentscope_tuner.py (imported only to run)
 
 
 @dataclass
@@ -83,10 +84,21 @@ class ScoreConfig:
     judge_max_score: float = field(
         default=10.0, metadata={"help": "llm judger: the top of the 'Score: N' scale; value = N / this."}
     )
+    judge_input: str = field(
+        default="auto",
+        metadata={
+            "help": "agentscope.tuner judges: what `response` they get. select_model: select_model's "
+            '{"response": ..., "metrics": {...}}; response: the workflow\'s response alone; auto (default): '
+            "select_model's where the judge's file hands it to select_model or its code reads "
+            'response["response"] / response["metrics"] (built-in model_selection judges too), else the response.'
+        },
+    )
 
     def __post_init__(self):
         if self.batch_size < 1:
             raise ValueError(f"--batch_size {self.batch_size}: must be at least 1")
+        if self.judge_input not in JUDGE_INPUTS:
+            raise ValueError(f"--judge_input {self.judge_input!r}: use one of {', '.join(JUDGE_INPUTS)}")
 
 
 @dataclass
@@ -169,7 +181,14 @@ def _score(cfg: ScoreConfig) -> int:
         )
         auxiliary = parse_auxiliary_models(cfg.auxiliary_models)
         auxiliary_models = judge_models(auxiliary, cfg.judge_device) if auxiliary else {}
-        judgers = [parse_judger(spec, llm, auxiliary_models) for spec in cfg.judger or ["workflow"]]
+        judgers = [parse_judger(spec, llm, auxiliary_models, cfg.judge_input) for spec in cfg.judger or ["workflow"]]
+        for judger in judgers:
+            if cfg.judge_input == "auto" and getattr(judger.fn, "judge_input", None) == "select_model":
+                print(
+                    f"{judger.name}: called as select_model calls judges (response = "
+                    '{"response": ..., "metrics": {...}}); --judge_input response passes the response alone',
+                    file=sys.stderr,
+                )
         if cfg.where:
             import duckdb
 
