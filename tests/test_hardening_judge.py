@@ -239,3 +239,27 @@ def test_finetune_into_a_read_only_folder_is_one_line(tmp_path, finetune_store):
         f"{sys.executable} -m finetune --db {finetune_store} --output_dir {disk}/ckpt {' '.join(FAST)}", disk, "ro"
     )
     _one_line_error(proc, f"--output_dir {disk}/ckpt", "Read-only file system")
+
+
+def test_agentscope_and_agentjet_judges_calling_sys_exit_are_error_rows(tmp_path, store, capsys):
+    judgers = _judger_file(
+        tmp_path,
+        "import sys\n"
+        "from agentscope.tuner import JudgeOutput\n"
+        "from astuner.task_judge.base_judge import BaseJudge\n"
+        "async def quits_async(task, response):\n"
+        "    if task['task_id'] == 't1':\n"
+        "        sys.exit(3)\n"
+        "    return JudgeOutput(reward=0.25, metrics={})\n"
+        "class QuitsJudge(BaseJudge):\n"
+        "    def compute_reward(self, workflow_task, workflow_output):\n"
+        "        if workflow_task.task.task_id == 't2':\n"
+        "            raise SystemExit('bye')\n"
+        "        return 0.75, True\n",
+    )
+    specs = [f"{judgers}:quits_async", f"{judgers}:QuitsJudge"]
+    assert main(["score", "--db", str(store), *[a for s in specs for a in ("--judger", s)]]) == 0
+    got = {(r[0], r[1].rsplit(":", 1)[1]): (r[2], r[4]) for r in _scores(store)}
+    assert got[("t0", "quits_async")] == (0.25, None) and got[("t2", "quits_async")] == (0.25, None)
+    assert got[("t1", "quits_async")] == (None, "SystemExit: 3")
+    assert got[("t0", "QuitsJudge")] == (0.75, None) and got[("t2", "QuitsJudge")] == (None, "SystemExit: bye")
