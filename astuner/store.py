@@ -145,12 +145,15 @@ def open_store(path: str | os.PathLike, *, read_only: bool = False, create: bool
     # groups that go straight to the file instead of through the WAL (commit 1.8 s -> 0.1 s
     # for 80k calls in benchmarks/judge_ingest.py).
     con = duckdb.connect()
+    new = not path.exists()
     try:
         quoted = str(path).replace("'", "''")
         con.execute(f"ATTACH '{quoted}' AS store (ROW_GROUP_SIZE {ROW_GROUP_SIZE}{', READ_ONLY' if read_only else ''})")
         con.execute("USE store")
     except duckdb.IOException as exc:
         con.close()
+        if new:  # a store that could not be created (a full disk) is not left behind as an empty file
+            _remove_new_store(path)
         text = str(exc)
         if "lock" in text.lower():
             raise StoreLockedError(
@@ -178,8 +181,14 @@ def open_store(path: str | os.PathLike, *, read_only: bool = False, create: bool
         ).fetchall()
     }
     if not tables and not read_only:
-        migrate(con)
-        create_views(con)
+        try:
+            migrate(con)
+            create_views(con)
+        except duckdb.Error as exc:
+            con.close()
+            if new:
+                _remove_new_store(path)
+            raise StoreError(store_failure(exc, path)) from None
         return con
     if "meta" not in tables:
         con.close()
@@ -226,6 +235,11 @@ def _failure_fix(text: str) -> str | None:
     if "invalidated" in lowered or "io error" in lowered:
         return "the disk failed while writing: check it, then run the same command again"
     return None
+
+
+def _remove_new_store(path: Path) -> None:
+    for leftover in (path, Path(f"{path}.wal")):
+        leftover.unlink(missing_ok=True)
 
 
 def set_meta(con, key: str, value: str) -> None:

@@ -263,3 +263,19 @@ def test_agentscope_and_agentjet_judges_calling_sys_exit_are_error_rows(tmp_path
     assert got[("t0", "quits_async")] == (0.25, None) and got[("t2", "quits_async")] == (0.25, None)
     assert got[("t1", "quits_async")] == (None, "SystemExit: 3")
     assert got[("t0", "QuitsJudge")] == (0.75, None) and got[("t2", "QuitsJudge")] == (None, "SystemExit: bye")
+
+
+def test_new_store_on_a_full_disk_is_one_line_and_leaves_no_file(tmp_path):
+    traces = write(tmp_path / "traces" / "a.jsonl", [make_traj("t0", 0, reward=1.0)])
+    disk = tmp_path / "disk"
+    proc = _in_small_fs(
+        f"(dd if=/dev/zero of={disk}/fill bs=4k 2>/dev/null; true) && "
+        f"{sys.executable} -m judge ingest {traces} --db {disk}/new.duckdb --no_check_template; rc=$?; "
+        f"ls -A {disk} >&2; exit $rc",
+        disk,
+        "size=1m",
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1] == "fill"  # no new.duckdb, no .wal
+    assert f"{disk}/new.duckdb" in lines[-2] and "the disk is full" in lines[-2]
