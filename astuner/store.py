@@ -232,8 +232,8 @@ def _failure_fix(text: str) -> str | None:
         )
     if "corrupt" in lowered or "could not read enough bytes" in lowered or "checksum" in lowered:
         return "the store file is truncated or corrupt: restore it from a copy, or ingest the traces into a new --db"
-    if "invalidated" in lowered or "io error" in lowered:
-        return "the disk failed while writing: check it, then run the same command again"
+    if "invalidated" in lowered:
+        return "an earlier write failed (a full or failing disk): fix the disk, then run the same command again"
     return None
 
 

@@ -250,8 +250,11 @@ def _sql(cfg: SqlConfig) -> int:
             headers = [d[0] for d in cursor.description] if cursor.description else []
             rows = cursor.fetchall() if headers else []
         except duckdb.Error as exc:
-            damage = store_failure(exc, cfg.db, damage_only=True)  # a damaged file or disk, not the query
-            raise ValueError(damage or f"sql: {str(exc).splitlines()[0]}") from None
+            text = str(exc).splitlines()[0]
+            if cfg.out and cfg.out in text:  # the --out file: a missing folder, a read-only or full disk
+                raise ValueError(f"--out {cfg.out}: {text}") from None
+            damage = store_failure(exc, cfg.db, damage_only=True)  # a damaged store file or disk, not the query
+            raise ValueError(damage or f"sql: {text}") from None
     finally:
         con.close()
     if cfg.format == "table":

@@ -171,8 +171,13 @@ def test_damaged_store_is_one_line_for_every_block(tmp_path, store, capsys):
 def test_report_into_read_only_or_full_folder_is_one_line_and_writes_nothing(tmp_path, store):
     out = tmp_path / "reportdisk"
     py = sys.executable
-    proc = _in_small_fs(f"{py} -m judge report --db {store} --out {out}/r", out, "ro")
+    # an existing folder on a file system made read-only
+    proc = _in_small_fs(
+        f"mkdir {out}/r && mount -o remount,ro {out} && {py} -m judge report --db {store} --out {out}/r", out, "rw"
+    )
     _one_line_error(proc, f"{out}/r", "Read-only file system")
+    sql = f"{py} -m judge sql 'SELECT * FROM scores' --db {store} --format csv --out {out}/s.csv"
+    _one_line_error(_in_small_fs(sql, out, "ro"), f"--out {out}/s.csv", "Read-only file system")
     proc = _in_small_fs(
         f"mkdir {out}/r && {py} -m judge report --db {store} --out {out}/r; rc=$?; ls -A {out}/r >&2; exit $rc",
         out,
