@@ -178,6 +178,9 @@ def migrate(con) -> list[str]:
             con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(MIGRATIONS.index(fn) + 1)])
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            try:
+                con.execute("ROLLBACK")
+            except Exception:  # a failed COMMIT (a full disk) already ended the transaction: report that error
+                pass
             raise
     return [fn.__name__ for fn in todo]

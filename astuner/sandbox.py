@@ -11,6 +11,10 @@ refuses (old kernel, no user namespaces, not Linux) is skipped, never fatal.
   HOME and TMPDIR, removed afterwards. The parent's other fds are not inherited.
 - rlimits: RLIMIT_AS (the memory cap: allocations fail with MemoryError), RLIMIT_CPU,
   RLIMIT_FSIZE, RLIMIT_CORE=0, RLIMIT_NOFILE; soft = hard, not to be raised again.
+- pids-cgroup / nproc: at most `max_processes` processes and threads (fork fails with EAGAIN).
+  As root, a pids cgroup of its own made beside this process's (v1, or v2 where this cgroup
+  delegates pids), removed afterwards; root ignores RLIMIT_NPROC. Otherwise RLIMIT_NPROC, set
+  inside the new user namespace, where it counts the sandbox's processes only.
 - netns: unshare(CLONE_NEWNET) (in a new user namespace when not root): only a loopback that is
   down, no route anywhere, the host's 127.0.0.1 included.
 - pidns: the code runs as PID 1 of a new PID namespace; when it dies the kernel kills all its
@@ -22,6 +26,12 @@ refuses (old kernel, no user namespaces, not Linux) is skipped, never fatal.
   outside it: /proc/<pid>/environ, mem, ns/* of the parent or anyone else cannot be opened.
   landlock-net (ABI >= 4): TCP bind and connect denied. landlock-scope (ABI >= 6): no signals
   to, and no abstract unix sockets of, processes outside.
+- seccomp-unix: a seccomp filter (after no-new-privs, so inherited by every descendant and across
+  exec: a fresh interpreter started with `_posixsubprocess.fork_exec` is under it too) denies
+  socket(AF_UNIX) (EACCES): no pathname unix socket of the host (/var/run/docker.sock) can be
+  reached, which Landlock cannot stop before Linux adds a connect right for them. socketpair()
+  stays (asyncio needs it). It also denies io_uring_setup (whose operations would open sockets
+  past the filter), x32 syscall numbers and other ABIs' syscalls (int 0x80).
 - audit-hook: a `sys.addaudithook` hook, portable and always on (readable PermissionErrors): no
   socket connect/bind/sendto/DNS, no subprocess/exec/fork/spawn/system, no signals to others, no
   ctypes calls or cffi, no setrlimit, no gc object walking, no writes,
@@ -37,9 +47,13 @@ Limits, honestly:
   and the file system; rlimits, clean-env and the group kill stay.
 - Denying ctypes loading and calls means libraries that need them (torch) do not import; sympy,
   numpy, pandas do. ctypes pointer indexing is not audited: one more way to corrupt memory.
-- No seccomp filter: the whole kernel syscall surface is reachable (kernel bugs).
+- The seccomp filter covers unix sockets and io_uring only: the rest of the kernel syscall
+  surface is reachable (kernel bugs).
 - Landlock-net covers TCP only: UDP and raw sockets are stopped by netns and the audit hook,
-  pathname unix sockets (e.g. /var/run/docker.sock) by the audit hook alone.
+  pathname unix sockets (e.g. /var/run/docker.sock) by seccomp-unix and the audit hook. Without
+  the kernel layers, nothing stops a fresh interpreter started with `_posixsubprocess.fork_exec`.
+- As root without a writable pids cgroup (a container's read-only /sys/fs/cgroup) the process
+  count is not limited: neither pids-cgroup nor nproc is listed.
 - RLIMIT_FSIZE caps each file, not their number: the code can fill the work dir's file system
   within its timeout. Without pidns, a descendant that calls setsid() survives the group kill
   (it needs fork, which the audit hook denies).
@@ -68,6 +82,7 @@ class SandboxLimits:
     max_output_bytes: int = 65536  # kept per stream; the rest is discarded
     file_size_mb: int = 16  # RLIMIT_FSIZE
     max_open_files: int = 256  # RLIMIT_NOFILE
+    max_processes: int = 64  # processes and threads: a pids cgroup (root) or RLIMIT_NPROC in a user namespace
     # For tests and diagnosis: switch a family of layers off to show the others hold alone.
     kernel_layers: bool = True  # netns, pidns, no-new-privs, no-caps, landlock
     audit_hook: bool = True
@@ -102,10 +117,35 @@ def set_limits():
         resource.setrlimit(res, (soft, hard))
     layers.append("rlimits")
 
+def pids_cgroup():  # before the namespaces and Landlock: the waiter and PID 1 are both counted
+    path = cfg["cgroup"]
+    if not path: return
+    try:
+        os.mkdir(path)
+        for name, value in (("pids.max", str(cfg["nproc"])), ("cgroup.procs", "0")):
+            with open(os.path.join(path, name), "w") as f: f.write(value)
+        layers.append("pids-cgroup")
+    except OSError: pass
+
+def seccomp_filter(libc, ctypes):  # socket(AF_UNIX): no pathname socket of the host (docker.sock) is reachable
+    arch, nr_socket = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}[os.uname().machine]
+    ld, jeq, jge, ret, allow = 0x20, 0x15, 0x35, 0x06, 0x7FFF0000
+    deny = lambda errno: (ret, 0, 0, 0x50000 | errno)  # SECCOMP_RET_ERRNO
+    prog = [(ld, 0, 0, 4), (jeq, 1, 0, arch), deny(1),  # another ABI (i386 int 0x80): EPERM
+            (ld, 0, 0, 0), (jge, 0, 1, 0x40000000), deny(1),  # x32 numbers (x86_64): EPERM
+            (jeq, 0, 1, 425), deny(38),  # io_uring_setup: its ops could open sockets unfiltered; ENOSYS
+            (jeq, 0, 3, nr_socket), (ld, 0, 0, 16), (jeq, 0, 1, 1), deny(13),  # socket(AF_UNIX, ...): EACCES
+            (ret, 0, 0, allow)]
+    class Insn(ctypes.Structure): _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+    class Prog(ctypes.Structure): _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Insn))]
+    insns = (Insn * len(prog))(*[Insn(*i) for i in prog]); ul = ctypes.c_ulong
+    if libc.prctl(22, ul(2), ctypes.byref(Prog(len(prog), insns)), ul(0), ul(0)) == 0: layers.append("seccomp-unix")  # PR_SET_SECCOMP, FILTER
+
 def kernel_layers():
     import ctypes
     libc = ctypes.CDLL(None, use_errno=True); sc = libc.syscall
     uid, gid = os.geteuid(), os.getegid(); user = 0x10000000 if uid else 0  # CLONE_NEWUSER
+    pids_cgroup()
     for flags, names in ((0x40000000 | 0x20000000, ["netns", "pidns"]), (0x40000000, ["netns"])):  # NEWNET|NEWPID
         if libc.unshare(flags | user) == 0:
             layers.extend(names); break
@@ -114,6 +154,9 @@ def kernel_layers():
             for f, s in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
                 with open(f"/proc/self/{f}", "w") as fh: fh.write(s)
         except OSError: pass
+        try:  # counted per user namespace: the sandbox's own processes, not the user's others
+            resource.setrlimit(resource.RLIMIT_NPROC, (cfg["nproc"], cfg["nproc"])); layers.append("nproc")
+        except (OSError, ValueError): pass
     if "pidns" in layers:  # the fork is PID 1 of the new namespace; this process waits outside it
         import signal; child = []  # on SIGUSR1 (the timeout) it kills and reaps PID 1: no orphaned zombie
         signal.signal(signal.SIGUSR1, lambda *_: child and os.kill(child[0], signal.SIGKILL))
@@ -136,6 +179,10 @@ def kernel_layers():
     libc.prctl(47, 4, 0, 0, 0)  # PR_CAP_AMBIENT_CLEAR_ALL
     if libc.capset((ctypes.c_uint32 * 2)(0x20080522, 0), (ctypes.c_uint32 * 6)()) == 0: layers.append("no-caps")
     if os.uname().machine not in ("x86_64", "aarch64") or "no-new-privs" not in layers: return
+    try: landlock(ctypes, sc)
+    finally: seccomp_filter(libc, ctypes)
+
+def landlock(ctypes, sc):
     size_t, u32 = ctypes.c_size_t, ctypes.c_uint32
     abi = sc(444, None, size_t(0), u32(1))  # landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION)
     if abi < 1: return
@@ -213,7 +260,7 @@ sys.modules["__main__"] = main; sys.argv = ["main.py"]; sys.path.insert(0, wd)
 if cfg["audit"]:
     sys.addaudithook(make_hook(wd)); layers.append("audit-hook")
 os.write(cfg["fd"], json.dumps(layers).encode()); os.close(cfg["fd"])
-del cfg, set_limits, kernel_layers, make_hook
+del cfg, set_limits, pids_cgroup, seccomp_filter, kernel_layers, landlock, make_hook
 try:
     exec(compile(source, main.__file__, "exec"), main.__dict__)
 except SystemExit:
@@ -238,6 +285,48 @@ async def _drain(pipe, cap: int) -> tuple[bytes, int]:
     return bytes(kept), dropped
 
 
+def _new_pids_cgroup_path() -> str | None:
+    """Where the child makes its pids cgroup: beside this process's own, where we may write (as root;
+    an unprivileged user's process count is capped by RLIMIT_NPROC in its user namespace instead)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = [line.rstrip("\n").split(":", 2) for line in f]
+    except OSError:
+        return None
+    for _, controllers, path in lines:
+        if "pids" in controllers.split(","):  # cgroup v1
+            base = f"/sys/fs/cgroup/pids{path}"
+            break
+    else:  # cgroup v2, where this cgroup already hands the pids controller to its children
+        path = next((p for h, c, p in lines if h == "0" and c == ""), None)
+        if path is None:
+            return None
+        base = f"/sys/fs/cgroup{path}"
+        try:
+            with open(f"{base}/cgroup.subtree_control") as f:
+                if "pids" not in f.read().split():
+                    return None
+        except OSError:
+            return None
+    if not os.access(base, os.W_OK):
+        return None
+    return os.path.join(base.rstrip("/"), f"astuner-sandbox-{os.getpid()}-{os.urandom(6).hex()}")
+
+
+async def _remove_cgroup(path: str) -> None:
+    """rmdir the child's cgroup once its last process is gone (the kernel refuses while one is)."""
+    for _ in range(40):
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+
+
 def _kill_group(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
@@ -258,7 +347,9 @@ async def run_python(code: str, limits: SandboxLimits | None = None) -> SandboxR
         "nofile": limits.max_open_files,
         "kernel": limits.kernel_layers and sys.platform == "linux",
         "audit": limits.audit_hook,
+        "nproc": limits.max_processes,
     }
+    cfg["cgroup"] = _new_pids_cgroup_path() if cfg["kernel"] else None
     layers_r, layers_w = os.pipe()
     os.set_blocking(layers_r, False)
     layer_bytes = bytearray()
@@ -337,6 +428,8 @@ async def run_python(code: str, limits: SandboxLimits | None = None) -> SandboxR
         layers = ["process-group", "clean-env", *child_layers()]
     finally:
         os.close(layers_r)
+        if cfg["cgroup"]:
+            await _remove_cgroup(cfg["cgroup"])
     stderr = _text(err, err_dropped)
     if timed_out:
         note = f"TimeoutError: The code execution exceeded the timeout of {limits.timeout_s} seconds."

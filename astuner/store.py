@@ -145,12 +145,15 @@ def open_store(path: str | os.PathLike, *, read_only: bool = False, create: bool
     # groups that go straight to the file instead of through the WAL (commit 1.8 s -> 0.1 s
     # for 80k calls in benchmarks/judge_ingest.py).
     con = duckdb.connect()
+    new = not path.exists()
     try:
         quoted = str(path).replace("'", "''")
         con.execute(f"ATTACH '{quoted}' AS store (ROW_GROUP_SIZE {ROW_GROUP_SIZE}{', READ_ONLY' if read_only else ''})")
         con.execute("USE store")
     except duckdb.IOException as exc:
         con.close()
+        if new:  # a store that could not be created (a full disk) is not left behind as an empty file
+            _remove_new_store(path)
         text = str(exc)
         if "lock" in text.lower():
             raise StoreLockedError(
@@ -162,10 +165,15 @@ def open_store(path: str | os.PathLike, *, read_only: bool = False, create: bool
                 f"{path}: cannot open as a DuckDB store (not a DuckDB file); --db takes a store written by "
                 "python -m judge ingest, or a new path"
             ) from None
-        raise StoreError(f"{path}: cannot open as a DuckDB store ({text.splitlines()[0]})") from None
+        fix = _failure_fix(text.splitlines()[0])
+        raise StoreError(
+            f"{path}: cannot open as a DuckDB store ({text.splitlines()[0]})" + (f"; {fix}" if fix else "")
+        ) from None
     except duckdb.Error as exc:
         con.close()
-        raise StoreError(f"{path}: cannot open as a DuckDB store ({str(exc).splitlines()[0]})") from None
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        fix = _failure_fix(text)
+        raise StoreError(f"{path}: cannot open as a DuckDB store ({text})" + (f"; {fix}" if fix else "")) from None
     tables = {
         row[0]
         for row in con.execute(
@@ -173,8 +181,14 @@ def open_store(path: str | os.PathLike, *, read_only: bool = False, create: bool
         ).fetchall()
     }
     if not tables and not read_only:
-        migrate(con)
-        create_views(con)
+        try:
+            migrate(con)
+            create_views(con)
+        except duckdb.Error as exc:
+            con.close()
+            if new:
+                _remove_new_store(path)
+            raise StoreError(store_failure(exc, path)) from None
         return con
     if "meta" not in tables:
         con.close()
@@ -195,6 +209,37 @@ def open_store(path: str | os.PathLike, *, read_only: bool = False, create: bool
         create_views(con)
         print(f"store {path}: migrated from schema version {version} to {latest} ({', '.join(names)})", file=sys.stderr)
     return con
+
+
+def store_failure(exc: BaseException, path, *, damage_only: bool = False) -> str | None:
+    """One line for a DuckDB error met while using the store at `path` (a damaged file, a full or failing
+    disk), or None when `exc` is not DuckDB's (or, with `damage_only`, is another error: a bad query).
+    The transaction it hit was rolled back: what was committed stays."""
+    if not type(exc).__module__.startswith(("duckdb", "_duckdb")):
+        return None
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    fix = _failure_fix(text)
+    if fix is None and damage_only:
+        return None
+    return f"{path}: {text}; {fix or 'the store could not be used'}"
+
+
+def _failure_fix(text: str) -> str | None:
+    lowered = text.lower()
+    if "no space left" in lowered:
+        return (
+            "the disk is full: free space and run the same command again (the unfinished transaction was rolled back)"
+        )
+    if "corrupt" in lowered or "could not read enough bytes" in lowered or "checksum" in lowered:
+        return "the store file is truncated or corrupt: restore it from a copy, or ingest the traces into a new --db"
+    if "invalidated" in lowered:
+        return "an earlier write failed (a full or failing disk): fix the disk, then run the same command again"
+    return None
+
+
+def _remove_new_store(path: Path) -> None:
+    for leftover in (path, Path(f"{path}.wal")):
+        leftover.unlink(missing_ok=True)
 
 
 def set_meta(con, key: str, value: str) -> None:

@@ -113,15 +113,34 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if "--help-all" in argv:
         argv = [a for a in argv if a != "--help-all"] + ["--help"]
-    from astuner.store import StoreError
+    from astuner.store import StoreError, store_failure
 
+    output_dir = db = None
     try:
         check_launcher_env()
         args, training_args, model_args = parse_args(argv)
+        output_dir, db = training_args.output_dir, args.db
         return run(args, training_args, model_args)
     except (StoreError, EmptyDatasetError, ValueError, FileNotFoundError) as exc:
         if not isinstance(exc, LaunchError) or is_main_process():  # every rank refuses a launch alike: one says so
             print(f"finetune: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        damaged = store_failure(exc, db)  # the store's file damaged past its first blocks
+        if damaged:
+            print(f"finetune: error: {damaged}", file=sys.stderr)
+            return 2
+        # a full or read-only disk while training or saving (safetensors reports it as its own error type)
+        if not (isinstance(exc, OSError) or type(exc).__name__ == "SafetensorError"):
+            raise
+        filename = getattr(exc, "filename", None)
+        where = f"{filename}: " if filename else f"writing in {output_dir}.partial: " if output_dir else ""
+        cause = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+        print(
+            f"finetune: error: {where}{cause}; --output_dir is renamed into place only when complete: "
+            "free space or pick a writable folder and run the same command again",
+            file=sys.stderr,
+        )
         return 2
 
 
@@ -141,6 +160,7 @@ def run(args: FinetuneConfig, training_args, model_args) -> int:
         )
 
     if args.export is None:
+        check_writable_parent(output_dir)
         check_data_parallel(training_args)  # before any data or model is loaded
     con = open_store(args.db, read_only=True)
     try:
@@ -157,8 +177,54 @@ def run(args: FinetuneConfig, training_args, model_args) -> int:
         )
         return 0
     model_args.model_name_or_path = str(require_checkpoint(parent, option="--model_name_or_path"))
+    check_safetensors(Path(model_args.model_name_or_path), "--model_name_or_path")
 
     from finetune.train import train
 
     train(args, training_args, model_args, built, output_dir)
     return 0
+
+
+def check_writable_parent(output_dir: Path) -> None:
+    """Refuse an --output_dir whose folder cannot be written (read-only, no permission) before any
+    data or model is loaded; the probe file is removed at once."""
+    import tempfile
+
+    parent = output_dir.absolute().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{output_dir.name}.probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(
+            f"--output_dir {output_dir}: cannot write in {parent} ({exc.strerror}); pick a writable folder"
+        ) from None
+
+
+def check_safetensors(folder: Path, option: str) -> None:
+    """Each *.safetensors file of the checkpoint is whole: its header parses and its tensors' bytes are all there.
+    A truncated copy otherwise fails deep inside the model loader, after the work folder was made."""
+    import json
+
+    for path in sorted(folder.glob("*.safetensors")):
+        size = path.stat().st_size
+        problem = None
+        with open(path, "rb") as f:
+            head = f.read(8)
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if length < 2 or 8 + length > size:
+                problem = f"header of {length} bytes in a file of {size} bytes"
+            else:
+                try:
+                    header = json.loads(f.read(length))
+                    end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+                except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+                    problem = f"unreadable header ({type(exc).__name__})"
+                else:
+                    if 8 + length + end > size:
+                        problem = f"{size} bytes where its header needs {8 + length + end}"
+        if problem:
+            raise ValueError(
+                f"{option} {folder}: {path.name} is truncated or corrupt ({problem}); copy or save the checkpoint again"
+            )

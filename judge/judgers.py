@@ -176,8 +176,11 @@ def _llm_judge(
     )
 
 
-def parse_judger(spec: str, llm_options: dict | None = None, auxiliary_models: dict | None = None) -> Judger:
-    """'NAME[=WEIGHT]' -> Judger. `auxiliary_models` (name -> chat model) go to agentscope.tuner judges."""
+def parse_judger(
+    spec: str, llm_options: dict | None = None, auxiliary_models: dict | None = None, judge_input: str = "auto"
+) -> Judger:
+    """'NAME[=WEIGHT]' -> Judger. `auxiliary_models` (name -> chat model) go to agentscope.tuner judges (and
+    AgentJet's external LLM); `judge_input` says what an agentscope.tuner judge gets as its response."""
     name, weight = spec, 1.0
     head, sep, tail = spec.rpartition("=")
     if sep and head and re.fullmatch(r"[-+0-9.eE]+", tail):
@@ -213,7 +216,7 @@ def parse_judger(spec: str, llm_options: dict | None = None, auxiliary_models: d
     except (ImportError, FileNotFoundError, ValueError) as exc:
         raise JudgerError(str(exc).splitlines()[0]) from None
     version = _source_version(target)
-    peer = peer_judger(target, auxiliary_models)  # an AgentJet judge class or an agentscope.tuner judge
+    peer = peer_judger(target, auxiliary_models, judge_input)  # an AgentJet judge class or an agentscope.tuner judge
     if peer is not None:
         return Judger(name, version, weight, peer)
     if not callable(target):
@@ -224,17 +227,32 @@ def parse_judger(spec: str, llm_options: dict | None = None, auxiliary_models: d
     return Judger(name, version, weight, target, level)
 
 
+def storable_text(value: Any) -> str | None:
+    """Text the store can hold: a non-str becomes its str(); characters UTF-8 cannot encode (lone
+    surrogates such as '\\ud800') become their backslash escapes, so the row is kept, not the run lost."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def as_score(item: Any) -> Score:
-    """A judger's item -> Score; NaN, infinities and non-numbers become errors, not rewards."""
+    """A judger's item -> Score; NaN, infinities and non-numbers become errors, not rewards; its texts storable."""
     if isinstance(item, Score):
-        score = item
+        score = Score(item.value, *(storable_text(t) for t in (item.label, item.explanation, item.error)))
     elif item is None:
         return Score(None)
     else:
         try:
             score = Score(float(item))
         except (TypeError, ValueError):
-            return Score(None, error=f"returned {type(item).__name__} {str(item)[:80]!r}, expected a float or None")
+            return Score(
+                None, error=f"returned {type(item).__name__} {storable_text(item)[:80]!r}, expected a float or None"
+            )
     if score.value is not None and not math.isfinite(score.value):
         return Score(
             None, label=score.label, explanation=score.explanation, error=f"returned {score.value}, not a finite number"

@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass, field
 
 DEFAULT_DB = "runs/store.duckdb"
+JUDGE_INPUTS = ("auto", "response", "select_model")  # as astuner/compat/agentscope_tuner.py (imported only to run)
 
 
 @dataclass
@@ -105,10 +106,21 @@ class ScoreConfig:
     judge_max_score: float = field(
         default=10.0, metadata={"help": "llm judger: the top of the 'Score: N' scale; value = N / this."}
     )
+    judge_input: str = field(
+        default="auto",
+        metadata={
+            "help": "agentscope.tuner judges: what `response` they get. select_model: select_model's "
+            '{"response": ..., "metrics": {...}}; response: the workflow\'s response alone; auto (default): '
+            "select_model's where the judge's file hands it to select_model or its code reads "
+            'response["response"] / response["metrics"] (built-in model_selection judges too), else the response.'
+        },
+    )
 
     def __post_init__(self):
         if self.batch_size < 1:
             raise ValueError(f"--batch_size {self.batch_size}: must be at least 1")
+        if self.judge_input not in JUDGE_INPUTS:
+            raise ValueError(f"--judge_input {self.judge_input!r}: use one of {', '.join(JUDGE_INPUTS)}")
 
 
 @dataclass
@@ -200,7 +212,14 @@ def _score(cfg: ScoreConfig) -> int:
         )
         auxiliary = parse_auxiliary_models(cfg.auxiliary_models)
         auxiliary_models = judge_models(auxiliary, cfg.judge_device) if auxiliary else {}
-        judgers = [parse_judger(spec, llm, auxiliary_models) for spec in cfg.judger or ["workflow"]]
+        judgers = [parse_judger(spec, llm, auxiliary_models, cfg.judge_input) for spec in cfg.judger or ["workflow"]]
+        for judger in judgers:
+            if cfg.judge_input == "auto" and getattr(judger.fn, "judge_input", None) == "select_model":
+                print(
+                    f"{judger.name}: called as select_model calls judges (response = "
+                    '{"response": ..., "metrics": {...}}); --judge_input response passes the response alone',
+                    file=sys.stderr,
+                )
         if cfg.where:
             import duckdb
 
@@ -245,7 +264,7 @@ def _score(cfg: ScoreConfig) -> int:
 def _sql(cfg: SqlConfig) -> int:
     import duckdb
 
-    from astuner.store import open_store
+    from astuner.store import open_store, store_failure
 
     if not cfg.query:
         raise ValueError('no query given; e.g. python -m judge sql "SELECT * FROM task_stats" --db ' + cfg.db)
@@ -262,7 +281,11 @@ def _sql(cfg: SqlConfig) -> int:
             headers = [d[0] for d in cursor.description] if cursor.description else []
             rows = cursor.fetchall() if headers else []
         except duckdb.Error as exc:
-            raise ValueError(f"sql: {str(exc).splitlines()[0]}") from None
+            text = str(exc).splitlines()[0]
+            if cfg.out and cfg.out in text:  # the --out file: a missing folder, a read-only or full disk
+                raise ValueError(f"--out {cfg.out}: {text}") from None
+            damage = store_failure(exc, cfg.db, damage_only=True)  # a damaged store file or disk, not the query
+            raise ValueError(damage or f"sql: {text}") from None
     finally:
         con.close()
     if cfg.format == "table":
@@ -358,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     config_cls, run, positional, description = COMMANDS[command]
+    cfg = None
     try:
         cfg = parse_config(
             config_cls, argv[1:], prog=f"python -m judge {command}", description=description, positional=positional
@@ -366,3 +390,18 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, StoreError, IngestError, JudgerError, ValueError, FileNotFoundError) as exc:
         print(f"judge {command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # the disk or the store file failed mid-command: one line, not a traceback
+        message = _disk_failure(exc, cfg)
+        if message is None:
+            raise
+        print(f"judge {command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _disk_failure(exc: Exception, cfg) -> str | None:
+    from astuner.store import store_failure
+
+    if isinstance(exc, OSError):  # the report folder, an --out file: read-only, full, a file in the way
+        where = exc.filename or getattr(cfg, "out", None) or getattr(cfg, "db", "")
+        return f"{where}: {exc.strerror or exc}; pick a writable path with free space and run the same command again"
+    return store_failure(exc, getattr(cfg, "db", "the store"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import time
 from pathlib import Path
 
@@ -33,6 +34,21 @@ def _fmt(value) -> str:
     return _esc(value)
 
 
+def _save(path: Path, write) -> None:
+    """write(tmp) then rename onto `path`: a full or read-only disk leaves no half-written file behind."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _savefig(fig, path: Path) -> None:
+    _save(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+
+
 def _boxplot(plt, rows: list, path: Path, title: str, xlabel: str, ylabel: str) -> None:
     """One box per group of (group, value) rows."""
     groups: dict = {}
@@ -44,7 +60,7 @@ def _boxplot(plt, rows: list, path: Path, title: str, xlabel: str, ylabel: str) 
         ax.set_xticks(range(1, len(groups) + 1), [str(g) for g in groups], rotation=30 if len(groups) > 4 else 0)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _savefig(fig, path)
     plt.close(fig)
 
 
@@ -77,7 +93,7 @@ def _plots(con, out: Path) -> None:
     ax.set_xticks([r[0] for r in rows])
     ax.set(title="Success rate per iteration", xlabel="iteration", ylabel="share of trajectories", ylim=(-0.05, 1.05))
     fig.tight_layout()
-    fig.savefig(out / PLOTS[2], dpi=100)
+    _savefig(fig, out / PLOTS[2])
     plt.close(fig)
 
 
@@ -225,5 +241,6 @@ def write_report(con, out: str | Path, *, db_name: str = "", max_trajectories: i
         "</body></html>",
     ]
     page = out / "index.html"
-    page.write_text("\n".join(parts), encoding="utf-8")
+    text = "\n".join(parts)
+    _save(page, lambda tmp: tmp.write_text(text, encoding="utf-8", errors="backslashreplace"))
     return page

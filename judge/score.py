@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from astuner.compat.agentscope_tuner import RESPONSE_TYPE_KEY, response_from_json
 from astuner.faults import crash_point
-from judge.judgers import Judger, Score, as_score
+from judge.judgers import Judger, Score, as_score, storable_text
 
 
 @dataclass
@@ -121,15 +121,27 @@ def task_columns(items: list[dict]) -> dict[str, list]:
 
 
 def apply_judger(judger: Judger, items: list[dict]) -> list[Score]:
+    # BaseException too: a judger's sys.exit() (or an escaping CancelledError) is its error, not the end of
+    # the command; only Ctrl-C stops scoring.
     try:
         out = list(judger.fn(items, **task_columns(items)))
         if len(out) != len(items):
             raise ValueError(f"returned {len(out)} values for {len(items)} items")
         return [as_score(item) for item in out]
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
         if len(items) == 1:
-            return [Score(None, error=f"{type(exc).__name__}: {exc}"[:2000])]
+            return [Score(None, error=_error_text(exc))]
         return [score for item in items for score in apply_judger(judger, [item])]
+
+
+def _error_text(exc: BaseException) -> str:
+    try:
+        text = f"{type(exc).__name__}: {exc}"
+    except BaseException:  # a hostile __str__
+        text = f"{type(exc).__name__}: (its message could not be read)"
+    return storable_text(text)[:2000]
 
 
 def _call_items(batch: list[dict]) -> list[dict]:
@@ -158,19 +170,22 @@ def _write_scores(con, judger: Judger, chunk: list[str], keys: list[tuple], scor
     try:
         con.execute(
             "DELETE FROM scores WHERE judger = ? AND trajectory_id IN (SELECT unnest(?::VARCHAR[]))",
-            [judger.name, chunk],
+            [storable_text(judger.name), chunk],
         )
         con.register("new_scores", table)
         con.execute(
             """INSERT INTO scores SELECT trajectory_id, call_index, ?, ?, ?, value, label, explanation, error,
                       to_timestamp(?), ? FROM new_scores""",
-            [judger.name, judger.version, judger.weight, time.time(), run_id],
+            [storable_text(judger.name), judger.version, judger.weight, time.time(), run_id],
         )
         con.unregister("new_scores")
         crash_point("score.inserted")  # inside the transaction
         con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        try:
+            con.execute("ROLLBACK")
+        except Exception:  # a fatal IO error (a full disk) already ended the transaction: report that error
+            pass
         raise
 
 

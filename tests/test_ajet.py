@@ -266,3 +266,48 @@ def test_resume_with_another_tuner_config_is_refused(tmp_path, capsys):
     collect(tmp_path, "FrozenLakeSteps", "--max-steps", "2", rc=2)
     assert "holds a run with tuner_config=" in capsys.readouterr().err
     collect(tmp_path, "FrozenLakeSteps", "--max-steps", "1")  # the same settings resume
+
+
+def test_robust_dashscope_imports_without_a_key_and_retries_with_other_keys(tmp_path, monkeypatch):
+    """AgentJet's tutorials (learn2ask) make `RobustDashScopeChatModel("qwen-plus", stream=False)` at import time."""
+    from agentscope.model import ChatResponse, DashScopeChatModel
+
+    monkeypatch.delenv("DASHSCOPE_API_KEY", raising=False)
+    monkeypatch.delenv("DASHSCOPE_API_KEY_BACKUP", raising=False)
+    tutorial = tmp_path / "learn2ask_like.py"
+    tutorial.write_text(
+        "from ajet import AjetTuner, Workflow, WorkflowOutput, WorkflowTask\n"
+        "from ajet.utils.robust_dashscope import RobustDashScopeChatModel\n"
+        'llm = RobustDashScopeChatModel("qwen-plus", stream=False)\n'
+    )
+    import runpy
+
+    llm = runpy.run_path(str(tutorial))["llm"]
+    assert isinstance(llm, DashScopeChatModel) and llm.model_name == "qwen-plus"
+    with pytest.raises(RuntimeError, match="set DASHSCOPE_API_KEY"):
+        asyncio.run(llm([{"role": "user", "content": "hi"}]))
+
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-a|sk-b")
+    monkeypatch.setenv("DASHSCOPE_API_KEY_BACKUP", "sk-backup")
+    used = []
+
+    async def flaky(self, messages, tools=None, tool_choice=None, structured_model=None, **kwargs):
+        used.append(self.api_key)
+        if len(used) < 3:
+            raise ConnectionError("DashScope unreachable")
+        return ChatResponse(content=[{"type": "text", "text": "ok"}])
+
+    monkeypatch.setattr(DashScopeChatModel, "__call__", flaky)
+    from ajet.utils.robust_dashscope import RobustDashScopeChatModel
+
+    RobustDashScopeChatModel.retry_delay_s = 0
+    model = RobustDashScopeChatModel("qwen-plus", stream=False)
+    reply = asyncio.run(model([{"role": "user", "content": "hi"}]))
+    assert reply.content[0]["text"] == "ok" and used[0] in ("sk-a", "sk-b") and used[2] == "sk-backup"
+
+    async def down(self, messages, **kwargs):
+        raise ConnectionError("DashScope unreachable")
+
+    monkeypatch.setattr(DashScopeChatModel, "__call__", down)
+    with pytest.raises(RuntimeError, match="after 4 attempts"):
+        asyncio.run(model([{"role": "user", "content": "hi"}]))

@@ -446,3 +446,153 @@ def test_sql_csv_ends_lines_with_newline_only(tmp_path, capfd):
     assert judge_main(["sql", "SELECT count(*) AS n FROM trajectories", "--db", str(db), "--format", "csv"]) == 0
     printed = capfd.readouterr().out
     assert printed == "n\n2\n" and "\r" not in printed
+
+
+# ---------------------------------------------------------------- select_model judges, ASTuner's math judge
+# A judge written for agentscope.tuner's select_model (after AgentScope 1.0.21's
+# examples/tuner/model_selection/example_bleu.py, in short: it reads the Msg from response["response"] and
+# refuses anything else; a word-overlap score stands in for sacrebleu).
+SELECT_MODEL_JUDGE = """
+from typing import Any, Dict
+from agentscope.tuner import DatasetConfig, JudgeOutput, WorkflowOutput
+from agentscope.tuner.model_selection import select_model
+
+
+async def overlap_judge(task: Dict[str, Any], response: Any) -> JudgeOutput:
+    if not (isinstance(response, dict) and "response" in response):
+        raise ValueError("Response must be a dict with 'response' key")
+    text = response["response"].get_text_content() or ""
+    ref = set(str(task.get("answer", "")).split())
+    reward = len(ref & set(text.split())) / max(len(ref), 1)
+    return JudgeOutput(reward=reward, metrics={"seconds": response["metrics"]["execution_time"]})
+{main}"""
+SELECT_MODEL_MAIN = """
+
+async def main():
+    best, metrics = await select_model(
+        workflow_func=None, judge_func=overlap_judge, train_dataset=DatasetConfig(path="data"), candidate_models=[]
+    )
+"""
+
+
+def _msg_trajectories(tmp_path):
+    from agentscope.message import Msg
+    from helpers import make_traj, write
+
+    trajs = []
+    for i, text in enumerate(["the cat sat", "a dog ran"]):
+        traj = make_traj(f"t{i}", 0, reward=None, answer="the cat sat")
+        traj.metadata = {
+            "response": Msg("solver", text, "assistant").to_dict(),
+            "response_type": "agentscope.message.Msg",
+        }
+        trajs.append(traj)
+    db = tmp_path / "store.duckdb"
+    assert (
+        judge_main(["ingest", str(write(tmp_path / "msgs.jsonl", trajs)), "--db", str(db), "--no_check_template"]) == 0
+    )
+    return db
+
+
+def test_select_model_judge_gets_the_composite_response(tmp_path):
+    db = _msg_trajectories(tmp_path)
+    with_main = tmp_path / "bleu_like.py"
+    with_main.write_text(SELECT_MODEL_JUDGE.replace("{main}", SELECT_MODEL_MAIN))
+    judger = f"{with_main}:overlap_judge"
+    assert (
+        judge_main(["score", "--db", str(db), "--judger", judger]) == 0
+    )  # detected: the file hands it to select_model
+    assert [(v, e) for _, v, e in scores(db, judger)] == [(1.0, None), (0.0, None)]
+    # without the select_model call in sight, the flag says it
+    bare = tmp_path / "bare_judge.py"
+    bare.write_text(SELECT_MODEL_JUDGE.replace("{main}", ""))
+    judger = f"{bare}:overlap_judge"
+    assert judge_main(["score", "--db", str(db), "--judger", judger, "--judge-input", "select_model"]) == 0
+    assert [(v, e) for _, v, e in scores(db, judger)] == [(1.0, None), (0.0, None)]
+    # and --judge-input response hands it the bare Msg, as collect's workflow returned it
+    assert judge_main(["score", "--db", str(db), "--judger", judger, "--judge-input", "response"]) == 0
+    assert {e for _, _, e in scores(db, judger)} == {"ValueError: Response must be a dict with 'response' key"}
+
+
+def test_judge_input_value_is_checked(tmp_path, capsys):
+    db = _msg_trajectories(tmp_path)
+    assert judge_main(["score", "--db", str(db), "--judge_input", "composite"]) == 2
+    assert "--judge_input 'composite': use one of auto, response, select_model" in capsys.readouterr().err
+
+
+# ASTuner's tutorial/example_math_agent/math_answer_as_judge.py at its last commit before the rename to
+# agentscope_tuner (modelscope/AgentJet aec2cca, 2025-12-24): the imports as they are, the classes in short.
+ASTUNER_MATH_JUDGE = """
+import re
+
+from astuner.task_judge.base_judge import BaseJudge
+from astuner.task_rollout.dashscope_llm_bridge import create_external_llm_fn
+from astuner.workflow import WorkflowOutput, WorkflowTask
+
+
+class MathAnswerAsJudge(BaseJudge):
+    def __init__(self, config):
+        self.config = config
+
+    def compute_reward(self, workflow_task: WorkflowTask, workflow_output: WorkflowOutput) -> tuple:
+        final_answer = workflow_output.metadata["final_answer"]
+        reference = workflow_task.task.metadata["answer"].split("####")[-1].strip()
+        match = re.search(r"\\\\boxed\\{([^}]*)\\}", final_answer)
+        is_success = bool(match) and match.group(1) == reference
+        return (1.0 if is_success else 0.0), is_success
+
+
+class MathAnswerAndLlmAsJudge(BaseJudge):
+    def __init__(self, config):
+        self.config = config
+
+    def compute_reward(self, workflow_task: WorkflowTask, workflow_output: WorkflowOutput) -> tuple:
+        final_answer = workflow_output.metadata["final_answer"]
+        reference = workflow_task.task.metadata["answer"].split("####")[-1].strip()
+        external_llm_fn = create_external_llm_fn(
+            alien_llm_model=self.config.astuner.task_judge.alien_llm_model,
+            alien_llm_response_length=self.config.astuner.task_judge.alien_llm_response_length,
+        )
+        messages = [
+            {"role": "system", "content": "Is my result correct? If correct, say <Correct>, otherwise say <NotCorrect>."},
+            {"role": "user", "content": f"My result: {final_answer}\\nReal result: {reference}"},
+        ]
+        res = external_llm_fn(messages=messages)
+        is_success = "<Correct>" in res["content"]
+        return (1.0 if is_success else 0.0), is_success
+"""
+
+
+class _CorrectServer(_ChatServer):
+    REPLY = "<Correct>"
+
+
+def test_astuner_era_math_judge_imports_and_asks_the_alien_llm(tmp_path, monkeypatch):
+    from helpers import make_traj, write
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.delenv("DASHSCOPE_API_KEY", raising=False)
+    trajs = [
+        make_traj("t0", 0, final="so \\boxed{4}", answer="2+2 #### 4"),
+        make_traj("t1", 0, final="maybe 5", answer="2+3 #### 6"),
+    ]
+    db = tmp_path / "store.duckdb"
+    assert judge_main(["ingest", str(write(tmp_path / "m.jsonl", trajs)), "--db", str(db), "--no_check_template"]) == 0
+    judges = tmp_path / "math_answer_as_judge.py"
+    judges.write_text(ASTUNER_MATH_JUDGE)
+    plain, with_llm = f"{judges}:MathAnswerAsJudge", f"{judges}:MathAnswerAndLlmAsJudge"
+    with _CorrectServer() as server:
+        # AgentJet's default alien_llm_model, served here by --auxiliary_models under that name
+        aux = json.dumps({"qwen3-235b-a22b-instruct-2507": {"base_url": server.url, "model": "judge-7b"}})
+        assert (
+            judge_main(["score", "--db", str(db), "--judger", plain, "--judger", with_llm, "--auxiliary_models", aux])
+            == 0
+        )
+        assert len(server.requests) == 2 and server.requests[0]["messages"][0]["role"] == "system"
+    labels = rows(db, "SELECT judger, value, label, error FROM scores ORDER BY judger, trajectory_id")
+    assert [r[1:] for r in labels if r[0] == plain] == [(1.0, "success", None), (0.0, "failure", None)]
+    assert [r[1:] for r in labels if r[0] == with_llm] == [(1.0, "success", None), (1.0, "success", None)]
+    # no model of that name and no DashScope key: an error row per trajectory naming both ways
+    assert judge_main(["score", "--db", str(db), "--judger", with_llm]) == 0
+    errors = {r[3] for r in rows(db, "SELECT judger, value, label, error FROM scores WHERE judger = ?", [with_llm])}
+    assert len(errors) == 1 and "qwen3-235b-a22b-instruct-2507" in errors.pop()

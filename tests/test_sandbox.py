@@ -281,3 +281,70 @@ def test_tool_format_schema_and_timeout_clamp(monkeypatch):
     assert text.startswith("<returncode>-1</returncode>") and "exceeded the timeout of 1 seconds" in text
     text = asyncio.run(execute_python_code("print('ok')", timeout="soon")).content[0]["text"]
     assert text.startswith("<returncode>0</returncode><stdout>ok\n")
+
+
+# A fresh interpreter started with _posixsubprocess.fork_exec: no audit hook watches it (the hook lives in
+# the sandboxed interpreter only, and fork_exec raises no audit event), so only kernel layers can hold.
+FORK_EXEC = """
+import _posixsubprocess, os, sys
+args = [sys.executable, "-I", "-c", CHILD]
+pid = _posixsubprocess.fork_exec(
+    args, [os.fsencode(sys.executable)], True, (), None, None,
+    -1, -1, -1, -1, -1, -1, *os.pipe(), False, False, -1, None, None, None, -1, None, False)
+print("exit", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+def fork_exec_code(child: str) -> str:
+    if sys.version_info[:2] not in ((3, 11), (3, 12), (3, 13)):
+        pytest.skip("the test calls _posixsubprocess.fork_exec with the 3.11-3.13 signature")
+    return FORK_EXEC.replace("CHILD", repr(child))
+
+
+@pytest.mark.parametrize("mode", ["full", "kernel-only"])  # audit-only: nothing stops a fresh interpreter
+def test_fresh_interpreter_cannot_reach_a_unix_socket_outside(mode, tmp_path):
+    path = tmp_path / "docker.sock"
+    with socket.socket(socket.AF_UNIX) as srv:
+        srv.bind(str(path))
+        srv.listen(8)
+        child = (
+            "import socket\n"
+            "try:\n"
+            "    s = socket.socket(socket.AF_UNIX)\n"
+            f"    s.connect({str(path)!r}); s.sendall(b'escaped'); print('connected')\n"
+            "except OSError as e:\n"
+            "    print('blocked:', e)\n"
+        )
+        result = run(fork_exec_code(child), mode)
+        assert result.returncode == 0, result.stderr
+        assert "exit 0" in result.stdout, result.stdout + result.stderr  # the child ran
+        assert "blocked:" in result.stdout and "connected" not in result.stdout, result.stdout
+        assert "seccomp-unix" in result.layers
+        srv.settimeout(0.3)
+        with pytest.raises(socket.timeout):
+            srv.accept()
+
+
+def test_process_count_is_bounded(tmp_path):
+    code = """
+import _posixsubprocess, os, sys
+started, error = 0, None
+for _ in range(200):
+    try:
+        _posixsubprocess.fork_exec(["/bin/sleep", "20"], [b"/bin/sleep"], True, (), None, None,
+            -1, -1, -1, -1, -1, -1, *os.pipe(), False, False, -1, None, None, None, -1, None, False)
+        started += 1
+    except OSError as e:
+        error = e
+        break
+print("started", started, "error", error)
+"""
+    fork_exec_code("")  # the version check
+    t0 = time.monotonic()
+    result = run(code, "full", max_processes=16, timeout_s=20)
+    assert time.monotonic() - t0 < 15, "the sandbox waited for its sleepers"
+    assert result.returncode == 0, result.stderr
+    if not {"pids-cgroup", "nproc"} & set(result.layers):
+        pytest.skip(f"no process limit here (root without a writable pids cgroup): {result.stdout.strip()}")
+    started = int(result.stdout.split()[1])
+    assert started < 16 and "error" in result.stdout and "Resource temporarily unavailable" in result.stdout

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from astuner.compat.tuner_config import as_tree, build_tuner_config
+from astuner.compat.tuner_config import JUDGE_DEFAULTS, as_tree, build_tuner_config
 from astuner.scores import Score
 from astuner.trajectory import to_jsonable
 from astuner.workflow import Task, WorkflowOutput, WorkflowTask
@@ -57,12 +57,16 @@ def is_judge_class(target) -> bool:
     return isinstance(target, type) and hasattr(target, "compute_reward")
 
 
-def compute_reward_judger(cls) -> Callable[..., list[Score]]:
+def compute_reward_judger(cls, auxiliary_models: dict | None = None) -> Callable[..., list[Score]]:
     """AgentJet's judge class: cls(config).compute_reward(workflow_task, workflow_output) -> (reward, is_success)
     or a bare reward, as a batched judger (judge/judgers.py); config is the tree workflows read as
-    model_tuner.config (its defaults)."""
+    model_tuner.config (its defaults). `auxiliary_models` (judge's --auxiliary_models) serve the
+    external LLM its create_external_llm_fn asks for by name (astuner/compat/dashscope.py)."""
+    from astuner.compat.dashscope import use_judge_models
+
+    use_judge_models(auxiliary_models or {})
     try:
-        instance = cls(as_tree(build_tuner_config()))
+        instance = cls(as_tree(build_tuner_config({"ajet": JUDGE_DEFAULTS})))
     except TypeError:
         instance = cls()
 

@@ -16,12 +16,14 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import importlib.util
 import inspect
 import json
 import logging
 import sys
+import textwrap
 import types
 from collections.abc import Callable
 from typing import Any
@@ -125,19 +127,26 @@ def is_judge_func(target) -> bool:
     return len(names) >= 2 and names[0] in ("task", "_task") and names[1] == "response"
 
 
-def judge_func_judger(fn, auxiliary_models: dict | None = None) -> Callable[..., list[Score]]:
+JUDGE_INPUTS = ("auto", "response", "select_model")  # judge score --judge-input
+
+
+def judge_func_judger(
+    fn, auxiliary_models: dict | None = None, judge_input: str = "auto"
+) -> Callable[..., list[Score]]:
     """agentscope.tuner: async judge(task, response, auxiliary_models, logger) -> JudgeOutput(reward, metrics),
     as a batched judger (judge/judgers.py).
 
     Called with the parameters it declares only. `response` is the object the workflow returned
-    (a Msg comes back as a Msg). Its built-in judges (model_selection) get what select_model
-    hands them: {"response": ..., "metrics": {..., execution_time, input/output/total_tokens, usage}}.
+    (a Msg comes back as a Msg), or, with `judge_input` "select_model" (and "auto" where
+    `takes_select_model_input` finds it, its built-in judges always), what select_model hands
+    judges: {"response": ..., "metrics": {..., execution_time, input/output/total_tokens, usage}}.
+    The judger's attribute `judge_input` says which it got.
     """
     task_name, response_name = list(inspect.signature(fn).parameters)[:2]
     optional = _declared(
         fn, {"auxiliary_models": auxiliary_models or {}, "logger": logging.getLogger(f"judge.{fn.__name__}")}
     )
-    composite = (getattr(fn, "__module__", "") or "").startswith(_BUILT_IN_JUDGES)
+    composite = judge_input == "select_model" or (judge_input == "auto" and takes_select_model_input(fn))
 
     def judge(trajectories, **_):
         async def one(traj):
@@ -161,7 +170,57 @@ def judge_func_judger(fn, auxiliary_models: dict | None = None) -> Callable[...,
             for r in asyncio.run(all_of())
         ]
 
+    judge.judge_input = "select_model" if composite else "response"
     return judge
+
+
+_COMPOSITE_KEYS = ("response", "metrics")
+
+
+def takes_select_model_input(fn) -> bool:
+    """Whether judge `fn` expects select_model's {"response", "metrics"} as its response: one of
+    agentscope.tuner's built-in judges; a judge its own module hands to `select_model(judge_func=...)` (as
+    AgentScope's model-selection examples do); or one whose body reads response["response"],
+    response["metrics"] (or .get of them, or `"response" in response`)."""
+    if (getattr(fn, "__module__", "") or "").startswith(_BUILT_IN_JUDGES):
+        return True
+    name = getattr(fn, "__name__", None)
+    param = list(inspect.signature(fn).parameters)[1]
+
+    def parsed(obj):
+        try:
+            return ast.parse(textwrap.dedent(inspect.getsource(obj)))
+        except (OSError, TypeError, SyntaxError):
+            return None
+
+    empty = ast.Module(body=[], type_ignores=[])
+    module = inspect.getmodule(fn)
+    for node in ast.walk((parsed(module) if module is not None else None) or empty):
+        if isinstance(node, ast.Call) and _called_name(node.func) == "select_model":
+            if any(k.arg == "judge_func" and _called_name(k.value) == name for k in node.keywords):
+                return True
+    for node in ast.walk(parsed(fn) or empty):
+        if isinstance(node, ast.Subscript) and _is_name(node.value, param) and _is_key(node.slice):
+            return True
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get":
+            if _is_name(node.func.value, param) and node.args and _is_key(node.args[0]):
+                return True
+        if isinstance(node, ast.Compare) and _is_key(node.left) and isinstance(node.ops[0], ast.In):
+            if _is_name(node.comparators[0], param):
+                return True
+    return False
+
+
+def _called_name(node) -> str | None:
+    return node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+
+
+def _is_name(node, name: str) -> bool:
+    return isinstance(node, ast.Name) and node.id == name
+
+
+def _is_key(node) -> bool:
+    return isinstance(node, ast.Constant) and node.value in _COMPOSITE_KEYS
 
 
 def _usage(traj: dict) -> dict:

@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_MAX_STEPS = 30  # AgentJet's ajet_default.yaml: rollout.multi_turn.max_steps
+# ... and its task_judge section's helper LLM (what judges hand create_external_llm_fn); judge's config tree only,
+# so that collect's recorded trees stay as they were
+JUDGE_DEFAULTS = {"task_judge": {"alien_llm_model": "qwen3-235b-a22b-instruct-2507", "alien_llm_response_length": 512}}
 
 
 class ConfigTree(dict):

@@ -1,0 +1,1 @@
+"""AgentJet's `ajet.utils` path, kept for peers' files: see astuner/compat/."""
