@@ -69,6 +69,31 @@ def test_double_ingest_adds_nothing(tmp_path, capsys):
     assert call[:3] == ([1, 2, 3], [4, 5], [-0.5, -0.5]) and json.loads(call[3]) == [{"role": "user", "content": "q"}]
 
 
+def test_ingest_in_batches_equals_one_batch(tmp_path, capsys, monkeypatch):
+    """Batches of files (each staged, inserted and checked before the next) store what one batch does: the
+    same rows and drift measures, a trajectory repeated in a later batch counted as already in the store."""
+    import judge.ingest
+
+    calls = [make_call(0), make_call(1, prompt=(1, 2, 3, 4, 5, 6)), make_call(2, prompt=(9,))]
+    for n in range(3):
+        trajs = [make_traj(f"t{n}-{i}", 0, calls=calls) for i in range(4)] + [make_traj("t-again", 0, calls=calls)]
+        write(tmp_path / "traces" / f"part-{n:06d}.jsonl", trajs)
+    columns = (
+        "SELECT trajectory_id, call_index, extends_previous, divergence_at, divergence_cause, drift_measured "
+        "FROM calls ORDER BY ALL"
+    )
+    got = {}
+    for batch_bytes in (judge.ingest.BATCH_BYTES, 1):  # one batch; one file a batch
+        monkeypatch.setattr(judge.ingest, "BATCH_BYTES", batch_bytes)
+        db = tmp_path / f"{batch_bytes}.duckdb"
+        assert main(["ingest", str(tmp_path / "traces"), "--db", str(db), "--render_workers", "0"]) == 0
+        summary = capsys.readouterr().out
+        assert "ingested 13 new trajectories (39 model calls) from 3 file(s)" in summary, summary
+        assert "; 2 already in the store;" in summary and "extension: 13 of 26 engine calls extend" in summary, summary
+        got[batch_bytes] = rows(db, columns), rows(db, "SELECT * EXCLUDE (ingested_at) FROM trajectories ORDER BY ALL")
+    assert got[1] == got[judge.ingest.BATCH_BYTES]
+
+
 def test_malformed_lines_named_and_skipped(tmp_path, capsys):
     good = [dump_line(make_traj("t0", s)).decode().strip() for s in range(3)]
     wrong_version = json.loads(good[1])
