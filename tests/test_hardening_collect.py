@@ -40,7 +40,10 @@ def collect(tmp_path, rows, *extra, out: Path | None = None, workflow: str = WOR
 
 
 def one_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.startswith("collect: ") and "tasks x" not in line]
+    """The one line collect ended with (its progress bar and the count of runs to go aside)."""
+    lines = [
+        line for line in err.splitlines() if line.startswith("collect: ") and not ("tasks x" in line or "%|" in line)
+    ]
     assert "Traceback" not in err, err
     assert len(lines) == 1, err
     return lines[0]
@@ -83,7 +86,9 @@ def test_a_task_row_with_a_lone_surrogate_is_a_file_line_error(tmp_path, capsys)
 @pytest.mark.parametrize("workers", ["0", "1"])
 def test_base_exceptions_of_a_run_are_errors_at_once(tmp_path, capsys, workers):
     started = time.monotonic()
-    rc, out = collect(tmp_path, rows_of("custom-base", "cancelled", "Say hi."), "--workers", workers, "--timeout-s", "60")
+    rc, out = collect(
+        tmp_path, rows_of("custom-base", "cancelled", "Say hi."), "--workers", workers, "--timeout-s", "60"
+    )
     assert rc == 0, capsys.readouterr().err
     assert time.monotonic() - started < 40  # not after --timeout-s
     trajs = {t.task.task_id: t for t in load(out)}
@@ -150,18 +155,21 @@ def test_a_read_only_out_is_one_line(tmp_path, capsys, monkeypatch, tiny_model):
     assert ("Read-only file system" if os.geteuid() == 0 else "Permission denied") in line
 
 
-def test_a_full_disk_is_one_line_and_leaves_no_temp_file(tmp_path, capsys, monkeypatch, tiny_model):
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_a_full_disk_is_one_line_and_leaves_no_temp_file(tmp_path, capsys, monkeypatch, tiny_model, workers):
     def no_space(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "fsync", no_space)
-    rc, out = collect(tmp_path, rows_of("Say hi.", "Say ho."), "--workers", "0")
+    rc, out = collect(tmp_path, rows_of("Say hi.", "Say ho."), "--workers", workers)
     line = one_line(capsys.readouterr().err)
     assert rc != 0 and f"cannot write {out / 'traces' / 'part-000001.jsonl'}" in line
     assert "[Errno 28] No space left on device" in line
-    assert [p.name for p in (out / "traces").iterdir()] == []  # no .tmp, no part
+    assert not [p for p in out.rglob("*") if p.is_file() and p.name != ".collect.lock"]  # no .tmp, no part, no run
     monkeypatch.undo()
-    assert collect(tmp_path, rows_of("Say hi.", "Say ho."), "--workers", "0")[0] == 0  # the same command, space again
+    assert (
+        collect(tmp_path, rows_of("Say hi.", "Say ho."), "--workers", workers)[0] == 0
+    )  # the same command, space again
     assert len(load(out)) == 2
 
 
@@ -219,6 +227,24 @@ def test_a_second_collect_on_the_same_out_is_refused(tmp_path, capsys, tiny_mode
     assert first.returncode == 0
     assert sorted(t.task.task_id for t in load(out)) == sorted(f"s{i}" for i in range(12))
     assert main(args) == 0  # the lock went with the first collect
+
+
+def test_the_shards_of_one_run_share_out_and_nothing_else_does(tmp_path):
+    from collect.lock import OutInUse, lock_out
+
+    me = f"pid {os.getpid()}"  # flock locks of two opens conflict within one process too
+    shards = [lock_out(tmp_path, (0, 2)), lock_out(tmp_path, (1, 2))]  # side by side
+    with pytest.raises(OutInUse, match=f"shard 0/2 is being collected there already \\({me}\\)"):
+        lock_out(tmp_path, (0, 2))
+    with pytest.raises(OutInUse, match=f"another collect \\({me}, {os.getpid()}\\)"):
+        lock_out(tmp_path, None)
+    for held in shards:
+        held.release()
+    whole = lock_out(tmp_path, None)
+    with pytest.raises(OutInUse, match=f"another collect \\({me}\\)"):
+        lock_out(tmp_path, (1, 2))
+    whole.release()
+    lock_out(tmp_path, (1, 2)).release()
 
 
 # ----- what a run leaves behind ------------------------------------------------------------------
