@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from collect.lock import LOCK, lock_out
+from collect.lock import LOCK, busy_shards, lock_out
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 MANIFEST = "collect.json"
@@ -66,7 +66,13 @@ class CollectConfig:
     concurrency: int = field(
         default=16, metadata={"help": "Workflow runs in flight at once; their model calls are batched."}
     )
-    out: str = field(default="runs/collect", metadata={"help": "Output folder: traces/part-*.jsonl and collect.json."})
+    out: str = field(
+        default="runs/collect",
+        metadata={
+            "help": "Output folder: traces/part-*.jsonl and collect.json. One collect writes it at a time "
+            "(a second is refused; the shards of one run share it)."
+        },
+    )
     trainable_targets: str | None = field(
         default=None,
         metadata={
@@ -338,7 +344,8 @@ def _forget_run(out: Path, created: bool, out_existed: bool, sharded: bool) -> N
     try:
         if traces.is_dir() and any(traces.glob("*.jsonl")):
             return
-        if created:
+        # a shard leaves the run to the other shards still collecting it
+        if created and not (sharded and any(pid != os.getpid() for pid in busy_shards(out))):
             (out / MANIFEST).unlink(missing_ok=True)
         if not out_existed and not sharded:  # a shard's lock files may be another shard's to hold
             (out / LOCK).unlink(missing_ok=True)

@@ -247,6 +247,33 @@ def test_the_shards_of_one_run_share_out_and_nothing_else_does(tmp_path):
     lock_out(tmp_path, (1, 2)).release()
 
 
+def test_a_shard_that_fails_leaves_the_run_to_the_shards_still_collecting(tmp_path):
+    from collect.main import MANIFEST, _forget_run
+
+    (tmp_path / MANIFEST).write_text("{}")
+    holder = subprocess.Popen(  # shard 1/2 of the run, still collecting
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from collect.lock import lock_out; "
+            "lock_out(Path(sys.argv[1]), (1, 2)); print('ready', flush=True); time.sleep(60)",
+            str(tmp_path),
+        ],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        _forget_run(tmp_path, created=True, out_existed=True, sharded=True)
+        assert (tmp_path / MANIFEST).exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    _forget_run(tmp_path, created=True, out_existed=True, sharded=True)  # no shard left: the start is undone
+    assert not (tmp_path / MANIFEST).exists()
+
+
 # ----- what a run leaves behind ------------------------------------------------------------------
 @pytest.mark.parametrize("workers", ["0", "1"])
 def test_a_runs_processes_do_not_outlive_collect(tmp_path, capsys, workers):
