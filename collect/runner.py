@@ -155,7 +155,7 @@ async def run_one(
             workflow.trainable_targets = list(workflow.trainable_targets)
         async with asyncio.timeout(spec.timeout_s) as deadline:
             # its own copy: a run that edits task.metadata changes neither the record nor later samples
-            out = await workflow.execute(WorkflowTask(copy.deepcopy(task), sample_index, spec.iteration), tuner)
+            out = await workflow.execute(WorkflowTask(_own_copy(task), sample_index, spec.iteration), tuner)
         if deadline.expired():  # the cancellation was swallowed (AgentScope's agents catch it as an interrupt)
             raise TimeoutError
         reward, metadata = _check_output(out, spec.workflow_cls.__name__)
@@ -189,6 +189,15 @@ async def run_one(
         calls=calls,
     )
     return traj, set(tuner.registered_roles)
+
+
+def _own_copy(task: Task) -> Task:
+    """A copy of `task` for one run: deep, or where a row holds what cannot be copied (a generator's live
+    object), its metadata and messages one level down."""
+    try:
+        return copy.deepcopy(task)
+    except Exception:
+        return Task(task.task_id, task.main_query, dict(task.metadata), list(task.init_messages))
 
 
 def _cancel_requested() -> bool:

@@ -300,3 +300,17 @@ def test_a_run_cannot_change_its_task(tmp_path, capsys, workers):
     trajs = load(out)
     assert [t.metadata["seen"] for t in trajs] == [7, 7, 7]  # each sample saw the task as read
     assert all(t.task.metadata == rows[0] for t in trajs)  # and that is what is recorded
+
+
+def test_a_task_that_cannot_be_deep_copied_is_copied_one_level_down():
+    import threading
+
+    from astuner.workflow import Task
+    from collect.runner import _own_copy
+
+    task = Task("t", "q", {"env": threading.Lock(), "answer": 7}, [{"role": "user", "content": "hi"}])
+    copied = _own_copy(task)
+    copied.metadata["answer"] = "edited"
+    copied.init_messages.append({"role": "assistant", "content": "x"})
+    assert task.metadata["answer"] == 7 and len(task.init_messages) == 1
+    assert copied.metadata["env"] is task.metadata["env"]  # shared: it could not be copied
