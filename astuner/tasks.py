@@ -32,6 +32,13 @@ class TaskFormatError(ValueError):
 def _row_to_task(row: Any, where: str, query_field: str | None, id_field: str | None) -> Task:
     if not isinstance(row, dict):
         raise TaskFormatError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    unencodable = _unencodable(row)
+    if unencodable is not None:
+        field, text = unencodable
+        raise TaskFormatError(
+            f"{where}: field {field!r} holds {text!r}, a lone surrogate that UTF-8 cannot encode (no record could hold "
+            "it); fix the row (a \\uD800-\\uDFFF escape must be half of a pair)"
+        )
     fields = [query_field] if query_field else QUERY_FIELDS
     query_key = next((f for f in fields if f in row), None)
     if query_key is None and query_field:  # the field was named: its absence is a mistake
@@ -55,6 +62,25 @@ def _row_to_task(row: Any, where: str, query_field: str | None, id_field: str | 
         metadata=metadata,
         init_messages=list(init_messages) if isinstance(init_messages, list) else [],
     )
+
+
+def _unencodable(value: Any, path: str = "") -> tuple[str, str] | None:
+    """(the dotted path, the string) of the first string in a row, keys included, that UTF-8 cannot encode."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return path, value
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        here = f"{path}.{key}" if path else str(key)
+        found = _unencodable(key, here) if isinstance(key, str) else None
+        if found is None:
+            found = _unencodable(item, here)
+        if found is not None:
+            return found
+    return None
 
 
 def _jsonl_rows(path: Path) -> Iterable[tuple[str, Any]]:

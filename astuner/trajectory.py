@@ -206,5 +206,49 @@ def read_trajectories(path: str | os.PathLike) -> Iterator[Trajectory]:
                     yield parse_trajectory(line, str(file), line_no)
 
 
+ESCAPED_KEY = "escaped_strings"  # in a record's metadata: where dump_line escaped strings UTF-8 cannot encode
+
+
 def dump_line(traj: Trajectory) -> bytes:
-    return (traj.model_dump_json() + "\n").encode()
+    """The record's JSON line. A string UTF-8 cannot encode (a lone surrogate such as '\\ud800', which a
+    workflow's metadata, an exception or a message may hold) is written as its backslash escape, as text,
+    and metadata[ESCAPED_KEY] lists where (dotted paths): the record stays valid UTF-8 for every reader,
+    and token ids, numbers and every other string are written exactly."""
+    try:
+        return (traj.model_dump_json() + "\n").encode()
+    except ValueError:  # pydantic's serialization error on such a string (a UnicodeEncodeError is one too)
+        escaped: list[str] = []
+        data = _escape_unencodable(traj.model_dump(), "", escaped)
+        data["metadata"][ESCAPED_KEY] = escaped
+        return (Trajectory.model_validate(data).model_dump_json() + "\n").encode()
+
+
+def _escape_unencodable(value: Any, path: str, escaped: list[str]) -> Any:
+    """`value` with every str (dict keys too) that UTF-8 cannot encode replaced by its backslash escape;
+    the dotted path of each is appended to `escaped`."""
+    if isinstance(value, str):
+        safe = _escaped(value)
+        if safe is not value:
+            escaped.append(path)
+        return safe
+    if isinstance(value, dict):
+        result = {}
+        for key, item in value.items():
+            safe = _escaped(key) if isinstance(key, str) else key
+            here = f"{path}.{safe}" if path else str(safe)
+            if safe is not key:
+                escaped.append(here)
+            result[safe] = _escape_unencodable(item, here, escaped)
+        return result
+    if isinstance(value, list):
+        return [_escape_unencodable(item, f"{path}.{i}", escaped) for i, item in enumerate(value)]
+    return value
+
+
+def _escaped(text: str) -> str:
+    """`text` itself when UTF-8 can encode it, else a new str with the backslash escapes."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode(errors="backslashreplace").decode()
+    return text

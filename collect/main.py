@@ -22,6 +22,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from collect.lock import LOCK, busy_shards, lock_out
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 MANIFEST = "collect.json"
 # Changing any of these mid-run would mix two experiments in one output folder.
@@ -64,7 +66,13 @@ class CollectConfig:
     concurrency: int = field(
         default=16, metadata={"help": "Workflow runs in flight at once; their model calls are batched."}
     )
-    out: str = field(default="runs/collect", metadata={"help": "Output folder: traces/part-*.jsonl and collect.json."})
+    out: str = field(
+        default="runs/collect",
+        metadata={
+            "help": "Output folder: traces/part-*.jsonl and collect.json. One collect writes it at a time "
+            "(a second is refused; the shards of one run share it)."
+        },
+    )
     trainable_targets: str | None = field(
         default=None,
         metadata={
@@ -289,37 +297,60 @@ def _open_run(out: Path, identity: dict) -> tuple[str, bool]:
     """(the run id of `out`, whether this call created it); a resume with other settings is refused."""
     manifest = out / MANIFEST
     created = False
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ValueError(f"--out {out}: cannot create the output folder ({exc.strerror}: {exc.filename})") from None
     if not manifest.exists():
         # created exclusively (link fails if it exists): shards starting together agree on one run id
         tmp = out / f".collect.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps({"run_id": uuid.uuid4().hex[:16], "created_at": time.time(), **identity}, indent=2))
         try:
+            tmp.write_text(
+                json.dumps({"run_id": uuid.uuid4().hex[:16], "created_at": time.time(), **identity}, indent=2)
+            )
             os.link(tmp, manifest)
             created = True
         except FileExistsError:
             pass
+        except OSError as exc:
+            raise OSError(f"cannot write {manifest}: [Errno {exc.errno}] {exc.strerror}") from None
         finally:
-            tmp.unlink()
-    saved = json.loads(manifest.read_text())
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+    return _check_run(out, identity), created
+
+
+def _check_run(out: Path, identity: dict) -> str | None:
+    """The run id of `out` (None: no run there yet); a resume with other settings is refused."""
+    manifest = out / MANIFEST
+    if not manifest.exists():
+        return None
+    try:
+        saved = json.loads(manifest.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"--out {out}: cannot read {manifest} ({exc}); move it away to start a new run there"
+        ) from None
     for key in _IDENTITY:
         if saved.get(key) != identity[key]:
             raise ValueError(
                 f"--out {out} holds a run with {key}={json.dumps(saved.get(key))}, "
                 f"this command has {json.dumps(identity[key])}; use another --out or the same settings"
             )
-    return saved["run_id"], created
+    return saved["run_id"]
 
 
-def _forget_run(out: Path, created: bool, out_existed: bool) -> None:
-    """Undo what _open_run made when this command wrote no trajectory: the corrected command starts afresh in --out."""
+def _forget_run(out: Path, created: bool, out_existed: bool, sharded: bool) -> None:
+    """Undo what this command made in --out when it wrote no trajectory: the corrected command starts afresh."""
     traces = out / "traces"
-    if not created or any(traces.glob("*.jsonl")):
+    try:
+        if traces.is_dir() and any(traces.glob("*.jsonl")):
+            return
+        # a shard leaves the run to the other shards still collecting it
+        if created and not (sharded and any(pid != os.getpid() for pid in busy_shards(out))):
+            (out / MANIFEST).unlink(missing_ok=True)
+        if not out_existed and not sharded:  # a shard's lock files may be another shard's to hold
+            (out / LOCK).unlink(missing_ok=True)
+    except OSError:
         return
-    (out / MANIFEST).unlink(missing_ok=True)
     for folder in (traces, *([] if out_existed else [out])):
         try:
             folder.rmdir()  # only when empty
@@ -350,11 +381,46 @@ def main(argv: list[str] | None = None) -> int:
         cfg = parse_config(CollectConfig, argv, prog="python -m collect", description=__doc__)
         return run(cfg)
     except (ConfigError, FileNotFoundError, ImportError, TypeError, ValueError) as exc:
-        print(f"collect: {exc}", file=sys.stderr)
+        print(f"collect: {_printable(str(exc))}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the output could not be written (a full disk, a read-only folder): it names the path
+        print(f"collect: {_printable(str(exc))}", file=sys.stderr)
+        return 1
+
+
+def _printable(text: str) -> str:
+    """`text` with what UTF-8 cannot encode (a lone surrogate from a workflow) escaped, for any stderr."""
+    return text.encode(errors="backslashreplace").decode()
+
+
+@dataclass
+class _Start:
+    """What a collect has made in --out so far (what a failed start undoes)."""
+
+    created_run: bool = False  # collect.json
 
 
 def run(cfg: CollectConfig) -> int:
+    """The collect, holding --out (collect/lock.py); a collect that ends with no trajectory written leaves
+    --out as it found it, so the corrected command is not refused as another run."""
+    out, shard = Path(cfg.out), cfg.shard_range
+    out_existed = out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--out {out}: cannot create the output folder ({exc.strerror}: {exc.filename})") from None
+    lock = lock_out(out, shard)  # one collect per --out (the shards of one run share it)
+    start = _Start()
+    try:
+        return _run(cfg, start)
+    except BaseException:
+        _forget_run(out, start.created_run, out_existed, sharded=shard is not None)
+        raise
+    finally:
+        lock.release()
+
+
+def _run(cfg: CollectConfig, start: _Start) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # checkpoints are local folders; never reach a hub
     if not cfg.show_agent_output:
         os.environ["AGENTSCOPE_DISABLE_CONSOLE_OUTPUT"] = "true"
@@ -363,7 +429,7 @@ def run(cfg: CollectConfig) -> int:
     from transformers.utils import logging as hf_logging
 
     from astuner.auxiliary import close_backends, load_backends, parse_auxiliary_models
-    from astuner.checkpoint import checkpoint_sha256
+    from astuner.checkpoint import check_safetensors, checkpoint_sha256
     from astuner.compat.tuner_config import build_tuner_config
     from astuner.engines import load_engine, require_checkpoint
     from astuner.tasks import NO_QUERY, QUERY_FIELDS, load_tasks
@@ -390,6 +456,7 @@ def run(cfg: CollectConfig) -> int:
     if shard:
         tasks = tasks[shard[0] :: shard[1]]
     model_path = require_checkpoint(cfg.model) if cfg.model else ensure_tiny_model()
+    check_safetensors(model_path)
     checkpoint = Checkpoint(path=str(model_path.resolve()), sha256=checkpoint_sha256(model_path))
     sampling = Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed)
     targets, override_targets = _targets(cfg, workflow_cls)
@@ -408,8 +475,7 @@ def run(cfg: CollectConfig) -> int:
         # only when given: folders written before the option existed (no key) resume as before
         "tuner_config": tuner_config if cfg.tuner_config is not None or cfg.max_steps is not None else None,
     }
-    out_existed = out.exists()
-    run_id, created = _open_run(out, identity)
+    _check_run(out, identity)  # a resume with other settings is refused before the model loads
     writer = TraceWriter(out / "traces", name=f"part-{shard[0]}of{shard[1]}" if shard else "part")
     try:
         done = writer.finished_keys()
@@ -434,6 +500,12 @@ def run(cfg: CollectConfig) -> int:
     try:
         backends = load_backends(auxiliary, engine, model_path, sampling, cfg.device)
     except BaseException:
+        engine.close()
+        raise
+    try:  # written only now that the run is set up: a start that failed leaves no run to resume
+        run_id, start.created_run = _open_run(out, identity)
+    except BaseException:
+        close_backends(backends, engine)
         engine.close()
         raise
     spec = RunSpec(
@@ -468,13 +540,12 @@ def run(cfg: CollectConfig) -> int:
                 )
             )
     except UnregisteredTargetError as exc:
-        _forget_run(out, created, out_existed)
         named = (
             f"--trainable-targets {cfg.trainable_targets}"
             if cfg.trainable_targets is not None
             else f"--workflow {cfg.workflow}: trainable_targets {targets}"
         )
-        raise ValueError(f"{named}: {exc}; fix the name (nothing was written)") from None
+        raise ValueError(f"{named}: {exc}; fix the name (nothing was written)") from None  # run() undoes the start
     finally:
         close_backends(backends, engine)
         engine.close()
@@ -494,17 +565,17 @@ def run(cfg: CollectConfig) -> int:
             file=sys.stderr,
         )
     if stats.by_role:
-        print(role_table(stats), file=sys.stderr)
+        print(_printable(role_table(stats)), file=sys.stderr)
     if stats.failed_calls:
         print(
             f"collect: {stats.failed_calls} model calls raised (recorded with their error, trainable: false); "
-            f"first: {stats.first_failed_call.splitlines()[0][:300]}",
+            f"first: {_printable(stats.first_failed_call.splitlines()[0][:300])}",
             file=sys.stderr,
         )
     print(f"collect: traces in {out / 'traces'}", file=sys.stderr)
     if stats.first_failure is not None:
         first = stats.first_failure
-        reason = (first.error or first.status).splitlines()[0][:300]
+        reason = _printable((first.error or first.status).splitlines()[0][:300])
         print(
             f"collect: {stats.error + stats.timeout} of {stats.runs} runs failed (each recorded with status, error and traceback); "
             f"first: task {first.task.task_id} sample {first.sample_index}: {reason}{_failure_location(first.traceback, workflow_cls)}",

@@ -49,6 +49,7 @@ from collect.messages import (
     StartRun,
     Stop,
 )
+from collect.reaper import Reaper, set_subreaper
 from collect.runner import CollectStats, Recorder, RunSpec, make_trajectory
 from collect.worker import AuxiliaryRef, EngineRef, WorkerSetup, worker_main
 
@@ -526,6 +527,10 @@ async def run_collect_pool(
     workers = max(1, min(workers, concurrency, len(todo)))
     recorder = Recorder(spec, writer, len(todo), flush_interval_s, progress)
     pool = WorkerPool(spec, engine, recorder, workers, concurrency, memory_limit_mb)
+    # the orphans of a worker that died come here, not to init; with the workers' own descendants,
+    # they are killed when the collect ends (collect/reaper.py)
+    subreaper = set_subreaper()
+    reaper = Reaper()  # after the fork server started: it stays
     refused = False
     try:
         await pool.run(todo)
@@ -533,6 +538,9 @@ async def run_collect_pool(
         refused = True
         raise
     finally:
+        reaper.reap()
+        if subreaper:
+            set_subreaper(False)
         stats = recorder.close(refused)
     stats.workers = workers
     return stats

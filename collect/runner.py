@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import math
 import time
 import traceback
@@ -16,6 +17,7 @@ from astuner.openai_endpoint import OpenAIEndpoint
 from astuner.trajectory import Checkpoint, Sampling, TaskRecord, Trajectory, to_jsonable, trajectory_id
 from astuner.tuner import AuxiliaryModel, ModelTuner
 from astuner.workflow import Task, Workflow, WorkflowOutput, WorkflowTask
+from collect.reaper import Reaper, set_subreaper
 from collect.writer import TraceWriter
 
 
@@ -152,7 +154,8 @@ async def run_one(
         elif isinstance(getattr(workflow, "trainable_targets", None), list):  # its own list, a copy per run
             workflow.trainable_targets = list(workflow.trainable_targets)
         async with asyncio.timeout(spec.timeout_s) as deadline:
-            out = await workflow.execute(WorkflowTask(task, sample_index, spec.iteration), tuner)
+            # its own copy: a run that edits task.metadata changes neither the record nor later samples
+            out = await workflow.execute(WorkflowTask(_own_copy(task), sample_index, spec.iteration), tuner)
         if deadline.expired():  # the cancellation was swallowed (AgentScope's agents catch it as an interrupt)
             raise TimeoutError
         reward, metadata = _check_output(out, spec.workflow_cls.__name__)
@@ -162,6 +165,12 @@ async def run_one(
         else:  # the workflow's own TimeoutError is an error like any other
             status, error, tb = "error", "TimeoutError raised by the workflow", traceback.format_exc()
     except (Exception, SystemExit) as exc:  # a workflow's sys.exit() ends its run, not the collect
+        status, error, tb = "error", f"{type(exc).__name__}: {exc}", traceback.format_exc()
+    except BaseException as exc:
+        # Ctrl-C, a coroutine being closed and a cancellation of this run's task (collect stopping) go on;
+        # any other BaseException (a library's own, a CancelledError the workflow raised) is its run's error
+        if isinstance(exc, (KeyboardInterrupt, GeneratorExit)) or _cancel_requested():
+            raise
         status, error, tb = "error", f"{type(exc).__name__}: {exc}", traceback.format_exc()
     await tuner.aclose()  # the run's OpenAI clients and endpoint keys
     # a call cancelled by the timeout left its reserved slot empty (one that raised is recorded with its error)
@@ -180,6 +189,21 @@ async def run_one(
         calls=calls,
     )
     return traj, set(tuner.registered_roles)
+
+
+def _own_copy(task: Task) -> Task:
+    """A copy of `task` for one run: deep, or where a row holds what cannot be copied (a generator's live
+    object), its metadata and messages one level down."""
+    try:
+        return copy.deepcopy(task)
+    except Exception:
+        return Task(task.task_id, task.main_query, dict(task.metadata), list(task.init_messages))
+
+
+def _cancel_requested() -> bool:
+    """Someone asked to cancel the task running this (Task.cancel), as opposed to code raising CancelledError."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def make_trajectory(
@@ -290,8 +314,10 @@ class Recorder:
     def close(self, refused: bool = False) -> CollectStats:
         if refused:
             self.writer.discard()  # collected under targets that name no role: keep none of it
-        self.writer.flush()
-        self.bar.close()
+        try:
+            self.writer.flush()
+        finally:
+            self.bar.close()
         self.stats.seconds = time.monotonic() - self.started
         return self.stats
 
@@ -311,26 +337,40 @@ async def run_collect(
     for item in todo:
         queue.put_nowait(item)
     endpoint = OpenAIEndpoint()  # listens only once a workflow asks for it (as_oai_baseurl_apikey)
+    subreaper = set_subreaper()  # the runs' processes stay below this one (collect/reaper.py)
+    reaper, in_flight = Reaper(), 0
 
     async def worker() -> None:
+        nonlocal in_flight
         while True:
             try:
                 task, sample_index = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            recorder.record(*await run_one(spec, engine, task, sample_index, endpoint))
+            in_flight += 1
+            try:
+                result = await run_one(spec, engine, task, sample_index, endpoint)
+            finally:
+                in_flight -= 1
+            if not in_flight:  # whose a process is, among concurrent runs, is unknown: reaped when none runs
+                reaper.reap()
+            recorder.record(*result)
 
     workers = [asyncio.ensure_future(worker()) for _ in range(max(1, min(concurrency, len(todo))))]
     refused = False
     try:
         await asyncio.gather(*workers)
-    except UnregisteredTargetError:
-        refused = True
+    except BaseException as exc:  # a refused target, a write that failed, Ctrl-C: the other runs stop too
+        refused = isinstance(exc, UnregisteredTargetError)
         for w in workers:
             w.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
         raise
     finally:
         await endpoint.close()
+        reaper.reap()
+        if subreaper:
+            set_subreaper(False)
         stats = recorder.close(refused)
     return stats
 

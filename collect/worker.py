@@ -44,6 +44,7 @@ from collect.messages import (
     StartRun,
     Stop,
 )
+from collect.reaper import Reaper, set_subreaper
 from collect.runner import run_one
 
 WATCH_S = 0.05
@@ -132,6 +133,7 @@ class Worker:
         self._stopping = False
         self._received = 0  # collect's messages handled
         self._idle_due = False  # collect's messages woke work up since the last Idle
+        self.reaper: Reaper | None = None
 
     # ----- plumbing ---------------------------------------------------------------------
     def send(self, message: Message) -> None:
@@ -159,7 +161,9 @@ class Worker:
                 while self.conn.poll():
                     messages.append(self.conn.recv())
             except (EOFError, OSError):
-                os._exit(1)  # no collect to report to: never outlive it
+                if self.reaper is not None:
+                    self.reaper.reap()
+                os._exit(1)  # no collect to report to: never outlive it (nor let the runs' processes)
             self.loop.call_soon_threadsafe(self._on_messages, messages)
 
     def _on_messages(self, messages: list) -> None:
@@ -231,6 +235,9 @@ class Worker:
             self.send(InitError(f"{type(exc).__name__}: {exc}".splitlines()[0][:500]))
             return
         threading.Thread(target=self._watch, name="collect-watchdog", daemon=True).start()
+        # the runs' processes, setsid ones included, stay below this process and are killed with their runs
+        set_subreaper()
+        self.reaper = Reaper()
         endpoint = OpenAIEndpoint()
         # What the imports and the setup made lives as long as this process: out of the collector's
         # sight, a full collection (the heap of torch, transformers and AgentScope) pauses the loop
@@ -246,8 +253,11 @@ class Worker:
                         self._stopping = True
                     case RunEnded(key):
                         self._runs.pop(key, None)
+                        if not self._runs:  # whose a process is, among runs sharing this one, is unknown
+                            self.reaper.reap()
         finally:
             await endpoint.close()
+            self.reaper.reap()
 
     def _start(self, spec, engine, endpoint, key: int, task, sample_index: int) -> asyncio.Task:
         async def run() -> None:
