@@ -213,6 +213,7 @@ def bench_ingest(args, checkpoint: str) -> None:
     from astuner.store import open_store
     from judge import drift_measures
     from judge.ingest import IngestResult, check_template_drift, ingest, measure_drift
+    from judge.render_pool import Renderer
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -250,10 +251,10 @@ def bench_ingest(args, checkpoint: str) -> None:
             for path in ("per call", "bulk"):
                 make_distinct(con, sample)
                 t0 = time.perf_counter()
-                if path == "bulk":
-                    tokenizers = drift_measures.Tokenizers()
-                    drift_measures.check_template_drift(con, IngestResult(), tokenizers)
-                    drift_measures.measure_drift(con, IngestResult(), tokenizers)
+                if path == "bulk":  # rendering in this process, like the per-call path
+                    renderer = Renderer(0)
+                    drift_measures.check_template_drift(con, IngestResult(), renderer)
+                    drift_measures.measure_drift(con, IngestResult(), renderer)
                 else:
                     check_template_drift(con, IngestResult(), progress=False)
                     measure_drift(con, IngestResult(), progress=False)

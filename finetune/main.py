@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: FinetuneConfig, training_args, model_args) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # checkpoints are local folders; never reach a hub
+    from astuner.checkpoint import check_safetensors
     from astuner.engines import require_checkpoint
     from astuner.store import open_store
 
@@ -177,7 +178,7 @@ def run(args: FinetuneConfig, training_args, model_args) -> int:
         )
         return 0
     model_args.model_name_or_path = str(require_checkpoint(parent, option="--model_name_or_path"))
-    check_safetensors(Path(model_args.model_name_or_path), "--model_name_or_path")
+    check_safetensors(model_args.model_name_or_path, "--model_name_or_path")
 
     from finetune.train import train
 
@@ -200,31 +201,3 @@ def check_writable_parent(output_dir: Path) -> None:
         raise ValueError(
             f"--output_dir {output_dir}: cannot write in {parent} ({exc.strerror}); pick a writable folder"
         ) from None
-
-
-def check_safetensors(folder: Path, option: str) -> None:
-    """Each *.safetensors file of the checkpoint is whole: its header parses and its tensors' bytes are all there.
-    A truncated copy otherwise fails deep inside the model loader, after the work folder was made."""
-    import json
-
-    for path in sorted(folder.glob("*.safetensors")):
-        size = path.stat().st_size
-        problem = None
-        with open(path, "rb") as f:
-            head = f.read(8)
-            length = int.from_bytes(head, "little") if len(head) == 8 else -1
-            if length < 2 or 8 + length > size:
-                problem = f"header of {length} bytes in a file of {size} bytes"
-            else:
-                try:
-                    header = json.loads(f.read(length))
-                    end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
-                except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
-                    problem = f"unreadable header ({type(exc).__name__})"
-                else:
-                    if 8 + length + end > size:
-                        problem = f"{size} bytes where its header needs {8 + length + end}"
-        if problem:
-            raise ValueError(
-                f"{option} {folder}: {path.name} is truncated or corrupt ({problem}); copy or save the checkpoint again"
-            )
