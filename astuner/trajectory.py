@@ -188,10 +188,10 @@ def parse_trajectory(line: str | bytes, source: str = "<string>", line_no: int =
 
 
 def trace_files(path: str | os.PathLike) -> list[Path]:
-    """A .jsonl file, or every *.jsonl file under a folder (sorted)."""
+    """A .jsonl file, or every *.jsonl file under a folder (sorted; a folder named like one is looked into)."""
     path = Path(path)
     if path.is_dir():
-        return sorted(path.rglob("*.jsonl"))
+        return sorted(p for p in path.rglob("*.jsonl") if p.is_file())
     if not path.exists():
         raise FileNotFoundError(f"no traces at {path}")
     return [path]

@@ -94,6 +94,14 @@ def test_ingest_in_batches_equals_one_batch(tmp_path, capsys, monkeypatch):
     assert got[1] == got[judge.ingest.BATCH_BYTES]
 
 
+def test_a_folder_named_like_a_part_file_is_looked_into(tmp_path, capsys):
+    traces = tmp_path / "traces"
+    write(traces / "part-000000.jsonl", [make_traj("t0", 0)])
+    write(traces / "part-000001.jsonl" / "part-000000.jsonl", [make_traj("t1", 0)])  # a folder with a .jsonl name
+    assert main(["ingest", str(traces), "--db", str(tmp_path / "s.duckdb"), "--no_check_template"]) == 0
+    assert "ingested 2 new trajectories" in capsys.readouterr().out
+
+
 def test_malformed_lines_named_and_skipped(tmp_path, capsys):
     good = [dump_line(make_traj("t0", s)).decode().strip() for s in range(3)]
     wrong_version = json.loads(good[1])
