@@ -319,7 +319,7 @@ def _ingest(con, paths, strict, check_template, progress, renderer, started) -> 
     files, skipped = _unfinished_files(con, files)
     from tqdm.auto import tqdm
 
-    with tqdm(desc="ingest", unit="call", unit_scale=True, disable=not progress) as bar:
+    with tqdm(desc="ingest", unit="call", unit_scale=True, delay=2, disable=not progress) as bar:
         for batch in _batches(files):
             _ingest_batch(con, batch, paths, strict, check_template, progress, renderer, result, bar)
     result.already_in_store = result.rows_read - result.new_trajectories + skipped
