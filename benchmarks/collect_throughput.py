@@ -7,10 +7,15 @@ collect: N one-call ReActAgent workflows, C at a time, through ModelTuner (promp
 batching, tool-call parsing, recording, trace writing), in --workers processes (0: in this one). raw: the same engine's generate_batch
 on exactly the prompt ids collect recorded, generating exactly as many tokens per request,
 in one batch. Prints completion tokens/s of each and collect/raw (target >= 0.9 on CPU).
+
+--background-load N: after the idle repeats, the same collect again while N busy processes (one per
+core it takes) compete for the CPUs, as on a shared machine; prints idle and loaded collect tokens/s
+and loaded/idle (target >= 0.45 with one busy process on a 2-core machine).
 """
 
 import argparse
 import asyncio
+import multiprocessing
 import statistics
 import sys
 import tempfile
@@ -41,6 +46,14 @@ class OneReply(Workflow):
         return WorkflowOutput(reward=0.0)
 
 
+def _busy(stop) -> None:
+    """A competing CPU load: pure Python, never waiting."""
+    count = 0
+    while not stop.is_set():
+        for _ in range(100_000):
+            count += 1
+
+
 def main() -> None:
     import os
 
@@ -56,6 +69,15 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=None, help="collect's --workers (default: collect's default; 0: one process)"
     )
+    parser.add_argument(
+        "--background-load",
+        type=int,
+        default=0,
+        help="also measure collect while this many busy processes (one per core) run beside it",
+    )
+    parser.add_argument(
+        "--engine-threads", type=int, default=None, help="the engine's torch threads (default: the engine's choice)"
+    )
     args = parser.parse_args()
 
     from astuner.engines import SamplingParams, load_engine
@@ -68,9 +90,8 @@ def main() -> None:
 
     model = Path(args.model) if args.model else ensure_tiny_model()
     workers = default_workers() if args.workers is None else args.workers
-    engine = load_engine(
-        args.engine, model, **({"max_batch_size": args.concurrency} if args.engine == "transformers" else {})
-    )
+    engine_kwargs = {"max_batch_size": args.concurrency, "threads": args.engine_threads}
+    engine = load_engine(args.engine, model, **(engine_kwargs if args.engine == "transformers" else {}))
     tasks = [Task(task_id=f"b{i}", main_query=f"Question {i}: what is {i} times {i + 3}?") for i in range(args.tasks)]
 
     def collect_once(seed: int):
@@ -123,18 +144,45 @@ def main() -> None:
         print(
             f"repeat {rep}: {len(calls)} requests, {tokens} tokens: collect {c_sec:.3f}s, raw {r_sec:.3f}s, ratio {r_sec / c_sec:.3f}"
         )
+    loaded_rates = []
+    if args.background_load:
+        import os
+
+        # spawned: a forked copy of this process would hold torch's thread pool
+        ctx = multiprocessing.get_context("spawn")
+        stop = ctx.Event()
+        busy = [ctx.Process(target=_busy, args=(stop,), daemon=True) for _ in range(args.background_load)]
+        for process in busy:
+            process.start()
+        time.sleep(1.0)
+        try:
+            for rep in range(args.repeats):
+                c_sec, calls = collect_once(100 + rep)
+                tokens = sum(len(c.completion_token_ids) for c in calls)
+                loaded_rates.append(tokens / c_sec)
+                print(f"loaded repeat {rep}: {len(calls)} requests, {tokens} tokens: collect {c_sec:.3f}s")
+        finally:
+            stop.set()
+            for process in busy:
+                process.join()
+        print(f"load average while loaded: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    threads = getattr(engine, "threads", None)
     engine.close()
 
     print()
     print(
         f"engine={args.engine} model={model.name} tasks={args.tasks} concurrency={args.concurrency} max_tokens={args.max_tokens} "
-        f"workers={workers}"
+        f"workers={workers} engine_threads={threads}"
     )
     print("| path    | tokens/s (median) |")
     print("|---------|-------------------|")
     print(f"| collect | {statistics.median(collect_rates):17.0f} |")
     print(f"| raw     | {statistics.median(raw_rates):17.0f} |")
     print(f"collect/raw ratio (median of {args.repeats}): {statistics.median(ratios):.3f}  (target >= 0.9)")
+    if loaded_rates:
+        idle, loaded = statistics.median(collect_rates), statistics.median(loaded_rates)
+        print(f"collect idle {idle:.0f} tok/s, with {args.background_load} busy processes {loaded:.0f} tok/s")
+        print(f"loaded/idle ratio (medians of {args.repeats}): {loaded / idle:.3f}  (target >= 0.45)")
 
 
 if __name__ == "__main__":

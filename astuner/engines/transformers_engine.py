@@ -16,6 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 from astuner.engines.base import Engine, Generation, SamplingParams
 
 
+def cpu_threads() -> int:
+    """The decode's torch threads on CPU (placeholder: torch's default)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 class TransformersEngine(Engine):
     name = "transformers"
 
@@ -27,6 +34,7 @@ class TransformersEngine(Engine):
         max_batch_size: int = 64,
         batch_wait_s: float = 0.002,
         worker_wait_s: float = 1.0,
+        threads: int | None = None,
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
@@ -36,6 +44,8 @@ class TransformersEngine(Engine):
         torch_dtype = (
             getattr(torch, dtype) if dtype else (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         )
+        # CPU: torch's intra-op threads for the decode (None: cpu_threads() decides); a GPU decode uses one
+        self.threads = (threads or cpu_threads()) if self.device.type == "cpu" else None
         self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         self.model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch_dtype).to(self.device).eval()
         try:
@@ -139,6 +149,8 @@ class TransformersEngine(Engine):
     def _decode(self, prompts: list[list[int]], sampling: list[SamplingParams]) -> list[Generation]:
         import torch
 
+        if self.threads and torch.get_num_threads() != self.threads:  # per thread: set in the one that decodes
+            torch.set_num_threads(self.threads)
         dev = self.device
         batch, width = len(prompts), max(len(p) for p in prompts)
         input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
