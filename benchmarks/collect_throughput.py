@@ -16,6 +16,7 @@ and loaded/idle (target >= 0.45 with one busy process on a 2-core machine).
 import argparse
 import asyncio
 import multiprocessing
+import os
 import statistics
 import sys
 import tempfile
@@ -55,8 +56,6 @@ def _busy(stop) -> None:
 
 
 def main() -> None:
-    import os
-
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["AGENTSCOPE_DISABLE_CONSOLE_OUTPUT"] = "true"
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -133,7 +132,9 @@ def main() -> None:
         return seconds
 
     collect_once(-1)  # warm-up: imports, first-batch allocations
-    collect_rates, raw_rates, ratios = [], [], []
+    # spawned, not forked: a forked copy of this process would hold torch's thread pool
+    ctx = multiprocessing.get_context("spawn")
+    collect_rates, raw_rates, ratios, loaded_rates = [], [], [], []
     for rep in range(args.repeats):
         c_sec, calls = collect_once(rep)
         tokens = sum(len(c.completion_token_ids) for c in calls)
@@ -144,28 +145,25 @@ def main() -> None:
         print(
             f"repeat {rep}: {len(calls)} requests, {tokens} tokens: collect {c_sec:.3f}s, raw {r_sec:.3f}s, ratio {r_sec / c_sec:.3f}"
         )
-    loaded_rates = []
-    if args.background_load:
-        import os
-
-        # spawned: a forked copy of this process would hold torch's thread pool
-        ctx = multiprocessing.get_context("spawn")
+        if not args.background_load:
+            continue
+        # each loaded repeat right after its idle one: a shared machine's own load drifts, the pair sees the same
         stop = ctx.Event()
         busy = [ctx.Process(target=_busy, args=(stop,), daemon=True) for _ in range(args.background_load)]
         for process in busy:
             process.start()
-        time.sleep(1.0)
+        time.sleep(0.5)
         try:
-            for rep in range(args.repeats):
-                c_sec, calls = collect_once(100 + rep)
-                tokens = sum(len(c.completion_token_ids) for c in calls)
-                loaded_rates.append(tokens / c_sec)
-                print(f"loaded repeat {rep}: {len(calls)} requests, {tokens} tokens: collect {c_sec:.3f}s")
+            c_sec, calls = collect_once(rep)
         finally:
             stop.set()
             for process in busy:
                 process.join()
-        print(f"load average while loaded: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        loaded_rates.append(tokens / c_sec)
+        print(
+            f"repeat {rep} with {args.background_load} busy processes: collect {c_sec:.3f}s, "
+            f"{loaded_rates[-1] / collect_rates[-1]:.3f} of idle (load average {os.getloadavg()[0]:.2f})"
+        )
     threads = getattr(engine, "threads", None)
     engine.close()
 

@@ -33,6 +33,7 @@ MAX_RESTARTS = 3  # per actor (Ray's max_restarts): an actor that dies more ofte
 PROBE_S = 0.5  # between two asks whether a restarting actor is back
 WAIT_S = 0.2  # the driver's longest wait for a finished run (then it looks at restarting actors)
 INSTALL = "pip install -e '.[ray]'"
+AUX_SAMPLING = ("temperature", "top_p", "max_tokens")  # what an auxiliary model's spec may set (astuner/auxiliary.py)
 # Environment the driver passes on to its actors, where their node does not set it: offline flags, API keys
 # of workflows. Never what describes the driver's own machine or process (paths, devices, thread counts).
 _NOT_PASSED = ("PATH", "PWD", "OLDPWD", "HOME", "SHLVL", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH", "LD_LIBRARY_PATH", "_")
@@ -206,6 +207,8 @@ def plan_replicas(ray, engine: str, engine_args: dict, device: str | None, repli
     --device cpu); CPU: one core each."""
     cluster = ray.cluster_resources()
     gpus, cpus = int(cluster.get("GPU", 0)), int(cluster.get("CPU", 0))
+    if (device or "").startswith("cuda") and not gpus:
+        raise ValueError(f"--device {device}: the Ray cluster has no GPUs; drop --device or give --device cpu")
     on_gpu = engine == "vllm" or (gpus > 0 and not (device or "").startswith("cpu"))
     if on_gpu:
         per = int(engine_args.get("tensor_parallel_size", 1)) if engine == "vllm" else 1
@@ -247,10 +250,10 @@ def connect(ray, address: str) -> bool:
 
 
 def _first_line(exc: BaseException) -> str:
+    """A Ray error in one line: the remote exception (a task's), else Ray's own first line."""
     cause = getattr(exc, "cause", None)
-    text = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
-    lines = [line for line in text.splitlines() if line.strip()]
-    return (lines[-1] if cause is None and lines else lines[0] if lines else type(exc).__name__)[:300]
+    text = f"{type(cause).__name__}: {cause}" if cause is not None else f"{type(exc).__name__}: {exc}"
+    return next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)[:300]
 
 
 def run_collect_ray(
@@ -271,7 +274,6 @@ def run_collect_ray(
 ):
     """Every run of `todo` on a Ray cluster; records as run_collect's (collect/runner.py). Returns CollectStats."""
     ray = require_ray(address)
-    from astuner.auxiliary import _SAMPLING_KEYS
     from astuner.engines import SamplingParams
     from collect.runner import Recorder, UnregisteredTargetError
     from collect.worker import AuxiliaryRef, EngineRef
@@ -288,8 +290,9 @@ def run_collect_ray(
         # engine 0 is the collected checkpoint; an auxiliary model's other checkpoint loads beside it in each replica
         main_key = str(Path(model_path).resolve())
         kwargs = dict(engine_kwargs)
-        if engine == "transformers" and "num_gpus" not in resources:
-            kwargs.update(device="cpu", threads=resources["num_cpus"])  # the replica's core(s), not the node's
+        if engine == "transformers":  # the replica's core, or its GPU (the one the actor sees: cuda)
+            gpu = "num_gpus" in resources
+            kwargs.update(device="cuda" if gpu else "cpu", **({} if gpu else {"threads": resources["num_cpus"]}))
         loads, keys = [(engine, str(model_path), kwargs)], {main_key: 0}
         engine_refs = [EngineRef(0, engine, str(model_path))]
         aux_refs = []
@@ -306,7 +309,7 @@ def run_collect_ray(
             params = SamplingParams(
                 **{
                     k: getattr(aux, k) if getattr(aux, k) is not None else getattr(spec.sampling, k)
-                    for k in _SAMPLING_KEYS
+                    for k in AUX_SAMPLING
                 }
             )
             aux_refs.append(AuxiliaryRef(name, keys[path], params, None))

@@ -207,6 +207,7 @@ def test_a_driver_killed_with_sigkill_resumes_from_out(cluster, tasks, reference
     same_run(reference, out)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     command = [sys.executable, "-m", "collect", *options(tasks, out, "--concurrency", "4")]
+    earlier = actor_pids("EngineHost") | actor_pids("RunnerHost")
     killed = subprocess.run(
         [*command, "--ray", cluster],
         env={**env, "ASTUNER_CRASH_AT": "collect.recorded@3"},
@@ -218,6 +219,8 @@ def test_a_driver_killed_with_sigkill_resumes_from_out(cluster, tasks, reference
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     before = len(load(out))
     assert 1 <= before < TASKS
+    # its actors end with it (Ray ends the actors of a driver that is gone)
+    wait_for(lambda: not (actor_pids("EngineHost") | actor_pids("RunnerHost")) - earlier, "its actors to end", 60)
     resumed = subprocess.run([*command, "--ray", "local"], env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"{before} already in" in resumed.stderr
