@@ -31,6 +31,7 @@ from pathlib import Path
 
 MAX_RESTARTS = 3  # per actor (Ray's max_restarts): an actor that dies more often is given up
 PROBE_S = 0.5  # between two asks whether a restarting actor is back
+RESTART_S = 600.0  # an actor not back this long after it died is given up (its runs go to the other replicas)
 WAIT_S = 0.2  # the driver's longest wait for a finished run (then it looks at restarting actors)
 INSTALL = "pip install -e '.[ray]'"
 AUX_SAMPLING = ("temperature", "top_p", "max_tokens")  # what an auxiliary model's spec may set (astuner/auxiliary.py)
@@ -169,16 +170,23 @@ class ActorState:
     deaths: int = 0
     healthy: bool = True
     epoch: int = 0  # its restarts seen so far: a run sent before the last one tells of an old death
-    gone: bool = False  # died more than MAX_RESTARTS times: Ray does not restart it again
+    gone: bool = False  # died more than MAX_RESTARTS times, or not back within RESTART_S: not used again
     probe: object = None  # the outstanding ready() call while restarting
     next_probe: float = 0.0
+    down_since: float = 0.0
     pid: int | None = None
 
     def died(self, epoch: int) -> None:
         if self.healthy and epoch == self.epoch:
             self.deaths += 1
             self.healthy = False
+            self.down_since = time.monotonic()
             self.gone = self.deaths > MAX_RESTARTS
+
+    def still_down(self) -> None:
+        """A probe failed: ask again soon, unless it has been down too long (Ray gave up, or no node has room)."""
+        self.next_probe = time.monotonic() + PROBE_S
+        self.gone = self.gone or time.monotonic() - self.down_since > RESTART_S
 
 
 @dataclass
@@ -411,6 +419,8 @@ def _drive(ray, runners: list[Runner], pending: deque, recorder, retries: int, e
         now = time.monotonic()
         for runner in runners:
             for state in (runner.actor, runner.engine):
+                if not state.healthy and not state.gone and now - state.down_since > RESTART_S:
+                    state.gone, state.probe = True, None  # a probe that never answers: Ray will not restart it
                 if not state.healthy and not state.gone and state.probe is None and now >= state.next_probe:
                     state.probe = state.handle.ready.remote()
             while runner.usable and pending and len(runner.runs) < runner.capacity:
@@ -437,7 +447,7 @@ def _drive(ray, runners: list[Runner], pending: deque, recorder, retries: int, e
                     state.healthy = True
                     state.epoch += 1
                 except ray.exceptions.RayError:
-                    state.next_probe = time.monotonic() + PROBE_S
+                    state.still_down()
                 continue
             runner = next(r for r in runners if ref in r.runs)
             run = runner.runs.pop(ref)
