@@ -181,7 +181,7 @@ class CollectConfig:
         metadata={
             "help": "Collect on a Ray cluster (pip install -e '.[ray]'): auto (a running one, `ray start`), local "
             "(start one on this machine for this collect) or its address. Engine replicas and the workflow runs are "
-            "Ray actors; this process alone writes --out (no shared filesystem). See docs/scaling.md."
+            "Ray actors (--workers does not apply); this process alone writes --out (no shared filesystem). See docs/scaling.md."
         },
     )
     engine_replicas: int | None = field(
