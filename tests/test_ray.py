@@ -193,7 +193,9 @@ def test_a_run_lost_past_its_retries_is_recorded_as_an_error(cluster, tasks, tmp
     records = load(out)
     assert len(records) == len({t.trajectory_id for t in records}) == TASKS
     lost = [t for t in records if t.status == "error"]
-    assert 1 <= len(lost) <= 4, [t.status for t in records]
+    # those in flight (4), and any sent before the driver saw the engine gone
+    assert 1 <= len(lost) < TASKS, [t.status for t in records]
+    assert all(t.status == "ok" for t in records if t not in lost)
     assert all("past --retries 0" in t.error and "engine actor was lost" in t.error for t in lost)
     capsys.readouterr()
     assert main(options(tasks, out, "--ray", "auto")) == 0
