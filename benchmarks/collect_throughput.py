@@ -7,10 +7,16 @@ collect: N one-call ReActAgent workflows, C at a time, through ModelTuner (promp
 batching, tool-call parsing, recording, trace writing), in --workers processes (0: in this one). raw: the same engine's generate_batch
 on exactly the prompt ids collect recorded, generating exactly as many tokens per request,
 in one batch. Prints completion tokens/s of each and collect/raw (target >= 0.9 on CPU).
+
+--background-load N: after the idle repeats, the same collect again while N busy processes (one per
+core it takes) compete for the CPUs, as on a shared machine; prints idle and loaded collect tokens/s
+and loaded/idle (target >= 0.45 with one busy process on a 2-core machine).
 """
 
 import argparse
 import asyncio
+import multiprocessing
+import os
 import statistics
 import sys
 import tempfile
@@ -41,9 +47,15 @@ class OneReply(Workflow):
         return WorkflowOutput(reward=0.0)
 
 
-def main() -> None:
-    import os
+def _busy(stop) -> None:
+    """A competing CPU load: pure Python, never waiting."""
+    count = 0
+    while not stop.is_set():
+        for _ in range(100_000):
+            count += 1
 
+
+def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["AGENTSCOPE_DISABLE_CONSOLE_OUTPUT"] = "true"
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -55,6 +67,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
         "--workers", type=int, default=None, help="collect's --workers (default: collect's default; 0: one process)"
+    )
+    parser.add_argument(
+        "--background-load",
+        type=int,
+        default=0,
+        help="also measure collect while this many busy processes (one per core) run beside it",
+    )
+    parser.add_argument(
+        "--engine-threads", type=int, default=None, help="the engine's torch threads (default: the engine's choice)"
     )
     args = parser.parse_args()
 
@@ -68,9 +89,8 @@ def main() -> None:
 
     model = Path(args.model) if args.model else ensure_tiny_model()
     workers = default_workers() if args.workers is None else args.workers
-    engine = load_engine(
-        args.engine, model, **({"max_batch_size": args.concurrency} if args.engine == "transformers" else {})
-    )
+    engine_kwargs = {"max_batch_size": args.concurrency, "threads": args.engine_threads}
+    engine = load_engine(args.engine, model, **(engine_kwargs if args.engine == "transformers" else {}))
     tasks = [Task(task_id=f"b{i}", main_query=f"Question {i}: what is {i} times {i + 3}?") for i in range(args.tasks)]
 
     def collect_once(seed: int):
@@ -112,7 +132,9 @@ def main() -> None:
         return seconds
 
     collect_once(-1)  # warm-up: imports, first-batch allocations
-    collect_rates, raw_rates, ratios = [], [], []
+    # spawned, not forked: a forked copy of this process would hold torch's thread pool
+    ctx = multiprocessing.get_context("spawn")
+    collect_rates, raw_rates, ratios, loaded_rates = [], [], [], []
     for rep in range(args.repeats):
         c_sec, calls = collect_once(rep)
         tokens = sum(len(c.completion_token_ids) for c in calls)
@@ -123,18 +145,42 @@ def main() -> None:
         print(
             f"repeat {rep}: {len(calls)} requests, {tokens} tokens: collect {c_sec:.3f}s, raw {r_sec:.3f}s, ratio {r_sec / c_sec:.3f}"
         )
+        if not args.background_load:
+            continue
+        # each loaded repeat right after its idle one: a shared machine's own load drifts, the pair sees the same
+        stop = ctx.Event()
+        busy = [ctx.Process(target=_busy, args=(stop,), daemon=True) for _ in range(args.background_load)]
+        for process in busy:
+            process.start()
+        time.sleep(0.5)
+        try:
+            c_sec, calls = collect_once(rep)
+        finally:
+            stop.set()
+            for process in busy:
+                process.join()
+        loaded_rates.append(tokens / c_sec)
+        print(
+            f"repeat {rep} with {args.background_load} busy processes: collect {c_sec:.3f}s, "
+            f"{loaded_rates[-1] / collect_rates[-1]:.3f} of idle (load average {os.getloadavg()[0]:.2f})"
+        )
+    threads = getattr(engine, "threads", None)
     engine.close()
 
     print()
     print(
         f"engine={args.engine} model={model.name} tasks={args.tasks} concurrency={args.concurrency} max_tokens={args.max_tokens} "
-        f"workers={workers}"
+        f"workers={workers} engine_threads={threads}"
     )
     print("| path    | tokens/s (median) |")
     print("|---------|-------------------|")
     print(f"| collect | {statistics.median(collect_rates):17.0f} |")
     print(f"| raw     | {statistics.median(raw_rates):17.0f} |")
     print(f"collect/raw ratio (median of {args.repeats}): {statistics.median(ratios):.3f}  (target >= 0.9)")
+    if loaded_rates:
+        idle, loaded = statistics.median(collect_rates), statistics.median(loaded_rates)
+        print(f"collect idle {idle:.0f} tok/s, with {args.background_load} busy processes {loaded:.0f} tok/s")
+        print(f"loaded/idle ratio (medians of {args.repeats}): {loaded / idle:.3f}  (target >= 0.45)")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ per run, with the exact token ids and logprobs of every model call.
         --samples-per-task 4 --concurrency 32 --out runs/iter-0/traces
     python -m collect --config recipe.yaml --trainable-targets werewolf,seer
     python -m collect --config recipe.yaml --shard 0/4 --device cuda:0 &   # ... --shard 3/4 --device cuda:3: one --out
+    python -m collect --config recipe.yaml --engine vllm --ray auto      # on a Ray cluster: docs/scaling.md
 
 Re-running the same command resumes: finished (task, sample) pairs are skipped.
 """
@@ -183,6 +184,28 @@ class CollectConfig:
     max_steps: int | None = field(
         default=None, metadata={"help": "model_tuner.config.ajet.rollout.multi_turn.max_steps (over --tuner-config's)."}
     )
+    ray: str | None = field(
+        default=None,
+        metadata={
+            "help": "Collect on a Ray cluster (pip install -e '.[ray]'): auto (a running one, `ray start`), local "
+            "(start one on this machine for this collect) or its address. Engine replicas and the workflow runs are "
+            "Ray actors (--workers does not apply); this process alone writes --out (no shared filesystem). See docs/scaling.md."
+        },
+    )
+    engine_replicas: int | None = field(
+        default=None,
+        metadata={
+            "help": "--ray: engine actors, each with its share of --concurrency. Default: one per GPU of the cluster "
+            "(per tensor_parallel_size GPUs with vllm), 1 without GPUs (each CPU replica takes a core)."
+        },
+    )
+    retries: int = field(
+        default=2,
+        metadata={
+            "help": "--ray: times a run is started again when its Ray actor's process dies under it (killed, "
+            "out of memory, node lost); past it, the run is recorded status=error."
+        },
+    )
 
     def __post_init__(self):
         """Every check that needs only the values (no file, import or model): one line naming the flag, the value and the fix."""
@@ -210,6 +233,12 @@ class CollectConfig:
                 raise ValueError(
                     "--max-run-memory-mb needs worker processes: drop --workers 0 or give --workers 1 or more"
                 )
+        if self.engine_replicas is not None and (self.ray is None or self.engine_replicas < 1):
+            raise ValueError(f"--engine-replicas {self.engine_replicas}: needs --ray and at least 1")
+        if self.retries < 0:
+            raise ValueError(f"--retries {self.retries}: must be 0 (record a lost run as an error) or more")
+        if self.ray is not None and self.max_run_memory_mb is not None:
+            raise ValueError("--max-run-memory-mb is not enforced on Ray actors: drop it or drop --ray")
         if self.flush_interval_s < 0:
             raise ValueError(f"--flush-interval-s {self.flush_interval_s}: must be 0 or more")
         if self.tool_format not in FAMILY_CHOICES:
@@ -441,6 +470,10 @@ def _run(cfg: CollectConfig, start: _Start) -> int:
     from collect.writer import TraceWriter
 
     hf_logging.disable_progress_bar()  # our own bar is the one to watch
+    if cfg.ray is not None:  # before anything is made in --out
+        from collect.ray_backend import require_ray
+
+        require_ray(cfg.ray)
     shard = cfg.shard_range  # the values were checked when cfg was made
     auxiliary = parse_auxiliary_models(cfg.auxiliary_models)
     workflow_cls = load_workflow(cfg.workflow)
@@ -494,19 +527,23 @@ def _run(cfg: CollectConfig, start: _Start) -> int:
         return 0
 
     workers = default_workers() if cfg.workers is None else cfg.workers
+    if cfg.ray is not None:  # the engines load in Ray actors (collect/ray_backend.py), none here
+        workers, engine, backends = 0, None, {}
     if workers:
         start_fork_server()  # its imports overlap the engine's loading
-    engine = load_engine(cfg.engine, model_path, **cfg.engine_kwargs)
-    try:
-        backends = load_backends(auxiliary, engine, model_path, sampling, cfg.device)
-    except BaseException:
-        engine.close()
-        raise
+    if cfg.ray is None:
+        engine = load_engine(cfg.engine, model_path, **cfg.engine_kwargs)
+        try:
+            backends = load_backends(auxiliary, engine, model_path, sampling, cfg.device)
+        except BaseException:
+            engine.close()
+            raise
     try:  # written only now that the run is set up: a start that failed leaves no run to resume
         run_id, start.created_run = _open_run(out, identity)
     except BaseException:
-        close_backends(backends, engine)
-        engine.close()
+        if engine is not None:
+            close_backends(backends, engine)
+            engine.close()
         raise
     spec = RunSpec(
         run_id=run_id,
@@ -524,7 +561,24 @@ def _run(cfg: CollectConfig, start: _Start) -> int:
         template_kwargs=cfg.template_variables,
     )
     try:
-        if workers == 0:
+        if cfg.ray is not None:
+            from collect.ray_backend import run_collect_ray
+
+            stats = run_collect_ray(
+                spec,
+                todo,
+                writer,
+                address=cfg.ray,
+                engine=cfg.engine,
+                model_path=model_path,
+                engine_kwargs=cfg.engine_kwargs,
+                auxiliary=auxiliary,
+                concurrency=cfg.concurrency,
+                replicas=cfg.engine_replicas,
+                retries=cfg.retries,
+                flush_interval_s=cfg.flush_interval_s,
+            )
+        elif workers == 0:
             stats = asyncio.run(run_collect(spec, engine, todo, writer, cfg.concurrency, cfg.flush_interval_s))
         else:
             stats = asyncio.run(
@@ -547,8 +601,9 @@ def _run(cfg: CollectConfig, start: _Start) -> int:
         )
         raise ValueError(f"{named}: {exc}; fix the name (nothing was written)") from None  # run() undoes the start
     finally:
-        close_backends(backends, engine)
-        engine.close()
+        if engine is not None:
+            close_backends(backends, engine)
+            engine.close()
 
     print(
         f"collect: {stats.runs} runs in {stats.seconds:.1f}s: ok {stats.ok}, error {stats.error}, "
@@ -557,6 +612,12 @@ def _run(cfg: CollectConfig, start: _Start) -> int:
         f"{f'; {stats.workers} worker processes' if stats.workers else ''}",
         file=sys.stderr,
     )
+    if stats.rerun and cfg.ray is not None:
+        print(
+            f"collect: {stats.rerun} runs were started again after their Ray actor died under them "
+            "(none lost: every run is recorded once)",
+            file=sys.stderr,
+        )
     if stats.worker_crashes or stats.worker_kills:
         print(
             f"collect: worker processes: {stats.worker_crashes} died by themselves, {stats.worker_kills} stopped by collect "
