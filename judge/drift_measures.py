@@ -78,12 +78,15 @@ def check_template_drift(con, result, renderer: Renderer, chunk: int = 256) -> N
                 result.drift_unchecked_why = why
             result.drift_unchecked += count
             continue
+        distinct = con.execute(
+            "SELECT count(*) FROM template_groups WHERE checkpoint IS NOT DISTINCT FROM ?", [checkpoint]
+        ).fetchall()[0][0]
         query = con.execute(
             """SELECT key, messages, tools, template_kwargs, prompt_token_ids, len(members) FROM template_groups
                WHERE checkpoint IS NOT DISTINCT FROM ?""",
             [checkpoint],
         )
-        for rows, values in renderer.map(template_drift, checkpoint, _batches(query, chunk)):
+        for rows, values in renderer.map(template_drift, checkpoint, _batches(query, chunk), distinct):
             for row, drift in zip(rows, values):
                 keys.append(row[0])
                 drifted.append(drift)
@@ -165,12 +168,15 @@ def measure_drift(con, result, renderer: Renderer, chunk: int = 256) -> None:
     for (checkpoint,) in con.execute("SELECT DISTINCT checkpoint FROM rerender_groups ORDER BY ALL").fetchall():
         if renderer.call(unchecked_reason, checkpoint):
             continue
+        distinct = con.execute(
+            "SELECT count(*) FROM rerender_groups WHERE checkpoint IS NOT DISTINCT FROM ?", [checkpoint]
+        ).fetchall()[0][0]
         query = con.execute(
             """SELECT key, messages, tools, template_kwargs, prompt_token_ids, completion_token_ids, len(members)
                FROM rerender_groups WHERE checkpoint IS NOT DISTINCT FROM ?""",
             [checkpoint],
         )
-        for rows, drifts in renderer.map(rerender_drift, checkpoint, _batches(query, chunk)):
+        for rows, drifts in renderer.map(rerender_drift, checkpoint, _batches(query, chunk), distinct):
             for row, drift in zip(rows, drifts):
                 keys.append(row[0])
                 values.append(drift)

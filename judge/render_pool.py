@@ -21,6 +21,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 IN_FLIGHT = 4  # batches submitted ahead: both workers busy, few rows held
+# Fewer rows than this go to the first worker alone: starting the second (~1 s of a core) would cost more.
+ONE_WORKER_ROWS = 2048
 
 
 def load_tokenizer(checkpoint: str | None):
@@ -118,16 +120,18 @@ class Renderer:
     def call(self, fn, *args):
         return fn(*args) if self.pool is None else self.pool.submit(fn, *args).result()
 
-    def map(self, fn, checkpoint: str, batches: Iterable[tuple]) -> Iterator[tuple]:
-        """(context, fn(checkpoint, rows)) for each (context, rows) of `batches`, in order, a few in flight."""
+    def map(self, fn, checkpoint: str, batches: Iterable[tuple], rows: int) -> Iterator[tuple]:
+        """(context, fn(checkpoint, inputs)) for each (context, inputs) of `batches` (`rows` inputs in all), in
+        order, a few batches in flight."""
         if self.pool is None:
-            for context, rows in batches:
-                yield context, fn(checkpoint, rows)
+            for context, inputs in batches:
+                yield context, fn(checkpoint, inputs)
             return
+        in_flight = IN_FLIGHT if rows > ONE_WORKER_ROWS else 1
         pending: deque = deque()
-        for context, rows in batches:
-            pending.append((context, self.pool.submit(fn, checkpoint, rows)))
-            if len(pending) >= IN_FLIGHT:
+        for context, inputs in batches:
+            pending.append((context, self.pool.submit(fn, checkpoint, inputs)))
+            if len(pending) >= in_flight:
                 context, future = pending.popleft()
                 yield context, future.result()
         while pending:
