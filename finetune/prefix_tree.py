@@ -256,7 +256,7 @@ def install(trainer, prefix_sharing: bool) -> TokenCount:
     models = [trainer.model] + ([trainer.ref_model] if getattr(trainer, "ref_model", None) is not None else [])
     for model in models:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: the patched model
-        implementation = base.config._attn_implementation
+        implementation = base.config._attn_implementation  # transformers 5 has no public getter
         if prefix_sharing and implementation not in TREE_ATTENTION:
             raise ValueError(
                 f"--attn_implementation {implementation}: cannot take the prefix tree's attention mask; use one of "

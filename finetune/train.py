@@ -271,8 +271,8 @@ def _train(
         say(
             f"trained {built.method} on {n_train} examples in {result.metrics.get('train_runtime', 0):.1f} s"
             + (f", train_loss {loss:.4f}" if loss is not None else "")
-            + f"; tokens forwarded {forwarded} of {unshared} unshared ({unshared / max(forwarded, 1):.2f}x"
-            + (" fewer, prefix sharing)" if args.prefix_sharing else ", --prefix_sharing false)")
+            + f"; tokens forwarded {forwarded} of {unshared} unshared ({unshared / max(forwarded, 1):.2f}x, "
+            + ("prefix sharing)" if args.prefix_sharing else "--prefix_sharing false)")
             + f"; wrote {output_dir}"
         )
         say(f"next: python -m collect --model {output_dir} ...")

@@ -139,9 +139,11 @@ CASES = {
         "--gradient_accumulation_steps",
         "2",
     ],
-    "sft-lora": ["--top_k", "3", "--min_reward", "0", *LORA],
+    "sft-lora-max_length": ["--top_k", "3", "--min_reward", "0", "--max_length", "64", *LORA],  # trees split
     "dpo-full-pair_by_call": ["--method", "dpo", "--pairing", "all", "--pair_by", "call", "--beta", "0.1"],
-    "dpo-lora": ["--method", "dpo", "--pairing", "all", "--beta", "0.1", *LORA],
+    "dpo-lora-checkpointing": [
+        *("--method", "dpo", "--pairing", "all", "--beta", "0.1", *LORA, "--gradient_checkpointing", "true")
+    ],
 }
 
 
