@@ -196,3 +196,12 @@ def _parent(tiny_model):
     from safetensors.torch import load_file
 
     return load_file(str(tiny_model / "model.safetensors"))
+
+
+def test_packing_with_prefix_sharing_is_one_line(store, tiny_model, tmp_path, capsys):
+    args = ["--db", str(store), "--model_name_or_path", str(tiny_model), "--output_dir", str(tmp_path / "o")]
+    assert main([*args, *TRAIN, "--top_k", "3", "--min_reward", "0", "--packing", "true"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("finetune: error: ")]
+    assert (
+        len(errors) == 1 and "--prefix_sharing true: cannot be combined with --packing or --padding_free" in errors[0]
+    )
