@@ -173,8 +173,8 @@ def run(method: str, db: Path, model: Path, selection: dict, args, prefix_sharin
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     return {
         "step_s": statistics.median(timer.times[args.warmup :]),
-        "forwarded": count.forwarded / args.steps,
-        "unshared": count.unshared / args.steps,
+        "forwarded": count.totals()[0] / args.steps,
+        "unshared": count.totals()[1] / args.steps,
         "losses": losses,
         "rows": len(built.rows),
     }

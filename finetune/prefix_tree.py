@@ -175,10 +175,18 @@ class TreeCollator:
 
 @dataclass
 class TokenCount:
-    """Tokens of the training forwards on this rank: forwarded (the trees) and unshared (the sequences)."""
+    """Tokens of the training forwards on this rank: forwarded (the trees) and unshared (the sequences). Summed
+    as tensors on the device (no host sync per step); `totals()` reads them."""
 
-    forwarded: int = 0
-    unshared: int = 0
+    forwarded: torch.Tensor | int = 0
+    unshared: torch.Tensor | int = 0
+
+    def add(self, forwarded: torch.Tensor, unshared: torch.Tensor) -> None:
+        self.forwarded = self.forwarded + forwarded.sum()
+        self.unshared = self.unshared + unshared.sum()
+
+    def totals(self) -> tuple[int, int]:
+        return int(self.forwarded), int(self.unshared)
 
 
 def _per_sequence(value: torch.Tensor | None, index: torch.Tensor, trained: torch.Tensor):
@@ -199,8 +207,7 @@ def tree_forward(original, attn_implementation: str, dtype: torch.dtype, count: 
         tree = {key: kwargs.pop(key, None) for key in TREE_KEYS}
         if tree["tree_input_ids"] is None:
             if torch.is_grad_enabled() and kwargs.get("attention_mask") is not None:
-                n = int(kwargs["attention_mask"].sum())
-                count.forwarded, count.unshared = count.forwarded + n, count.unshared + n
+                count.add(kwargs["attention_mask"], kwargs["attention_mask"])
             return original(*args, **kwargs)
         if args or not kwargs.get("fused_lm_head"):
             raise RuntimeError("prefix sharing: the tree is only run through TRL's fused LM head (keyword inputs)")
@@ -209,8 +216,7 @@ def tree_forward(original, attn_implementation: str, dtype: torch.dtype, count: 
         kwargs.pop("input_ids")
         kwargs.pop("position_ids", None)
         if torch.is_grad_enabled():
-            count.forwarded += int(tree["tree_attention_mask"].sum())
-            count.unshared += int(rows_mask.sum())
+            count.add(tree["tree_attention_mask"], rows_mask)
         shifted = labels[:, 1:]
         trained = shifted != -100
         index = tree["tree_index"][:, 1:]
@@ -252,6 +258,11 @@ def install(trainer, prefix_sharing: bool) -> TokenCount:
         raise ValueError(
             "--prefix_sharing true: cannot be combined with --packing or --padding_free (the tree is its own "
             "packing); drop those or pass --prefix_sharing false"
+        )
+    if prefix_sharing and getattr(args, "label_smoothing_factor", 0):
+        raise ValueError(
+            f"--label_smoothing_factor {args.label_smoothing_factor}: needs full logits, and the prefix tree returns "
+            "per-token log-probabilities only; pass --prefix_sharing false"
         )
     models = [trainer.model] + ([trainer.ref_model] if getattr(trainer, "ref_model", None) is not None else [])
     for model in models:

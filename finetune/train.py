@@ -285,7 +285,7 @@ def all_ranks_tokens(trainer, count: TokenCount) -> tuple[int, int]:
     """(tokens forwarded, tokens in the sequences), summed over the ranks."""
     import torch
 
-    mine = torch.tensor([count.forwarded, count.unshared], dtype=torch.long, device=trainer.accelerator.device)
+    mine = torch.tensor(count.totals(), dtype=torch.long, device=trainer.accelerator.device)
     total = trainer.accelerator.gather(mine).view(-1, 2).sum(dim=0)
     return int(total[0]), int(total[1])
 

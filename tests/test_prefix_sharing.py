@@ -198,10 +198,16 @@ def _parent(tiny_model):
     return load_file(str(tiny_model / "model.safetensors"))
 
 
-def test_packing_with_prefix_sharing_is_one_line(store, tiny_model, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "flags, says",
+    [
+        (["--packing", "true"], "--prefix_sharing true: cannot be combined with --packing or --padding_free"),
+        (["--label_smoothing_factor", "0.1"], "--label_smoothing_factor 0.1: needs full logits"),
+    ],
+    ids=["packing", "label_smoothing"],
+)
+def test_what_the_tree_cannot_do_is_refused_in_one_line(store, tiny_model, tmp_path, capsys, flags, says):
     args = ["--db", str(store), "--model_name_or_path", str(tiny_model), "--output_dir", str(tmp_path / "o")]
-    assert main([*args, *TRAIN, "--top_k", "3", "--min_reward", "0", "--packing", "true"]) == 2
+    assert main([*args, *TRAIN, "--top_k", "3", "--min_reward", "0", *flags]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("finetune: error: ")]
-    assert (
-        len(errors) == 1 and "--prefix_sharing true: cannot be combined with --packing or --padding_free" in errors[0]
-    )
+    assert len(errors) == 1 and says in errors[0], errors
