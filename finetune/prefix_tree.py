@@ -58,9 +58,14 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return lo
 
 
-def pack(rows: list[list[int]], max_length: int | None = None) -> Forest:
+def pack(rows: list[list[int]], max_length: int | None = None, attention_cost: float = 0.0) -> Forest:
     """The trie of `rows`, in trees of at most max_length tokens (a tree that would exceed it is closed and the next
-    sequence starts a new one: trees split between branches, a sequence is never cut). Rows must each fit."""
+    sequence starts a new one: trees split between branches, a sequence is never cut). Rows must each fit.
+
+    attention_cost: what one query-key pair of a dense attention mask costs, in tokens forwarded. With it, a
+    sequence that shares too little with the open tree starts a new one: a dense mask computes every pair of a
+    tree, so a tree of n tokens costs n + attention_cost * n**2, and sequences that share only a short prefix
+    (a system prompt) are cheaper forwarded apart than as one long tree."""
     forest = Forest(row_tree=[0] * len(rows), row_positions=[[] for _ in rows])
     ids = pos = ends = path = None  # the open tree; path: the positions of the last sequence's tokens, by depth
     prev = None  # the last row added to the open tree
@@ -76,7 +81,10 @@ def pack(rows: list[list[int]], max_length: int | None = None) -> Forest:
         shared = 0 if prev is None else _common_prefix(rows[prev], seq)
         copy = 0 < shared < len(seq) and shared < len(rows[prev])  # a branch below the root: its parent again
         cost = len(seq) - shared + copy
-        if prev is None or (max_length is not None and len(ids) + cost > max_length):
+        if prev is not None:  # joined: the new tokens and the pairs they add, (n + cost)^2 - n^2; apart: a tree alone
+            joined = cost + attention_cost * (2 * len(ids) + cost) * cost
+            apart = len(seq) + attention_cost * len(seq) ** 2
+        if prev is None or (max_length is not None and len(ids) + cost > max_length) or joined > apart:
             if prev is not None:
                 close()
             ids, pos, ends, path = [], [], [], []
@@ -136,8 +144,9 @@ class TreeCollator:
     """The trainer's own collator, then the batch's sequences (its attention_mask rows, right-padded) packed into
     trees under `tree_*` keys."""
 
-    def __init__(self, collator, max_length: int | None, pad_token_id: int = 0):
+    def __init__(self, collator, max_length: int | None, pad_token_id: int = 0, attention_cost: float = 0.0):
         self.collator, self.max_length, self.pad_token_id = collator, max_length, pad_token_id
+        self.attention_cost = attention_cost
 
     def __call__(self, examples):
         batch = self.collator(examples)
@@ -148,7 +157,7 @@ class TreeCollator:
                 "--prefix_sharing true: the collated batch is not right-padded; pass --prefix_sharing false"
             )
         rows = [input_ids[i, : int(n)].tolist() for i, n in enumerate(lengths)]
-        forest = pack(rows, self.max_length)
+        forest = pack(rows, self.max_length, self.attention_cost)
         width = max(len(t) for t in forest.input_ids)
         trees = len(forest.input_ids)
         tree_ids = torch.full((trees, width), self.pad_token_id, dtype=input_ids.dtype)
@@ -276,5 +285,18 @@ def install(trainer, prefix_sharing: bool) -> TokenCount:
         base.forward = tree_forward(base.forward, implementation, base.dtype, count)
     if prefix_sharing:
         pad = trainer.processing_class.pad_token_id
-        trainer.data_collator = TreeCollator(trainer.data_collator, args.max_length, 0 if pad is None else pad)
+        cost = attention_cost(models[0].config, models[0].config._attn_implementation)
+        trainer.data_collator = TreeCollator(trainer.data_collator, args.max_length, 0 if pad is None else pad, cost)
     return count
+
+
+def attention_cost(config, implementation: str) -> float:
+    """One query-key pair of a dense mask in tokens forwarded: per layer a pair costs ~4*hidden flops (scores and
+    values), a token ~2*(4*hidden**2 + 3*hidden*intermediate) (projections and MLP). Flex attention skips the
+    mask's empty blocks, so a long tree costs it no more than its sequences' pairs: 0."""
+    if implementation == "flex_attention":
+        return 0.0
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden = config.hidden_size
+    intermediate = getattr(config, "intermediate_size", None) or 4 * hidden
+    return 2.0 / (4 * hidden + 3 * intermediate)

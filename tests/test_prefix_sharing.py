@@ -94,6 +94,12 @@ def test_shared_prefixes_are_forwarded_once():
     assert split.input_ids == [[1, 2, 3, 4, 3, 5], [1, 2, 6, 7]] and split.row_tree == [0, 0, 1]
     with pytest.raises(ValueError, match="--max_length 3: a sequence of 4 tokens"):
         pack([[1, 2, 3, 4]], max_length=3)
+    # a dense mask computes every pair of a tree: sequences that share only a short prefix are forwarded apart
+    system, long_history = [1, 2], list(range(10, 40))
+    apart = [system + [100 + i] * 30 for i in range(4)]
+    assert len(pack(apart).input_ids) == 1 and len(pack(apart, attention_cost=0.05).input_ids) == 4
+    together = [long_history + [100 + i] * 3 for i in range(4)]
+    assert len(pack(together, attention_cost=0.05).input_ids) == 1
 
 
 TRAIN = [
