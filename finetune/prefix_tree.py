@@ -13,6 +13,9 @@ The Trainer still sees the per-sequence batch (input_ids, labels, completion_mas
 under `tree_*` keys. The model's forward, patched here, runs the tree and scatters each token's log-probability
 (entropy, top-1) back to every sequence position that holds it, so TRL sums per-sequence log-probs (DPO), counts
 trained tokens and averages the loss exactly as it does for the per-sequence batch.
+
+A tree holds at most --max_length tokens, and a sequence sharing too little with the open tree starts a new one
+(a dense mask computes every query-key pair of a tree); the trees of a batch are one padded forward.
 """
 
 from __future__ import annotations
