@@ -63,6 +63,13 @@ class FinetuneConfig:
         default_factory=list,
         metadata={"action": "extend", "help": "Only these trainable roles (default: every role trained at collect)."},
     )
+    prefix_sharing: bool = field(
+        default=True,
+        metadata={
+            "help": "Pack each batch's sequences into a prefix tree and forward every distinct token prefix once "
+            "(a tree attention mask; the same loss as per-sequence training). false: one forward row per sequence."
+        },
+    )
     export: str | None = field(
         default=None, metadata={"help": "Write the dataset to this .parquet file and stop (no training)."}
     )

@@ -22,6 +22,7 @@ from astuner.faults import crash_point
 from finetune.data import DPO_COLUMNS, BuiltDataset, to_dataset
 from finetune.launch import all_ranks, check_wrapped, clear_work, is_main_process, output_lock, say
 from finetune.options import MANIFEST, FinetuneConfig
+from finetune.prefix_tree import TokenCount, install
 
 MANIFEST_VERSION = 1
 
@@ -203,6 +204,7 @@ def _train(
     started = time.time()
     trainer = build_trainer(built.method, training_args, model_args, training_dataset(built), tokenizer)
     trainer.add_callback(LaunchChecks(trainer, world_size))
+    count = install(trainer, args.prefix_sharing)
     n_train = len(trainer.train_dataset)
     if n_train == 0:
         raise ValueError(
@@ -214,6 +216,7 @@ def _train(
     resumed_from = json.loads(state_file.read_text())["global_step"] if resume and state_file.is_file() else 0
     result = trainer.train(resume_from_checkpoint=resume)
     metrics = whole_run_metrics(result.metrics, trainer.state.log_history, resumed_from, trainer.state.global_step)
+    forwarded, unshared = all_ranks_tokens(trainer, count)
     trained = work / "trained"
     trainer.save_model(str(trained))  # every rank: ZeRO-3 gathers the weights here
     crash_point("finetune.saved")
@@ -248,6 +251,11 @@ def _train(
                 * trainer.accelerator.num_processes
             ),
             "metrics": metrics,
+            "prefix_sharing": args.prefix_sharing,
+            # the training forwards of this train() call, every rank: the tokens run through the model, and what
+            # one row per sequence would have run (equal without prefix sharing)
+            "tokens_forwarded": forwarded,
+            "tokens_unshared": unshared,
             "log_history": trainer.state.log_history,
             "train_seconds": round(time.time() - started, 3),
             "command": " ".join(sys.argv),
@@ -263,12 +271,23 @@ def _train(
         say(
             f"trained {built.method} on {n_train} examples in {result.metrics.get('train_runtime', 0):.1f} s"
             + (f", train_loss {loss:.4f}" if loss is not None else "")
+            + f"; tokens forwarded {forwarded} of {unshared} unshared ({unshared / max(forwarded, 1):.2f}x, "
+            + ("prefix sharing)" if args.prefix_sharing else "--prefix_sharing false)")
             + f"; wrote {output_dir}"
         )
         say(f"next: python -m collect --model {output_dir} ...")
     trainer.accelerator.wait_for_everyone()
     if hasattr(trainer, "end"):
         trainer.end()
+
+
+def all_ranks_tokens(trainer, count: TokenCount) -> tuple[int, int]:
+    """(tokens forwarded, tokens in the sequences), summed over the ranks."""
+    import torch
+
+    mine = torch.tensor(count.totals(), dtype=torch.long, device=trainer.accelerator.device)
+    total = trainer.accelerator.gather(mine).view(-1, 2).sum(dim=0)
+    return int(total[0]), int(total[1])
 
 
 def _write_full_checkpoint(trained: Path, final: Path, parent: str, peft: bool, dtype, tokenizer) -> None:

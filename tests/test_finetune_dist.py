@@ -275,6 +275,11 @@ def assert_same_training(one, two, parent, tol=1e-5):
     m = manifest(two)
     assert (m["world_size"], m["per_device_train_batch_size"], m["global_batch_size"]) == (2, 2, 4)
     assert (manifest(one)["world_size"], manifest(one)["global_batch_size"]) == (1, 4)
+    # prefix-shared (the default) on both: each rank forwards its own batch's tree, the ranks' counts summed
+    for run_manifest in (manifest(one), m):
+        assert run_manifest["prefix_sharing"] is True
+        assert run_manifest["tokens_forwarded"] <= run_manifest["tokens_unshared"]
+    assert manifest(one)["tokens_unshared"] == m["tokens_unshared"]
 
 
 @pytest.fixture(scope="module")
