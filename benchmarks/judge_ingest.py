@@ -252,9 +252,7 @@ def bench_ingest(args, checkpoint: str) -> None:
                 make_distinct(con, sample)
                 t0 = time.perf_counter()
                 if path == "bulk":  # rendering in this process, like the per-call path
-                    renderer = Renderer(0)
-                    drift_measures.check_template_drift(con, IngestResult(), renderer)
-                    drift_measures.measure_drift(con, IngestResult(), renderer)
+                    drift_measures.check(con, IngestResult(), Renderer(0))
                 else:
                     check_template_drift(con, IngestResult(), progress=False)
                     measure_drift(con, IngestResult(), progress=False)

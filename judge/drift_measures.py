@@ -57,8 +57,17 @@ def _write_back(con, groups: str, values: str, columns: str) -> None:
     con.execute(f"DROP TABLE {values}")
 
 
-def check_template_drift(con, result, renderer: Renderer, chunk: int = 256) -> None:
-    """template_drift of every trainable call not checked yet: one render per distinct
+def check(con, result, renderer: Renderer) -> None:
+    """Both checks; what needs no tokenizer first, while the render workers start."""
+    group_template_calls(con)
+    measuring = prepare_measures(con)
+    check_template_drift(con, result, renderer)
+    if measuring:
+        measure_drift(con, result, renderer)
+
+
+def group_template_calls(con) -> None:
+    """template_groups: the trainable calls not checked yet, one row per distinct
     (checkpoint, messages, tools, template variables, prompt ids)."""
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE template_groups AS
@@ -67,6 +76,10 @@ def check_template_drift(con, result, renderer: Renderer, chunk: int = 256) -> N
                        {_MEMBERS}
                 FROM calls c JOIN trajectories t USING (trajectory_id) WHERE {TEMPLATE_TODO} GROUP BY ALL)"""
     )
+
+
+def check_template_drift(con, result, renderer: Renderer, chunk: int = 256) -> None:
+    """template_drift of every call of template_groups, one render per group."""
     keys, drifted = [], []
     checkpoints = con.execute(
         "SELECT checkpoint, sum(len(members)) FROM template_groups GROUP BY ALL ORDER BY ALL"
@@ -99,9 +112,11 @@ def check_template_drift(con, result, renderer: Renderer, chunk: int = 256) -> N
     crash_point("ingest.drift_written")
 
 
-def measure_drift(con, result, renderer: Renderer, chunk: int = 256) -> None:
-    """The drift measures of every engine call not measured yet (drift_measured NULL), and of the other
-    calls of its trajectory, as the per-call path takes them."""
+def prepare_measures(con, chunk: int = 256) -> bool:
+    """What the drift measures need no tokenizer for, of every engine call not measured yet (drift_measured
+    NULL) and the other calls of its trajectory, as the per-call path takes them: `measured` (each call's
+    previous call and whether it extends it), `pair_values` (where and why not) and `rerender_groups`.
+    False where there is nothing to measure."""
     from astuner.drift import extension
 
     # Each call's previous call of the same agent and role in its trajectory, and whether it extends it.
@@ -122,7 +137,7 @@ def measure_drift(con, result, renderer: Renderer, chunk: int = 256) -> None:
     total = con.execute("SELECT count(*) FROM measured").fetchall()[0][0]
     if not total:
         con.execute("DROP TABLE measured")
-        return
+        return False
     # Where a prompt does not extend the previous call: the diverging position and its cause, per distinct pair.
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE pair_groups AS
@@ -164,6 +179,11 @@ def measure_drift(con, result, renderer: Renderer, chunk: int = 256) -> None:
                 FROM measured m JOIN calls c ON c.trajectory_id = m.trajectory_id AND c.call_index = m.call_index
                 GROUP BY ALL)"""
     )
+    return True
+
+
+def measure_drift(con, result, renderer: Renderer, chunk: int = 256) -> None:
+    """The re-render drift of every group of rerender_groups, then every measure written to its calls."""
     keys, values = [], []
     for (checkpoint,) in con.execute("SELECT DISTINCT checkpoint FROM rerender_groups ORDER BY ALL").fetchall():
         if renderer.call(unchecked_reason, checkpoint):

@@ -159,11 +159,40 @@ def _unfinished_files(con, files: list[Path]) -> tuple[list[Path], int]:
     return [p for p in files if str(p) not in done], sum(total for name, total, _ in known if name in done)
 
 
+class _UnknownKeys:
+    """The files holding a key the record does not declare (unknown_keys_query), asked on a connection of its
+    own in a thread, so that DuckDB runs it beside the typed read of the same files. `files()` waits for it:
+    a set of names, or None where the query failed (a file it cannot read)."""
+
+    def __init__(self, con, files: list[Path]) -> None:
+        import threading
+
+        self.found: set[str] | None = None
+        self.cursor = con.cursor()
+        self.thread = threading.Thread(target=self._ask, args=([str(p) for p in files],), daemon=True)
+        self.thread.start()
+
+    def _ask(self, names: list[str]) -> None:
+        try:
+            if names:
+                self.found = {row[0] for row in self.cursor.execute(_UNKNOWN_KEYS, [names]).fetchall()}
+            else:
+                self.found = set()
+        except Exception:  # the caller asks again, of the files it could read
+            self.found = None
+
+    def files(self) -> set[str] | None:
+        self.thread.join()
+        self.cursor.close()
+        return self.found
+
+
 def _stage(con, files: list[Path], strict: bool, result: IngestResult, progress: bool) -> None:
     import duckdb
     from tqdm.auto import tqdm
 
     exact: set[str] = set()  # files staged line by line, through the record model
+    keys = _UnknownKeys(con, files)  # a second parse of the files, beside the typed read
     try:
         if files:
             _stage_files(con, files)
@@ -179,8 +208,11 @@ def _stage(con, files: list[Path], strict: bool, result: IngestResult, progress:
     # Files with rows the typed read cannot vouch for are re-read line by line.
     staged = {row[0] for row in con.execute("SELECT DISTINCT source_file FROM staged").fetchall()} - exact
     suspect = {row[0] for row in con.execute(_SUSPECT).fetchall()} - exact
+    unknown = keys.files()
     if staged - suspect:
-        suspect |= {row[0] for row in con.execute(_UNKNOWN_KEYS, [sorted(staged - suspect)]).fetchall()}
+        if unknown is None:  # it could not read some file: ask again of the files the typed read took
+            unknown = {row[0] for row in con.execute(_UNKNOWN_KEYS, [sorted(staged - suspect)]).fetchall()}
+        suspect |= unknown & staged
     for source in sorted(suspect):
         con.execute("DELETE FROM staged WHERE source_file = ?", [source])
         _stage_line_by_line(con, Path(source), strict, result)
@@ -296,8 +328,7 @@ def _ingest_batch(con, files, paths, strict, check_template, progress, renderer,
         check_template_drift(con, result, progress)
         measure_drift(con, result, progress)
     elif check_template:
-        drift_measures.check_template_drift(con, result, renderer)
-        drift_measures.measure_drift(con, result, renderer)
+        drift_measures.check(con, result, renderer)
     bar.update(calls)
 
 
