@@ -246,8 +246,12 @@ def bench_ingest(args, checkpoint: str) -> None:
         check_template_drift(con, IngestResult(), progress=False)
         measure_drift(con, IngestResult(), progress=False)
 
+        columns = f"""SELECT trajectory_id, call_index, template_drift, extends_previous, divergence_at,
+                             divergence_cause, rerender_drift_tokens FROM calls WHERE trajectory_id IN
+                             (SELECT trajectory_id FROM trajectories ORDER BY trajectory_id LIMIT {sample}) ORDER BY 1, 2"""
+
         def both(label: str) -> None:
-            times = {}
+            times, values = {}, {}
             for path in ("per call", "bulk"):
                 make_distinct(con, sample)
                 t0 = time.perf_counter()
@@ -257,11 +261,13 @@ def bench_ingest(args, checkpoint: str) -> None:
                     check_template_drift(con, IngestResult(), progress=False)
                     measure_drift(con, IngestResult(), progress=False)
                 times[path] = time.perf_counter() - t0
+                values[path] = con.execute(columns).fetchall()
             calls = sample * args.calls
             print(
                 f"drift checks (template drift + extension + re-render), {label}, {calls:,} distinct calls: "
                 f"per call {calls / times['per call']:,.0f} calls/s, bulk {calls / times['bulk']:,.0f} calls/s "
-                f"({times['per call'] / times['bulk']:.1f}x)"
+                f"({times['per call'] / times['bulk']:.1f}x); the two paths' columns "
+                f"{'are the same' if values['bulk'] == values['per call'] else 'DIFFER'}"
             )
 
         both("random ids (every re-render misses: the worst case)")
