@@ -37,8 +37,8 @@ class IngestConfig:
     render_workers: int | None = field(
         default=None,
         metadata={
-            "help": "Processes that render calls for the drift checks (default: 2, or 1 on a 1-core machine; "
-            "0 renders in this process)."
+            "help": "Processes that render calls for the drift checks (default: 2, 1 on a 1-core machine, 0 where "
+            "this process has imported transformers already; 0 renders in this process)."
         },
     )
     memory_limit: str = field(

@@ -614,7 +614,8 @@ def test_bulk_drift_checks_equal_the_per_call_path(tmp_path, family_tokenizer, f
     )
     traces = write(tmp_path / "traces" / "part.jsonl", trajectories)
     got, summaries = {}, {}
-    for path, flags in (("bulk", []), ("per_call", ["--per_call_drift"])):
+    # the bulk path in worker processes (transformers without torch), the per-call one here (with torch)
+    for path, flags in (("bulk", ["--render_workers", "2"]), ("per_call", ["--per_call_drift"])):
         db = tmp_path / f"{path}.duckdb"
         assert judge_main(["ingest", str(traces), "--db", str(db), *flags]) == 0
         summaries[path] = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("ingested")]
