@@ -114,6 +114,7 @@ class Renderer:
 
     def __init__(self, workers: int = 0) -> None:
         self.pool = None
+        _LOADED.clear()  # tokenizers are loaded once per ingest, here as in a worker: a checkpoint may be rewritten
         if workers:
             self.pool = ProcessPoolExecutor(
                 workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker
