@@ -82,18 +82,15 @@ def check_template_drift(con, result, renderer: Renderer, chunk: int = 256) -> N
     """template_drift of every call of template_groups, one render per group."""
     keys, drifted = [], []
     checkpoints = con.execute(
-        "SELECT checkpoint, sum(len(members)) FROM template_groups GROUP BY ALL ORDER BY ALL"
+        "SELECT checkpoint, sum(len(members)), count(*) FROM template_groups GROUP BY ALL ORDER BY ALL"
     ).fetchall()
-    for checkpoint, count in checkpoints:
+    for checkpoint, count, distinct in checkpoints:
         why = renderer.call(unchecked_reason, checkpoint)
         if why:
             if not result.drift_unchecked:
                 result.drift_unchecked_why = why
             result.drift_unchecked += count
             continue
-        distinct = con.execute(
-            "SELECT count(*) FROM template_groups WHERE checkpoint IS NOT DISTINCT FROM ?", [checkpoint]
-        ).fetchall()[0][0]
         query = con.execute(
             """SELECT key, messages, tools, template_kwargs, prompt_token_ids, len(members) FROM template_groups
                WHERE checkpoint IS NOT DISTINCT FROM ?""",
@@ -185,12 +182,10 @@ def prepare_measures(con, chunk: int = 256) -> bool:
 def measure_drift(con, result, renderer: Renderer, chunk: int = 256) -> None:
     """The re-render drift of every group of rerender_groups, then every measure written to its calls."""
     keys, values = [], []
-    for (checkpoint,) in con.execute("SELECT DISTINCT checkpoint FROM rerender_groups ORDER BY ALL").fetchall():
+    checkpoints = con.execute("SELECT checkpoint, count(*) FROM rerender_groups GROUP BY ALL ORDER BY ALL").fetchall()
+    for checkpoint, distinct in checkpoints:
         if renderer.call(unchecked_reason, checkpoint):
             continue
-        distinct = con.execute(
-            "SELECT count(*) FROM rerender_groups WHERE checkpoint IS NOT DISTINCT FROM ?", [checkpoint]
-        ).fetchall()[0][0]
         query = con.execute(
             """SELECT key, messages, tools, template_kwargs, prompt_token_ids, completion_token_ids, len(members)
                FROM rerender_groups WHERE checkpoint IS NOT DISTINCT FROM ?""",
